@@ -1,0 +1,497 @@
+"""The ``gqtok`` command line: a thin Typer layer over gqtok's Python API.
+
+Exit codes (also in the README): 0 ok; 1 some files of a batch failed; 2 usage error;
+3 unreadable or refused input; 4 corrupt or unsupported .gq file; 5 model unavailable or
+mismatched; 6 output cannot be written (exists without --overwrite, ...); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import EXIT_PARTIAL, GqtokError, OutputError
+
+app = typer.Typer(
+    name="gqtok",
+    help="Image tokenizer and compressor built on Gaussian Quant (GQ).",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif"}
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OutFormat(str, Enum):
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+    bmp = "bmp"
+    tiff = "tiff"
+
+
+class PadMode(str, Enum):
+    replicate = "replicate"
+    reflect = "reflect"
+
+
+@dataclass
+class Job:
+    """One input and where its output goes ("-" for stdin/stdout)."""
+
+    src: str
+    dst: str
+    display: str
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gqtok {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Turn images into entropy-coded GQ tokens (.gq) and back."""
+
+
+def _setup(device: Device, threads: int | None) -> str:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device == Device.auto:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == Device.cuda and not torch.cuda.is_available():
+        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    return device.value
+
+
+def _walk(root: Path, exts: set[str], recursive: bool) -> list[Path]:
+    it = root.rglob("*") if recursive else root.glob("*")
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+
+
+def _plan(
+    inputs: list[str], output: str | None, exts: set[str], recursive: bool, suffix: str
+) -> list[Job]:
+    """Map inputs (files, folders, "-") to outputs, mirroring folder structure under -o."""
+    if not inputs:
+        raise typer.BadParameter("give at least one input file, folder or '-'")
+    expanded: list[tuple[str, Path | None]] = []  # (source, root folder it came from)
+    for item in inputs:
+        if item == "-":
+            expanded.append(("-", None))
+            continue
+        p = Path(item)
+        if p.is_dir():
+            found = _walk(p, exts, recursive)
+            if not found:
+                err.print(f"[yellow]warning:[/] {p}: no matching files"
+                          + ("" if recursive else " (try --recursive)"))
+            expanded.extend((str(f), p) for f in found)
+        else:
+            expanded.append((item, None))
+    single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
+    jobs: list[Job] = []
+    if single:
+        src = expanded[0][0]
+        if output is None:
+            dst = "-" if src == "-" else str(Path(src).with_suffix(suffix))
+        elif output != "-" and Path(output).is_dir():
+            dst = str(Path(output) / (Path(src).stem + suffix if src != "-" else "stdin" + suffix))
+        else:
+            dst = output
+        return [Job(src, dst, "<stdin>" if src == "-" else src)]
+    if output == "-":
+        raise typer.BadParameter("-o - (stdout) needs exactly one input", param_hint="-o")
+    if any(src == "-" for src, _ in expanded):
+        raise typer.BadParameter("'-' (stdin) cannot be mixed with other inputs")
+    for src, root in expanded:
+        sp = Path(src)
+        if output is None:
+            dst = sp.with_suffix(suffix)
+        elif root is not None:
+            dst = Path(output) / sp.relative_to(root).with_suffix(suffix)
+        else:
+            dst = Path(output) / (sp.stem + suffix)
+        jobs.append(Job(src, str(dst), src))
+    return jobs
+
+
+def _progress(total: int, enabled: bool) -> Progress | None:
+    if not enabled or total < 1 or not err.is_terminal:
+        return None
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[name]}"),
+        console=err,
+        transient=True,
+    )
+
+
+def _record_sink(jobs: list[Job], as_json: bool) -> Any:
+    """JSON records go to stdout, unless stdout carries image data."""
+    if not as_json:
+        return None
+    return sys.stderr if any(j.dst == "-" for j in jobs) else sys.stdout
+
+
+def _emit(sink: Any, record: dict[str, Any]) -> None:
+    if sink is not None:
+        sink.write(json.dumps(record) + "\n")
+        sink.flush()
+
+
+def _write(dst: str, data: bytes, overwrite: bool, src: str) -> None:
+    from .fileio import atomic_write_bytes, same_file_guard
+
+    if dst == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    if src != "-":
+        same_file_guard(Path(src), Path(dst))
+    atomic_write_bytes(Path(dst), data, overwrite=overwrite)
+
+
+def _precheck(job: Job, overwrite: bool) -> None:
+    if job.dst != "-" and Path(job.dst).exists():
+        if job.src != "-" and Path(job.src).resolve() == Path(job.dst).resolve():
+            raise OutputError("would overwrite the input", job.dst)
+        if not overwrite:
+            raise OutputError("exists (use --overwrite)", job.dst)
+
+
+def _finish(failures: list[tuple[str, GqtokError]], total: int, quiet: bool) -> None:
+    if not failures:
+        return
+    if total == 1:
+        raise typer.Exit(failures[0][1].exit_code)
+    if not quiet:
+        err.print(f"[red]{len(failures)} of {total} files failed:[/]")
+        for _, e in failures:
+            err.print(f"  {e}", markup=False)
+    raise typer.Exit(EXIT_PARTIAL)
+
+
+def _report(e: GqtokError, quiet: bool) -> None:
+    if not quiet:
+        err.print(f"error: {e}", markup=False, highlight=False)
+
+
+def _chunks(jobs: list[Job], n: int) -> Iterator[list[Job]]:
+    for i in range(0, len(jobs), n):
+        yield jobs[i : i + n]
+
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model name (see `gqtok models`) or .safetensors path."),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option("--output", "-o", help="Output file for one input ('-' = stdout), else a folder."),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record per file.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the network runs.")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary output.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per network batch.")]
+
+
+@app.command()
+def encode(
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders, or '-' for stdin.")],
+    output: OutputOpt = None,
+    model: ModelOpt = None,
+    recursive: RecursiveOpt = False,
+    overwrite: OverwriteOpt = False,
+    batch_size: BatchOpt = 4,
+    pad: Annotated[PadMode, typer.Option("--pad", help="How to fill up to the token grid.")] = (
+        PadMode.replicate
+    ),
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
+    ] = 200_000_000,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Encode images into .gq token files."""
+    from .codec import encode_pictures
+    from .fileio import read_input_bytes
+    from .imageio import read_image
+    from .model import DEFAULT_MODEL, load_model
+
+    jobs = _plan(inputs, output, IMAGE_EXTS, recursive, ".gq")
+    dev = _setup(device, threads)
+    try:
+        net = load_model(model or DEFAULT_MODEL).to(dev)
+    except GqtokError as e:
+        _report(e, False)
+        raise typer.Exit(e.exit_code) from None
+    sink = _record_sink(jobs, as_json)
+    failures: list[tuple[str, GqtokError]] = []
+    totals = {"files": 0, "in_bytes": 0, "out_bytes": 0, "pixels": 0, "seconds": 0.0}
+    prog = _progress(len(jobs), not quiet and not as_json)
+    task = prog.add_task("encoding", total=len(jobs), name="") if prog else None
+    if prog:
+        prog.start()
+    try:
+        for chunk in _chunks(jobs, batch_size):
+            pics, ok_jobs, sizes = [], [], []
+            t0 = time.perf_counter()
+            for job in chunk:
+                try:
+                    _precheck(job, overwrite)
+                    raw = read_input_bytes(job.src)
+                    pics.append(read_image(raw, max_pixels=max_pixels, name=job.display))
+                    ok_jobs.append(job)
+                    sizes.append(len(raw))
+                except GqtokError as e:
+                    failures.append((job.display, e))
+                    _report(e, quiet)
+                    if prog and task is not None:
+                        prog.advance(task)
+            if not pics:
+                continue
+            results = encode_pictures(net, pics, pad.value, batch_size)
+            elapsed = (time.perf_counter() - t0) / len(pics)
+            for job, enc, n_in in zip(ok_jobs, results, sizes, strict=True):
+                try:
+                    _write(job.dst, enc.data, overwrite, job.src)
+                except GqtokError as e:
+                    failures.append((job.display, e))
+                    _report(e, quiet)
+                    continue
+                finally:
+                    if prog and task is not None:
+                        prog.update(task, advance=1, name=Path(job.display).name)
+                px = enc.header.width * enc.header.height
+                totals["files"] += 1
+                totals["in_bytes"] += n_in
+                totals["out_bytes"] += len(enc.data)
+                totals["pixels"] += px
+                totals["seconds"] += elapsed
+                _emit(sink, {
+                    "input": job.display, "output": job.dst, "width": enc.header.width,
+                    "height": enc.header.height, "bytes": len(enc.data),
+                    "bpp": round(enc.bpp, 5), "tokens": enc.header.num_tokens,
+                    "bits_per_token": round(enc.bits_per_token, 4),
+                    "seconds": round(elapsed, 4), "model": net.name,
+                })
+    finally:
+        if prog:
+            prog.stop()
+    if not quiet and not as_json and totals["files"] and all(j.dst != "-" for j in jobs):
+        bpp = totals["out_bytes"] * 8 / max(1, totals["pixels"])
+        err.print(
+            f"encoded {totals['files']} file(s): {totals['out_bytes']} bytes, {bpp:.4f} bpp,"
+            f" {totals['seconds']:.2f} s"
+        )
+    _finish(failures, len(jobs), quiet)
+
+
+@app.command()
+def decode(
+    inputs: Annotated[list[str], typer.Argument(help=".gq files, folders, or '-' for stdin.")],
+    output: OutputOpt = None,
+    fmt: Annotated[
+        OutFormat | None,
+        typer.Option("--format", "-f", help="Output image format (default: from -o, else png)."),
+    ] = None,
+    quality: Annotated[
+        int | None, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")
+    ] = None,
+    model: ModelOpt = None,
+    recursive: RecursiveOpt = False,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Decode .gq token files back into images."""
+    from .codec import decode_bytes
+    from .fileio import read_input_bytes
+    from .imageio import encode_image_bytes, format_from_path
+    from .model import Model, load_model, path_for_model_id
+
+    if fmt is None and output not in (None, "-") and not Path(output).is_dir():
+        guessed = format_from_path(output)
+        fmt = OutFormat(guessed) if guessed in FORMATS else None
+    out_fmt = (fmt or OutFormat.png).value
+    jobs = _plan(inputs, output, {".gq"}, recursive, FORMATS[out_fmt])
+    dev = _setup(device, threads)
+    cache: dict[str, Model] = {}
+
+    def resolve(header: Any) -> Model:
+        key = model or header.model_id
+        if key not in cache:
+            path = model if model else str(path_for_model_id(header.model_id))
+            cache[key] = load_model(path).to(dev)
+        return cache[key]
+
+    sink = _record_sink(jobs, as_json)
+    failures: list[tuple[str, GqtokError]] = []
+    prog = _progress(len(jobs), not quiet and not as_json)
+    task = prog.add_task("decoding", total=len(jobs), name="") if prog else None
+    if prog:
+        prog.start()
+    try:
+        for job in jobs:
+            t0 = time.perf_counter()
+            try:
+                _precheck(job, overwrite)
+                data = read_input_bytes(job.src)
+                image, header = decode_bytes(data, resolve, job.display)
+                blob = encode_image_bytes(image, out_fmt, quality)
+                _write(job.dst, blob, overwrite, job.src)
+            except GqtokError as e:
+                failures.append((job.display, e))
+                _report(e, quiet)
+                continue
+            finally:
+                if prog and task is not None:
+                    prog.update(task, advance=1, name=Path(job.display).name)
+            _emit(sink, {
+                "input": job.display, "output": job.dst, "width": header.width,
+                "height": header.height, "bytes": len(data), "format": out_fmt,
+                "seconds": round(time.perf_counter() - t0, 4), "model": header.model_id,
+            })
+    finally:
+        if prog:
+            prog.stop()
+    _finish(failures, len(jobs), quiet)
+
+
+@app.command()
+def info(
+    file: Annotated[str, typer.Argument(help="A .gq file, or '-' for stdin.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the header of a .gq file (no model needed)."""
+    from . import container
+    from .fileio import read_input_bytes
+
+    name = "<stdin>" if file == "-" else file
+    try:
+        data = read_input_bytes(file)
+        header, tokens, alpha = container.unpack(data, name)
+    except GqtokError as e:
+        _report(e, False)
+        raise typer.Exit(e.exit_code) from None
+    rec = header.to_dict()
+    rec.update({
+        "file": name,
+        "bytes": len(data),
+        "token_bytes": len(tokens),
+        "alpha_bytes": len(alpha),
+        "header_bytes": len(data) - len(tokens) - len(alpha),
+        "tokens": header.num_tokens,
+        "bits_per_token": round(len(tokens) * 8 / header.num_tokens, 4),
+        "bpp": round(len(data) * 8 / (header.width * header.height), 5),
+    })
+    if as_json:
+        typer.echo(json.dumps(rec, indent=2))
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rec.items():
+        table.add_row(k, str(v))
+    Console(highlight=False).print(table)
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the models gqtok can use and where they live."""
+    from .model import list_local_models, weights_dirs
+
+    rows = []
+    for path, card in list_local_models():
+        q = card.get("quantizer", {})
+        net = card.get("network", {})
+        f = int(net.get("stem", 1)) * 2 ** (len(net.get("ch_mult", [1])) - 1)
+        ng = int(net.get("z_channels", 16)) // int(q.get("dim", 16))
+        bits = ng * (int(q.get("size", 65536)).bit_length() - 1)
+        rows.append({
+            "name": card.get("name", path.stem),
+            "file": path.stem,
+            "path": str(path),
+            "available": True,
+            "arch": card.get("arch", "unet"),
+            "downsample": f,
+            "dim": q.get("dim"),
+            "codebook_size": q.get("size"),
+            "bpp_uncoded": round(bits / (f * f), 4),
+            "entropy_model": card.get("entropy", {}).get("kind", "uniform"),
+            "size_mb": round(path.stat().st_size / 1e6, 2),
+        })
+    if as_json:
+        typer.echo(json.dumps({"models": rows, "search_path": [str(d) for d in weights_dirs()]},
+                              indent=2))
+        return
+    table = Table(title="gqtok models")
+    for col in ("name", "file", "arch", "f", "dim", "K", "bpp (uncoded)", "entropy", "MB", "path"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["file"], r["arch"], str(r["downsample"]), str(r["dim"]),
+                      str(r["codebook_size"]), str(r["bpp_uncoded"]), r["entropy_model"],
+                      str(r["size_mb"]), r["path"])
+    out = Console(highlight=False)
+    out.print(table)
+    out.print("search path: " + os.pathsep.join(str(d) for d in weights_dirs()))
+
+
+def main() -> None:
+    """Console-script entry point: map errors to exit codes, never show a traceback for them."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except GqtokError as e:
+        err.print(f"error: {e}", markup=False)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""A gqtok model: network + quantizer settings + entropy model, loaded from one safetensors file.
+
+The file holds the network tensors (``encoder.*``, ``decoder.*``, reference names), the token
+frequency table (``entropy.counts``) and the model card as JSON in the safetensors metadata
+(key ``gqtok.card``); a ``.json`` sidecar with the same card is written for people to read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import entropy as ent
+from .errors import ModelError
+from .network import Decoder, Encoder, UNetConfig
+from .quantizer import dequantize, quantize
+
+CARD_KEY = "gqtok.card"
+CARD_VERSION = 1
+DEFAULT_MODEL = "default"
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    """GQ settings; together they fix the codebook and the score."""
+
+    dim: int = 16
+    size: int = 65536
+    seed: int = 42
+    beta: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dim": self.dim, "size": self.size, "seed": self.seed, "beta": self.beta}
+
+
+def weights_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the network tensors in key order (name, dtype, shape, bytes)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        if not key.startswith(("encoder.", "decoder.")):
+            continue
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class Model:
+    """Encoder/decoder pair plus everything needed to turn images into coded tokens and back."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: Decoder,
+        quant: QuantizerConfig,
+        entropy_model: ent.EntropyModel,
+        card: dict[str, Any],
+        weights_sha256: str,
+        source: str = "",
+        clamp: tuple[float, float] | None = None,
+        layout: str = "bchw",
+    ) -> None:
+        self.encoder = encoder.eval()
+        self.decoder = decoder.eval()
+        self.quant = quant
+        self.entropy = entropy_model
+        self.card = card
+        self.weights_sha256 = weights_sha256
+        self.source = source
+        self.clamp = clamp
+        self.layout = layout
+        self.device = torch.device("cpu")
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", "unnamed"))
+
+    @property
+    def weights_fingerprint(self) -> bytes:
+        return bytes.fromhex(self.weights_sha256)[:8]
+
+    @property
+    def downsample(self) -> int:
+        return self.encoder.cfg.downsample
+
+    @property
+    def groups(self) -> int:
+        return self.encoder.cfg.z_channels // self.quant.dim
+
+    def to(self, device: str | torch.device) -> Model:
+        self.device = torch.device(device)
+        self.encoder.to(self.device)
+        self.decoder.to(self.device)
+        return self
+
+    @torch.inference_mode()
+    def moments(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, 2C, h, w) for images (B, 3, H, W) in [-1, 1], H and W multiples of f."""
+        return self.encoder(x.to(self.device, torch.float32)).float()
+
+    def quantize(self, moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, zhat) in the reference layout."""
+        q = self.quant
+        return quantize(moments, q.dim, q.size, q.seed, q.beta, self.layout)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.decoder(z.to(self.device, torch.float32)).float()
+        if self.clamp is not None:
+            out = out.clamp(*self.clamp)
+        return out
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in roughly [-1, 1] for token indices (B, NG, h, w)."""
+        q = self.quant
+        z = dequantize(indices, q.dim, q.size, q.seed, self.layout)  # type: ignore[arg-type]
+        return self.decode_latent(z)
+
+    def encode_image(self, image: Any) -> Any:
+        """PIL image -> Tokens (see gqtok.codec); convenience wrapper."""
+        from .codec import encode_pil
+
+        return encode_pil(self, image)
+
+    def decode_image(self, tokens: Any) -> Any:
+        """Tokens -> PIL image (see gqtok.codec); convenience wrapper."""
+        from .codec import decode_tokens
+
+        return decode_tokens(self, tokens)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "weights_sha256": self.weights_sha256,
+            "downsample": self.downsample,
+            "groups": self.groups,
+            "quantizer": self.quant.to_dict(),
+            "entropy_model": self.entropy.kind,
+            "bits_per_token_max": float(np.log2(self.quant.size)),
+        }
+
+
+def weights_dirs() -> list[Path]:
+    """Where named models are looked up, in order."""
+    dirs: list[Path] = []
+    env = os.environ.get("GQTOK_WEIGHTS")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(Path(__file__).resolve().parent.parent / "weights")
+    dirs.append(Path(sys.prefix) / "share" / "gqtok" / "weights")
+    return dirs
+
+
+def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".safetensors",) or p.exists():
+        if not p.exists():
+            raise ModelError("model file not found", str(p))
+        return p
+    name = str(name_or_path)
+    for d in weights_dirs():
+        cand = d / f"{name}.safetensors"
+        if cand.exists():
+            return cand
+    where = ", ".join(str(d) for d in weights_dirs())
+    raise ModelError(f"unknown model {name!r} (looked in {where})")
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if CARD_KEY in meta:
+        return json.loads(meta[CARD_KEY])
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        return json.loads(sidecar.read_text())
+    raise ModelError("no gqtok model card in the file's metadata nor beside it", str(path))
+
+
+def build_from_state(
+    state: dict[str, torch.Tensor],
+    card: dict[str, Any],
+    source: str = "",
+    counts: np.ndarray | None = None,
+) -> Model:
+    """Make a Model from network tensors and a card; missing or unexpected keys are errors."""
+    if card.get("arch", "unet") != "unet":
+        raise ModelError(f"unsupported architecture {card.get('arch')!r}", source or None)
+    cfg = UNetConfig.from_dict(card["network"])
+    qd = card.get("quantizer", {})
+    quant = QuantizerConfig(
+        int(qd.get("dim", 16)), int(qd.get("size", 65536)), int(qd.get("seed", 42)),
+        float(qd.get("beta", 1.0)),
+    )
+    if cfg.z_channels % quant.dim:
+        raise ModelError(f"z_channels {cfg.z_channels} not divisible by dim {quant.dim}", source)
+    encoder, decoder = Encoder(cfg), Decoder(cfg)
+    for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
+        sub = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
+        expected = set(module.state_dict())
+        missing = sorted(expected - set(sub))
+        unexpected = sorted(set(sub) - expected)
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(prefix + k for k in missing[:5]))
+            if unexpected:
+                parts.append("unexpected " + ", ".join(prefix + k for k in unexpected[:5]))
+            raise ModelError("weights do not match the network: " + "; ".join(parts), source)
+        try:
+            module.load_state_dict(sub)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise ModelError(f"weights do not fit the network ({first[-1].strip()})", source) from None
+    ecard = card.get("entropy", {"kind": "uniform"})
+    if ecard.get("kind") == "frequency" and counts is not None:
+        emodel = ent.from_counts(counts, float(ecard.get("smoothing", 0.5)))
+    else:
+        emodel = ent.uniform(quant.size)
+    if emodel.size != quant.size:
+        raise ModelError("entropy table size differs from the codebook size", source)
+    clamp = card.get("clamp")
+    return Model(
+        encoder, decoder, quant, emodel, card, weights_hash(state), source,
+        tuple(clamp) if clamp else None, card.get("layout", "bchw"),
+    )
+
+
+def load_model(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> Model:
+    """Load a model by registry name (e.g. "default") or from a .safetensors path."""
+    path = resolve_model_path(name_or_path)
+    try:
+        card = read_card(path)
+        state: dict[str, torch.Tensor] = {}
+        counts = None
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if key == "entropy.counts":
+                    counts = f.get_tensor(key).numpy().astype(np.int64)
+                else:
+                    state[key] = f.get_tensor(key)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot read model file ({exc})", str(path)) from None
+    return build_from_state(state, card, str(path), counts)
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    encoder: torch.nn.Module,
+    decoder: torch.nn.Module,
+    card: dict[str, Any],
+    counts: np.ndarray | None = None,
+    half: bool = False,
+) -> dict[str, Any]:
+    """Write a model file (+ JSON sidecar); returns the card as stored (with weights hash)."""
+    state: dict[str, torch.Tensor] = {}
+    for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
+        for k, v in module.state_dict().items():
+            t = v.detach().cpu().contiguous()
+            state[prefix + k] = t.half() if half and t.is_floating_point() else t.float()
+    card = dict(card)
+    card.setdefault("gqtok_model", CARD_VERSION)
+    card.setdefault("arch", "unet")
+    card["weights_sha256"] = weights_hash(state)
+    card["storage_dtype"] = "float16" if half else "float32"
+    if counts is not None:
+        counts = np.asarray(counts, dtype=np.int64)
+        state["entropy.counts"] = torch.from_numpy(counts.copy())
+        e = ent.from_counts(counts, float(card.get("entropy", {}).get("smoothing", 0.5)))
+        card["entropy"] = {
+            "kind": "frequency", "smoothing": e.smoothing, "fingerprint": e.fingerprint.hex(),
+        }
+    else:
+        card["entropy"] = {"kind": "uniform", "fingerprint": ent.uniform(
+            int(card.get("quantizer", {}).get("size", 65536))).fingerprint.hex()}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(state, str(tmp), metadata={CARD_KEY: json.dumps(card, sort_keys=True)})
+    os.replace(tmp, out)
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return card
+
+
+def list_local_models() -> list[tuple[Path, dict[str, Any]]]:
+    """(path, card) of every readable model file in the weights folders."""
+    seen: set[Path] = set()
+    found: list[tuple[Path, dict[str, Any]]] = []
+    for d in weights_dirs():
+        if not d.is_dir():
+            continue
+        for p in sorted(d.glob("*.safetensors")):
+            rp = p.resolve()
+            if rp in seen:
+                continue
+            seen.add(rp)
+            try:
+                found.append((p, read_card(p)))
+            except Exception:  # noqa: BLE001 - an unreadable file is simply not listed
+                continue
+    return found
+
+
+def path_for_model_id(model_id: str) -> Path:
+    """The local file whose card name (or file stem) is model_id; ModelError if none."""
+    for p, card in list_local_models():
+        if card.get("name") == model_id or p.stem == model_id:
+            return p
+    raise ModelError(
+        f"model {model_id!r} named in the file is not available locally;"
+        " pass --model PATH to the model file it was written with"
+    )
