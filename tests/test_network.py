@@ -36,15 +36,17 @@ def test_unet_small_matches_reference_outputs() -> None:
 
 
 def test_released_config_has_reference_parameter_names_and_shapes() -> None:
-    full = json.loads((FIXTURES.parent / "fixtures" / "unet_small.json").read_text())
-    assert full["config"]["ch"] == 32
-    cfg = UNetConfig()  # defaults are the released sd3unet_gq_* config
+    full = json.loads((FIXTURES / "unet_full_keys.json").read_text())
+    cfg = UNetConfig.from_dict(full["config"])
+    assert cfg == UNetConfig()  # defaults are the released sd3unet_gq_* config
     enc, dec = Encoder(cfg), Decoder(cfg)
     n_enc = sum(p.numel() for p in enc.parameters())
     n_dec = sum(p.numel() for p in dec.parameters())
     assert (n_enc, n_dec) == (35_325_856, 51_648_771)
-    keys = [f"encoder.{k}" for k in enc.state_dict()] + [f"decoder.{k}" for k in dec.state_dict()]
-    assert len(keys) == 274
+    shapes = {f"encoder.{k}": list(v.shape) for k, v in enc.state_dict().items()}
+    shapes.update({f"decoder.{k}": list(v.shape) for k, v in dec.state_dict().items()})
+    assert shapes == full["keys"]
+    keys = list(shapes)
     assert "decoder.up.3.attn.2.proj_out.weight" in keys and "encoder.mid.attn_1.q.weight" not in keys
 
 

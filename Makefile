@@ -1,0 +1,37 @@
+# gqtok: every target creates the virtual environment and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.gqtok-installed
+
+.PHONY: demo test lint data train bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+## Encode and decode the bundled sample photo with the embedded default model.
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+## Lint and run the test suite.
+test: $(STAMP)
+	$(PY) -m ruff check gqtok tests scripts bench
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check gqtok tests scripts bench
+
+## Fetch and prepare the training photos into data/prepared/.
+data: $(STAMP)
+	bash scripts/make_data.sh
+
+## Benchmarks (print numbers; see README).
+bench: $(STAMP)
+	$(PY) bench/gq_search.py
+	$(PY) bench/codec_speed.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

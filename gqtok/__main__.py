@@ -1,0 +1,5 @@
+"""``python -m gqtok`` runs the CLI."""
+
+from gqtok.cli import main
+
+main()
