@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,13 +38,13 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif"}
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class OutFormat(str, Enum):
+class OutFormat(StrEnum):
     png = "png"
     jpeg = "jpeg"
     webp = "webp"
@@ -52,7 +52,7 @@ class OutFormat(str, Enum):
     tiff = "tiff"
 
 
-class PadMode(str, Enum):
+class PadMode(StrEnum):
     replicate = "replicate"
     reflect = "reflect"
 
@@ -95,7 +95,9 @@ def _setup(device: Device, threads: int | None) -> str:
 
 def _walk(root: Path, exts: set[str], recursive: bool) -> list[Path]:
     it = root.rglob("*") if recursive else root.glob("*")
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."))
+    return sorted(
+        p for p in it if p.is_file() and p.suffix.lower() in exts and not p.name.startswith(".")
+    )
 
 
 def _plan(
@@ -113,8 +115,10 @@ def _plan(
         if p.is_dir():
             found = _walk(p, exts, recursive)
             if not found:
-                err.print(f"[yellow]warning:[/] {p}: no matching files"
-                          + ("" if recursive else " (try --recursive)"))
+                err.print(
+                    f"[yellow]warning:[/] {p}: no matching files"
+                    + ("" if recursive else " (try --recursive)")
+                )
             expanded.extend((str(f), p) for f in found)
         else:
             expanded.append((item, None))
@@ -308,13 +312,21 @@ def encode(
                 totals["out_bytes"] += len(enc.data)
                 totals["pixels"] += px
                 totals["seconds"] += elapsed
-                _emit(sink, {
-                    "input": job.display, "output": job.dst, "width": enc.header.width,
-                    "height": enc.header.height, "bytes": len(enc.data),
-                    "bpp": round(enc.bpp, 5), "tokens": enc.header.num_tokens,
-                    "bits_per_token": round(enc.bits_per_token, 4),
-                    "seconds": round(elapsed, 4), "model": net.name,
-                })
+                _emit(
+                    sink,
+                    {
+                        "input": job.display,
+                        "output": job.dst,
+                        "width": enc.header.width,
+                        "height": enc.header.height,
+                        "bytes": len(enc.data),
+                        "bpp": round(enc.bpp, 5),
+                        "tokens": enc.header.num_tokens,
+                        "bits_per_token": round(enc.bits_per_token, 4),
+                        "seconds": round(elapsed, 4),
+                        "model": net.name,
+                    },
+                )
     finally:
         if prog:
             prog.stop()
@@ -389,11 +401,19 @@ def decode(
             finally:
                 if prog and task is not None:
                     prog.update(task, advance=1, name=Path(job.display).name)
-            _emit(sink, {
-                "input": job.display, "output": job.dst, "width": header.width,
-                "height": header.height, "bytes": len(data), "format": out_fmt,
-                "seconds": round(time.perf_counter() - t0, 4), "model": header.model_id,
-            })
+            _emit(
+                sink,
+                {
+                    "input": job.display,
+                    "output": job.dst,
+                    "width": header.width,
+                    "height": header.height,
+                    "bytes": len(data),
+                    "format": out_fmt,
+                    "seconds": round(time.perf_counter() - t0, 4),
+                    "model": header.model_id,
+                },
+            )
     finally:
         if prog:
             prog.stop()
@@ -417,16 +437,18 @@ def info(
         _report(e, False)
         raise typer.Exit(e.exit_code) from None
     rec = header.to_dict()
-    rec.update({
-        "file": name,
-        "bytes": len(data),
-        "token_bytes": len(tokens),
-        "alpha_bytes": len(alpha),
-        "header_bytes": len(data) - len(tokens) - len(alpha),
-        "tokens": header.num_tokens,
-        "bits_per_token": round(len(tokens) * 8 / header.num_tokens, 4),
-        "bpp": round(len(data) * 8 / (header.width * header.height), 5),
-    })
+    rec.update(
+        {
+            "file": name,
+            "bytes": len(data),
+            "token_bytes": len(tokens),
+            "alpha_bytes": len(alpha),
+            "header_bytes": len(data) - len(tokens) - len(alpha),
+            "tokens": header.num_tokens,
+            "bits_per_token": round(len(tokens) * 8 / header.num_tokens, 4),
+            "bpp": round(len(data) * 8 / (header.width * header.height), 5),
+        }
+    )
     if as_json:
         typer.echo(json.dumps(rec, indent=2))
         return
@@ -450,30 +472,42 @@ def models(as_json: JsonOpt = False) -> None:
         f = int(net.get("stem", 1)) * 2 ** (len(net.get("ch_mult", [1])) - 1)
         ng = int(net.get("z_channels", 16)) // int(q.get("dim", 16))
         bits = ng * (int(q.get("size", 65536)).bit_length() - 1)
-        rows.append({
-            "name": card.get("name", path.stem),
-            "file": path.stem,
-            "path": str(path),
-            "available": True,
-            "arch": card.get("arch", "unet"),
-            "downsample": f,
-            "dim": q.get("dim"),
-            "codebook_size": q.get("size"),
-            "bpp_uncoded": round(bits / (f * f), 4),
-            "entropy_model": card.get("entropy", {}).get("kind", "uniform"),
-            "size_mb": round(path.stat().st_size / 1e6, 2),
-        })
+        rows.append(
+            {
+                "name": card.get("name", path.stem),
+                "file": path.stem,
+                "path": str(path),
+                "available": True,
+                "arch": card.get("arch", "unet"),
+                "downsample": f,
+                "dim": q.get("dim"),
+                "codebook_size": q.get("size"),
+                "bpp_uncoded": round(bits / (f * f), 4),
+                "entropy_model": card.get("entropy", {}).get("kind", "uniform"),
+                "size_mb": round(path.stat().st_size / 1e6, 2),
+            }
+        )
     if as_json:
-        typer.echo(json.dumps({"models": rows, "search_path": [str(d) for d in weights_dirs()]},
-                              indent=2))
+        typer.echo(
+            json.dumps({"models": rows, "search_path": [str(d) for d in weights_dirs()]}, indent=2)
+        )
         return
     table = Table(title="gqtok models")
     for col in ("name", "file", "arch", "f", "dim", "K", "bpp (uncoded)", "entropy", "MB", "path"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["file"], r["arch"], str(r["downsample"]), str(r["dim"]),
-                      str(r["codebook_size"]), str(r["bpp_uncoded"]), r["entropy_model"],
-                      str(r["size_mb"]), r["path"])
+        table.add_row(
+            r["name"],
+            r["file"],
+            r["arch"],
+            str(r["downsample"]),
+            str(r["dim"]),
+            str(r["codebook_size"]),
+            str(r["bpp_uncoded"]),
+            r["entropy_model"],
+            str(r["size_mb"]),
+            r["path"],
+        )
     out = Console(highlight=False)
     out.print(table)
     out.print("search path: " + os.pathsep.join(str(d) for d in weights_dirs()))

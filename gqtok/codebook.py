@@ -34,7 +34,7 @@ def _codebook_cached(dim: int, size: int, seed: int) -> torch.Tensor:
 
 
 def codebook(dim: int, size: int = 65536, seed: int = 42) -> torch.Tensor:
-    """Return the (size, dim) float32 codebook; row j of a size-K book equals row j of any larger one."""
+    """The (size, dim) float32 codebook; its first K rows are the codebook of size K."""
     _check(dim, size)
     return _codebook_cached(int(dim), int(size), int(seed)).clone()
 

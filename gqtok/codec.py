@@ -21,7 +21,15 @@ from . import container
 from . import entropy as ent
 from .codebook import codebook_fingerprint
 from .errors import FormatError, ModelError
-from .imageio import Picture, crop, from_tensor, pad_to_multiple, picture_to_pil, read_image, to_tensor
+from .imageio import (
+    Picture,
+    crop,
+    from_tensor,
+    pad_to_multiple,
+    picture_to_pil,
+    read_image,
+    to_tensor,
+)
 from .model import Model
 
 
@@ -68,7 +76,10 @@ def encode_pil(model: Model, image: Image.Image, pad_mode: str = "replicate") ->
 
 
 def encode_arrays(
-    model: Model, images: Sequence[np.ndarray], pad_mode: str = "replicate", batch_size: int = 4,
+    model: Model,
+    images: Sequence[np.ndarray],
+    pad_mode: str = "replicate",
+    batch_size: int = 4,
     timings: dict[str, float] | None = None,
 ) -> list[Tokens]:
     """Token grids of (H, W, 3) uint8 images; equal-size images share network batches."""
@@ -141,7 +152,9 @@ def pack_tokens(model: Model, tok: Tokens, picture: Picture | None = None) -> En
     """Entropy-code a token grid (and the picture's alpha plane) into .gq bytes."""
     header = _header_for(model, tok, picture)
     payload = model.entropy.encode(tok.indices.numpy().reshape(-1))
-    alpha = _alpha_bytes(picture.alpha) if picture is not None and picture.alpha is not None else b""
+    alpha = (
+        _alpha_bytes(picture.alpha) if picture is not None and picture.alpha is not None else b""
+    )
     return Encoded(container.pack(header, payload, alpha), header, tok, len(payload))
 
 
@@ -162,7 +175,9 @@ def encode_pictures(
     return out
 
 
-def encode_file(model: Model, source: str | bytes, name: str | None = None, **kw: object) -> Encoded:
+def encode_file(
+    model: Model, source: str | bytes, name: str | None = None, **kw: object
+) -> Encoded:
     """Read an image file (or bytes) and encode it."""
     pic = read_image(source, name=name, **kw)  # type: ignore[arg-type]
     return encode_pictures(model, [pic])[0]
@@ -172,14 +187,17 @@ def check_compatible(model: Model, header: container.Header, name: str | None = 
     """Refuse to decode a file with a model, codebook or entropy table it was not written with."""
     if header.weights_hash != model.weights_fingerprint:
         raise ModelError(
-            f"file was written with model {header.model_id!r} (weights {header.weights_hash.hex()}),"
+            f"file was written with model {header.model_id!r}"
+            f" (weights {header.weights_hash.hex()}),"
             f" not with {model.name!r} (weights {model.weights_fingerprint.hex()})",
             name,
         )
     q = model.quant
-    if (header.dim, header.size, header.seed) != (q.dim, q.size, q.seed) or header.beta != np.float32(
-        q.beta
-    ):
+    if (header.dim, header.size, header.seed) != (
+        q.dim,
+        q.size,
+        q.seed,
+    ) or header.beta != np.float32(q.beta):
         raise ModelError(
             f"file codebook (dim {header.dim}, K {header.size}, seed {header.seed}) differs from"
             f" the model's (dim {q.dim}, K {q.size}, seed {q.seed})",
@@ -245,8 +263,10 @@ def decode_bytes(
         model = model(header)
     header, tokens, alpha = unpack_tokens(model, data, name)
     rgb = decode_to_array(model, tokens)
-    mode = ("LA" if alpha is not None else "L") if header.grayscale else (
-        "RGBA" if alpha is not None else "RGB"
+    mode = (
+        ("LA" if alpha is not None else "L")
+        if header.grayscale
+        else ("RGBA" if alpha is not None else "RGB")
     )
     pic = Picture(rgb=rgb, alpha=alpha, mode=mode, source_format="GQ", bit_depth=8)
     return picture_to_pil(pic), header

@@ -147,8 +147,21 @@ def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
         raise bad("corrupt .gq header (model id is not UTF-8)") from None
     pos += id_len
     (
-        weights_hash, dim, size, seed, beta, cb_fp, width, height, groups, grid_h, grid_w,
-        ent_kind, ent_fp, token_len, alpha_len,
+        weights_hash,
+        dim,
+        size,
+        seed,
+        beta,
+        cb_fp,
+        width,
+        height,
+        groups,
+        grid_h,
+        grid_w,
+        ent_kind,
+        ent_fp,
+        token_len,
+        alpha_len,
     ) = _MID.unpack_from(data, pos)
     pos += _MID.size
     expected = pos + token_len + alpha_len + 4
@@ -162,7 +175,9 @@ def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
         raise bad(f"corrupt .gq header (unknown entropy model {ent_kind})")
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
         raise bad(f"corrupt .gq header (image size {width}x{height})")
-    if not (dim > 0 and size > 0 and groups > 0 and 0 < grid_h <= MAX_SIDE and 0 < grid_w <= MAX_SIDE):
+    if not (
+        dim > 0 and size > 0 and groups > 0 and 0 < grid_h <= MAX_SIDE and 0 < grid_w <= MAX_SIDE
+    ):
         raise bad("corrupt .gq header (token grid or codebook parameters)")
     if bool(flags & FLAG_ALPHA) != (alpha_len > 0):
         raise bad("corrupt .gq header (alpha flag and alpha payload disagree)")

@@ -105,7 +105,7 @@ class Model:
 
     @torch.inference_mode()
     def moments(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder output (B, 2C, h, w) for images (B, 3, H, W) in [-1, 1], H and W multiples of f."""
+        """Encoder output (B, 2C, h, w) for images (B, 3, H, W) in [-1, 1], sides multiples of f."""
         return self.encoder(x.to(self.device, torch.float32)).float()
 
     def quantize(self, moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +200,9 @@ def build_from_state(
     cfg = UNetConfig.from_dict(card["network"])
     qd = card.get("quantizer", {})
     quant = QuantizerConfig(
-        int(qd.get("dim", 16)), int(qd.get("size", 65536)), int(qd.get("seed", 42)),
+        int(qd.get("dim", 16)),
+        int(qd.get("size", 65536)),
+        int(qd.get("seed", 42)),
         float(qd.get("beta", 1.0)),
     )
     if cfg.z_channels % quant.dim:
@@ -222,7 +224,9 @@ def build_from_state(
             module.load_state_dict(sub)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
-            raise ModelError(f"weights do not fit the network ({first[-1].strip()})", source) from None
+            raise ModelError(
+                f"weights do not fit the network ({first[-1].strip()})", source
+            ) from None
     ecard = card.get("entropy", {"kind": "uniform"})
     if ecard.get("kind") == "frequency" and counts is not None:
         emodel = ent.from_counts(counts, float(ecard.get("smoothing", 0.5)))
@@ -232,8 +236,15 @@ def build_from_state(
         raise ModelError("entropy table size differs from the codebook size", source)
     clamp = card.get("clamp")
     return Model(
-        encoder, decoder, quant, emodel, card, weights_hash(state), source,
-        tuple(clamp) if clamp else None, card.get("layout", "bchw"),
+        encoder,
+        decoder,
+        quant,
+        emodel,
+        card,
+        weights_hash(state),
+        source,
+        tuple(clamp) if clamp else None,
+        card.get("layout", "bchw"),
     )
 
 
@@ -281,15 +292,22 @@ def save_model(
         state["entropy.counts"] = torch.from_numpy(counts.copy())
         e = ent.from_counts(counts, float(card.get("entropy", {}).get("smoothing", 0.5)))
         card["entropy"] = {
-            "kind": "frequency", "smoothing": e.smoothing, "fingerprint": e.fingerprint.hex(),
+            "kind": "frequency",
+            "smoothing": e.smoothing,
+            "fingerprint": e.fingerprint.hex(),
         }
     else:
-        card["entropy"] = {"kind": "uniform", "fingerprint": ent.uniform(
-            int(card.get("quantizer", {}).get("size", 65536))).fingerprint.hex()}
+        card["entropy"] = {
+            "kind": "uniform",
+            "fingerprint": ent.uniform(
+                int(card.get("quantizer", {}).get("size", 65536))
+            ).fingerprint.hex(),
+        }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     save_file(state, str(tmp), metadata={CARD_KEY: json.dumps(card, sort_keys=True)})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return card

@@ -30,14 +30,18 @@ _BLOCK = 64  # codewords per max-group in the shortlist pass
 
 
 @lru_cache(maxsize=8)
-def _search_tables(dim: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _search_tables(
+    dim: int, size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(K, 2G) matrix [c^2, c], per-dimension max c^2 and max |c| for the error bound."""
     cb = codebook_view(dim, size, seed)
     table = torch.cat([cb * cb, cb], dim=1).contiguous()
     return table, (cb * cb).amax(0), cb.abs().amax(0)
 
 
-def _exact_scores(mu: torch.Tensor, std: torch.Tensor, cb: torch.Tensor, beta: float) -> torch.Tensor:
+def _exact_scores(
+    mu: torch.Tensor, std: torch.Tensor, cb: torch.Tensor, beta: float
+) -> torch.Tensor:
     """Direct-form float64 scores of tokens (R, G) against codewords (R, J, G) or (J, G)."""
     c = cb.double()
     m = mu.double().unsqueeze(-2)
@@ -87,7 +91,9 @@ def search(
         inv = 1.0 / (s * s)
         a1 = beta - inv
         a2 = 2.0 * m * inv
-        scores = torch.mm(torch.cat([a1, a2], dim=1), table.t(), out=buf[: rows_here * k].view(rows_here, k))
+        scores = torch.mm(
+            torch.cat([a1, a2], dim=1), table.t(), out=buf[: rows_here * k].view(rows_here, k)
+        )
         bmax = scores.view(rows_here, n_blocks, block).amax(dim=2) if block > 1 else scores
         top = bmax.amax(dim=1)
         bound = gamma * ((a1.abs() * c2max).sum(1) + (a2.abs() * cmax).sum(1))
@@ -116,8 +122,13 @@ def search(
 
 
 def search_naive(
-    mu: torch.Tensor, std: torch.Tensor, dim: int, size: int = 65536, seed: int = 42,
-    beta: float = 1.0, row_chunk: int = 16,
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    dim: int,
+    size: int = 65536,
+    seed: int = 42,
+    beta: float = 1.0,
+    row_chunk: int = 16,
 ) -> torch.Tensor:
     """Reference broadcast search in float32 direct form (the upstream kernel formula)."""
     cb = codebook_view(dim, size, seed)

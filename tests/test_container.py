@@ -16,9 +16,20 @@ from gqtok.errors import FormatError, UnsupportedVersionError
 
 def _header(**kw: object) -> container.Header:
     base = dict(
-        model_id="test-model", weights_hash=b"\x01" * 8, dim=16, size=65536, seed=42, beta=1.0,
-        codebook_fingerprint=codebook_fingerprint(16), width=33, height=17, groups=1, grid_h=3,
-        grid_w=5, entropy_kind="uniform", entropy_fingerprint=uniform(65536).fingerprint,
+        model_id="test-model",
+        weights_hash=b"\x01" * 8,
+        dim=16,
+        size=65536,
+        seed=42,
+        beta=1.0,
+        codebook_fingerprint=codebook_fingerprint(16),
+        width=33,
+        height=17,
+        groups=1,
+        grid_h=3,
+        grid_w=5,
+        entropy_kind="uniform",
+        entropy_fingerprint=uniform(65536).fingerprint,
     )
     base.update(kw)
     return container.Header(**base)  # type: ignore[arg-type]

@@ -27,7 +27,9 @@ def test_unet_small_matches_reference_outputs() -> None:
     with torch.no_grad():
         moments = enc(U["io.x"])
         torch.testing.assert_close(moments, U["io.moments"], rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(dec(U["io.moments"][:, :16]), U["io.mu_decoded"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            dec(U["io.moments"][:, :16]), U["io.mu_decoded"], rtol=1e-4, atol=1e-4
+        )
         torch.testing.assert_close(dec(U["io.g16.zhat"]), U["io.g16.decoded"], rtol=1e-4, atol=1e-4)
     # End to end: our encoder + our GQ give the reference indices (no token is near a flip).
     idx, zhat = quantize(moments, 16)
@@ -47,7 +49,9 @@ def test_released_config_has_reference_parameter_names_and_shapes() -> None:
     shapes.update({f"decoder.{k}": list(v.shape) for k, v in dec.state_dict().items()})
     assert shapes == full["keys"]
     keys = list(shapes)
-    assert "decoder.up.3.attn.2.proj_out.weight" in keys and "encoder.mid.attn_1.q.weight" not in keys
+    assert (
+        "decoder.up.3.attn.2.proj_out.weight" in keys and "encoder.mid.attn_1.q.weight" not in keys
+    )
 
 
 def test_stem_extension_keeps_names_and_downsampling() -> None:

@@ -33,7 +33,9 @@ def test_blc_layout_equals_bchw(dim: int) -> None:
     ref = VEC[f"rand_s0_2x32x6x5.g{dim}.indices"]
     assert idx.shape == (b, h * w, 16 // dim)
     assert torch.equal(idx, ref.permute(0, 2, 3, 1).reshape(b, h * w, 16 // dim))
-    assert torch.equal(zhat, VEC[f"rand_s0_2x32x6x5.g{dim}.zhat"].permute(0, 2, 3, 1).reshape(b, h * w, 16))
+    assert torch.equal(
+        zhat, VEC[f"rand_s0_2x32x6x5.g{dim}.zhat"].permute(0, 2, 3, 1).reshape(b, h * w, 16)
+    )
     assert torch.equal(dequantize(idx, dim, layout="blc"), zhat)
 
 
@@ -92,8 +94,9 @@ def test_search_with_other_beta_matches_naive_direct_form() -> None:
     mu = torch.randn(64, 8, generator=g)
     std = torch.exp(0.5 * (torch.rand(64, 8, generator=g) * 3 - 3))
     for beta in (0.0, 0.5, 2.0):
-        assert torch.equal(search(mu, std, 8, 4096, beta=beta),
-                           _exhaustive(mu, std, codebook(8, 4096), beta))
+        assert torch.equal(
+            search(mu, std, 8, 4096, beta=beta), _exhaustive(mu, std, codebook(8, 4096), beta)
+        )
     assert torch.equal(search(mu, std, 8, 4096), search_naive(mu, std, 8, 4096))
 
 
@@ -109,7 +112,9 @@ def test_odd_codebook_size_and_errors() -> None:
     moments = torch.randn(2, 32, 3, 5)
     idx, _ = quantize(moments, 8, size=1000)
     mu, std = split_moments(moments, 8)
-    assert torch.equal(idx.permute(0, 2, 3, 1).reshape(-1), _exhaustive(mu, std, codebook(8, 1000), 1.0))
+    assert torch.equal(
+        idx.permute(0, 2, 3, 1).reshape(-1), _exhaustive(mu, std, codebook(8, 1000), 1.0)
+    )
     with pytest.raises(ValueError):
         quantize(torch.randn(1, 30, 2, 2), 16)
     with pytest.raises(ValueError):

@@ -1,0 +1,159 @@
+"""The CLI as a user runs it: files, folders, pipes, JSON, exit codes, no lost data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gqtok.cli import app
+from tests.conftest import DATA, REPO
+
+runner = CliRunner()
+
+
+def gq(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+    return subprocess.run(
+        [sys.executable, "-m", "gqtok", *args],
+        input=input,
+        capture_output=True,
+        cwd=REPO,
+        timeout=300,
+    )
+
+
+@pytest.fixture()
+def photos(tmp_path: Path) -> Path:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(DATA / "photo_a.jpg", src / "a.jpg")
+    shutil.copy(DATA / "photo_b.png", src / "sub" / "b.png")
+    return src
+
+
+def test_encode_decode_single_file_and_info(tmp_path: Path) -> None:
+    img = tmp_path / "a.jpg"
+    shutil.copy(DATA / "photo_a.jpg", img)
+    r = runner.invoke(app, ["encode", str(img), "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    out = tmp_path / "a.gq"
+    assert rec["output"] == str(out) and rec["bytes"] == out.stat().st_size
+    assert rec["tokens"] == 40 * 27 and 0 < rec["bpp"] < 0.3
+    r = runner.invoke(app, ["info", str(out), "--json"])
+    assert r.exit_code == 0
+    info = json.loads(r.stdout)
+    assert info["width"] == 317 and info["height"] == 211 and info["version"] == 1
+    assert info["header_bytes"] + info["token_bytes"] == info["bytes"]
+    r = runner.invoke(app, ["decode", str(out)])
+    assert r.exit_code == 0, r.output
+    dec = Image.open(tmp_path / "a.png")
+    assert dec.size == (317, 211) and dec.format == "PNG"
+    r = runner.invoke(app, ["decode", str(out), "-o", str(tmp_path / "x.webp")])
+    assert r.exit_code == 0 and Image.open(tmp_path / "x.webp").format == "WEBP"
+
+
+def test_never_overwrites_without_flag(tmp_path: Path) -> None:
+    img = tmp_path / "a.jpg"
+    shutil.copy(DATA / "photo_a.jpg", img)
+    assert runner.invoke(app, ["encode", str(img)]).exit_code == 0
+    gqf = tmp_path / "a.gq"
+    before = gqf.read_bytes()
+    gqf.write_bytes(b"user data")
+    r = runner.invoke(app, ["encode", str(img)])
+    assert r.exit_code == 6 and "exists" in r.output
+    assert gqf.read_bytes() == b"user data"
+    assert runner.invoke(app, ["encode", str(img), "--overwrite"]).exit_code == 0
+    assert gqf.read_bytes() == before
+    r = runner.invoke(app, ["encode", str(img), "-o", str(img), "--overwrite"])
+    assert r.exit_code == 6 and "input" in r.output
+    assert img.read_bytes() == (DATA / "photo_a.jpg").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_batch_folder_mirrors_structure_and_survives_a_corrupt_file(
+    photos: Path, tmp_path: Path
+) -> None:
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50)
+    out = tmp_path / "out"
+    r = runner.invoke(
+        app, ["encode", str(photos), "-r", "-o", str(out), "--json", "--batch-size", "2"]
+    )
+    assert r.exit_code == 1
+    assert "broken.png" in r.output
+    assert (out / "a.gq").exists() and (out / "sub" / "b.gq").exists()
+    assert not (out / "broken.gq").exists()
+    recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(recs) == 2
+    (out / "junk.gq").write_bytes(b"GQTK\x01garbage")
+    dec = tmp_path / "dec"
+    r = runner.invoke(app, ["decode", str(out), "-r", "-o", str(dec)])
+    assert r.exit_code == 1 and "junk.gq" in r.output
+    assert Image.open(dec / "sub" / "b.png").size == Image.open(DATA / "photo_b.png").size
+    assert Image.open(dec / "a.png").size == (317, 211)
+
+
+def test_pipes_stdin_to_stdout() -> None:
+    png = (DATA / "photo_b.png").read_bytes()
+    enc = gq("encode", "-", "-o", "-", input=png)
+    assert enc.returncode == 0, enc.stderr.decode()
+    assert enc.stdout[:4] == b"GQTK"
+    dec = gq("decode", "-", "-o", "-", input=enc.stdout)
+    assert dec.returncode == 0, dec.stderr.decode()
+    img = Image.open(__import__("io").BytesIO(dec.stdout))
+    assert img.size == Image.open(DATA / "photo_b.png").size
+    assert dec.stderr == b""  # quiet in pipes
+
+
+def test_exit_codes_for_bad_inputs(tmp_path: Path) -> None:
+    r = gq("decode", str(tmp_path / "missing.gq"))
+    assert r.returncode == 3 and b"missing.gq" in r.stderr
+    assert len(r.stderr.decode().strip().splitlines()) == 1 and b"Traceback" not in r.stderr
+    bad = tmp_path / "bad.gq"
+    bad.write_bytes(b"GQTK" + os.urandom(100))
+    r = gq("decode", str(bad))
+    assert r.returncode == 4 and b"bad.gq" in r.stderr and b"Traceback" not in r.stderr
+    notimg = tmp_path / "x.png"
+    notimg.write_text("hello")
+    r = gq("encode", str(notimg))
+    assert r.returncode == 3 and b"x.png" in r.stderr
+    r = gq("encode", str(DATA / "photo_a.jpg"), "--model", str(tmp_path / "nope.safetensors"))
+    assert r.returncode == 5
+    r = gq(
+        "encode", str(DATA / "photo_a.jpg"), "--max-pixels", "1000", "-o", str(tmp_path / "o.gq")
+    )
+    assert r.returncode == 3 and b"1000" in r.stderr
+    assert gq("encode", "--bogus").returncode == 2
+
+
+def test_models_lists_default() -> None:
+    r = runner.invoke(app, ["models", "--json"])
+    assert r.exit_code == 0
+    rows = json.loads(r.stdout)["models"]
+    default = [m for m in rows if m["file"] == "default"]
+    assert default and default[0]["available"] and default[0]["downsample"] == 8
+
+
+def test_decoded_pixels_match_api(tmp_path: Path) -> None:
+    from gqtok import load_model
+    from gqtok.codec import decode_bytes
+
+    img = tmp_path / "b.png"
+    shutil.copy(DATA / "photo_b.png", img)
+    assert runner.invoke(app, ["encode", str(img), "-o", str(tmp_path / "b.gq")]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["decode", str(tmp_path / "b.gq"), "-o", str(tmp_path / "c.png")]
+        ).exit_code
+        == 0
+    )
+    api, _ = decode_bytes((tmp_path / "b.gq").read_bytes(), load_model())
+    assert np.array_equal(np.asarray(api), np.asarray(Image.open(tmp_path / "c.png")))
