@@ -28,6 +28,16 @@ lint: $(STAMP)
 data: $(STAMP)
 	bash scripts/make_data.sh
 
+## Reproduce the embedded default model: data, training (resumable), export to weights/.
+## TRAIN_MINUTES bounds one invocation; re-running `make train` resumes where it stopped.
+TRAIN_MINUTES ?= 60
+train: $(STAMP) data/prepared/manifest.json
+	$(PY) -m pip install -q --no-deps stlpips-pytorch==0.0.2
+	bash scripts/train_default.sh $(TRAIN_MINUTES)
+
+data/prepared/manifest.json:
+	$(MAKE) data
+
 ## Benchmarks (print numbers; see README).
 bench: $(STAMP)
 	$(PY) bench/gq_search.py

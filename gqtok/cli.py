@@ -513,6 +513,25 @@ def models(as_json: JsonOpt = False) -> None:
     out.print("search path: " + os.pathsep.join(str(d) for d in weights_dirs()))
 
 
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@app.command(context_settings=_PASS_THROUGH, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train a GQ-VAE with the target divergence constraint (options: gqtok train --help)."""
+    from .train import main as train_main
+
+    train_main(["train", *ctx.args])
+
+
+@app.command("export-model", context_settings=_PASS_THROUGH, add_help_option=False)
+def export_model(ctx: typer.Context) -> None:
+    """Export a training run as a gqtok model file (options: gqtok export-model --help)."""
+    from .train import main as train_main
+
+    train_main(["export", *ctx.args])
+
+
 def main() -> None:
     """Console-script entry point: map errors to exit codes, never show a traceback for them."""
     try:

@@ -534,7 +534,7 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
             win.bits_max = max(win.bits_max, st["bits_max"])
             if not math.isfinite(v_loss):
                 raise FloatingPointError(f"loss is {v_loss} at step {step}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if (cfg.log_every and step % cfg.log_every == 0) or step == cfg.steps:
                 n = win.steps
                 row = {
                     "kind": "train", "step": step, "images": images_seen, "wall_s": wall_now(),
