@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from gqtok.codebook import codebook_view
+from gqtok.codebooks import codebook_view
 from gqtok.quantizer import search, search_naive
 
 

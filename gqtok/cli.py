@@ -204,13 +204,15 @@ def _finish(failures: list[tuple[str, GqtokError]], total: int, quiet: bool) -> 
     if not quiet:
         err.print(f"[red]{len(failures)} of {total} files failed:[/]")
         for _, e in failures:
-            err.print(f"  {e}", markup=False)
+            sys.stderr.write(f"  {e}\n")
     raise typer.Exit(EXIT_PARTIAL)
 
 
 def _report(e: GqtokError, quiet: bool) -> None:
+    """One line per error, never wrapped, so scripts can grep it."""
     if not quiet:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.flush()
 
 
 def _chunks(jobs: list[Job], n: int) -> Iterator[list[Job]]:
@@ -542,7 +544,7 @@ def main() -> None:
     except BrokenPipeError:
         sys.exit(1)
     except GqtokError as e:
-        err.print(f"error: {e}", markup=False)
+        _report(e, False)
         sys.exit(e.exit_code)
 
 

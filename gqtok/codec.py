@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import container
 from . import entropy as ent
-from .codebook import codebook_fingerprint
+from .codebooks import codebook_fingerprint
 from .errors import FormatError, ModelError
 from .imageio import (
     Picture,

@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from .codebook import codebook_view
+from .codebooks import codebook_view
 
 Layout = Literal["bchw", "blc"]
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0

@@ -83,7 +83,8 @@ def test_grayscale_and_rgba_modes_are_restored(model, tmp_path) -> None:  # noqa
 
 def test_sixteen_bit_and_exif_rotated_inputs(model) -> None:  # noqa: ANN001
     g16 = np.asarray(Image.open(DATA / "photo_b.png").convert("L"), dtype=np.uint16) * 257
-    im16 = Image.fromarray(g16.astype(np.uint16), mode="I;16")
+    im16 = Image.fromarray(g16.astype(np.uint16))
+    assert im16.mode == "I;16"
     enc = encode_pictures(model, [read_image(_png(im16))])[0]
     img, _ = decode_bytes(enc.data, model)
     assert img.mode == "L" and img.size == (g16.shape[1], g16.shape[0])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gqtok import container
-from gqtok.codebook import codebook_fingerprint
+from gqtok.codebooks import codebook_fingerprint
 from gqtok.entropy import from_counts, uniform
 from gqtok.errors import FormatError, UnsupportedVersionError
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gqtok.codebook import codebook
+from gqtok.codebooks import codebook
 from gqtok.quantizer import _exhaustive, dequantize, quantize, search, search_naive, split_moments
 from tests.conftest import FIXTURES
 
