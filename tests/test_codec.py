@@ -12,12 +12,12 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from gqtok.imageio import read_image
 from PIL import Image
 
 from gqtok import container, load_model
 from gqtok.codec import decode_bytes, encode_file, encode_pictures, unpack_tokens
 from gqtok.errors import FormatError, ModelError
+from gqtok.imageio import read_image
 from tests.conftest import DATA, REPO
 
 
