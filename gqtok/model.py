@@ -3,6 +3,9 @@
 The file holds the network tensors (``encoder.*``, ``decoder.*``, reference names), the token
 frequency table (``entropy.counts``) and the model card as JSON in the safetensors metadata
 (key ``gqtok.card``); a ``.json`` sidecar with the same card is written for people to read.
+Two network families share one interface: the convolutional UNet (``arch: unet``) and the
+reference ViT (``arch: vit``, see gqtok.vit). Reference checkpoints (.ckpt/.pt) and the
+released models by name (gqtok.registry) load through the same ``load_model``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from . import entropy as ent
 from .errors import ModelError
 from .network import Decoder, Encoder, UNetConfig
 from .quantizer import dequantize, quantize
+from .vit import ViTConfig, ViTDecoder, ViTEncoder
 
 CARD_KEY = "gqtok.card"
 CARD_VERSION = 1
@@ -55,13 +59,26 @@ def weights_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+ARCHS: dict[str, tuple[Any, type[torch.nn.Module], type[torch.nn.Module]]] = {
+    "unet": (UNetConfig, Encoder, Decoder),
+    "vit": (ViTConfig, ViTEncoder, ViTDecoder),
+}
+DEFAULT_LAYOUT = {"unet": "bchw", "vit": "blc"}
+
+
 class Model:
-    """Encoder/decoder pair plus everything needed to turn images into coded tokens and back."""
+    """Encoder/decoder pair plus everything needed to turn images into coded tokens and back.
+
+    Whatever the architecture, the encoder maps images (B, 3, H, W) to a moments grid
+    (B, 2C, H/f, W/f) and the decoder maps latent grids back, so quantization is always done
+    on the grid. ``layout`` is the reference's token layout of the network family ("blc" for
+    the ViT), recorded in .gq headers; GQ's per-token search does not depend on it.
+    """
 
     def __init__(
         self,
-        encoder: Encoder,
-        decoder: Decoder,
+        encoder: torch.nn.Module,
+        decoder: torch.nn.Module,
         quant: QuantizerConfig,
         entropy_model: ent.EntropyModel,
         card: dict[str, Any],
@@ -86,6 +103,10 @@ class Model:
         return str(self.card.get("name", "unnamed"))
 
     @property
+    def arch(self) -> str:
+        return str(self.card.get("arch", "unet"))
+
+    @property
     def weights_fingerprint(self) -> bytes:
         return bytes.fromhex(self.weights_sha256)[:8]
 
@@ -96,6 +117,27 @@ class Model:
     @property
     def groups(self) -> int:
         return self.encoder.cfg.z_channels // self.quant.dim
+
+    def requantized(self, quant: QuantizerConfig) -> Model:
+        """The same network under other GQ settings (e.g. a .gq header's); a frequency table
+        fitted to the old settings does not describe the new tokens, so it becomes uniform."""
+        if quant == self.quant:
+            return self
+        card = with_quantizer(self.card, quant.dim, quant.size, quant.seed, quant.beta)
+        emodel = self.entropy if card is self.card else ent.uniform(quant.size)
+        if emodel.size != quant.size:
+            emodel = ent.uniform(quant.size)
+        return Model(
+            self.encoder,
+            self.decoder,
+            quant,
+            emodel,
+            card,
+            self.weights_sha256,
+            self.source,
+            self.clamp,
+            self.layout,
+        )
 
     def to(self, device: str | torch.device) -> Model:
         self.device = torch.device(device)
@@ -109,9 +151,9 @@ class Model:
         return self.encoder(x.to(self.device, torch.float32)).float()
 
     def quantize(self, moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(indices, zhat) in the reference layout."""
+        """(indices (B, NG, h, w), zhat (B, C, h, w)) for a moments grid from ``moments``."""
         q = self.quant
-        return quantize(moments, q.dim, q.size, q.seed, q.beta, self.layout)  # type: ignore[arg-type]
+        return quantize(moments, q.dim, q.size, q.seed, q.beta, "bchw")
 
     @torch.inference_mode()
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
@@ -123,7 +165,7 @@ class Model:
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in roughly [-1, 1] for token indices (B, NG, h, w)."""
         q = self.quant
-        z = dequantize(indices, q.dim, q.size, q.seed, self.layout)  # type: ignore[arg-type]
+        z = dequantize(indices, q.dim, q.size, q.seed, "bchw")
         return self.decode_latent(z)
 
     def encode_image(self, image: Any) -> Any:
@@ -141,6 +183,8 @@ class Model:
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "arch": self.arch,
+            "layout": self.layout,
             "source": self.source,
             "weights_sha256": self.weights_sha256,
             "downsample": self.downsample,
@@ -162,9 +206,17 @@ def weights_dirs() -> list[Path]:
     return dirs
 
 
-def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def resolve_model_path(name_or_path: str | os.PathLike[str], trust_pickle: bool = False) -> Path:
+    """A model file for a path, a local model name, or a released model name.
+
+    Local ``<name>.safetensors`` in the weights folders win; otherwise a name known to
+    gqtok.registry is fetched (cached conversion, download on first use).
+    """
     p = Path(name_or_path)
-    if p.suffix in (".safetensors",) or p.exists():
+    if p.suffix in MODEL_FILE_SUFFIXES or p.exists():
         if not p.exists():
             raise ModelError("model file not found", str(p))
         return p
@@ -173,8 +225,13 @@ def resolve_model_path(name_or_path: str | os.PathLike[str]) -> Path:
         cand = d / f"{name}.safetensors"
         if cand.exists():
             return cand
+    from . import registry
+
+    if name in registry.ENTRIES and registry.ENTRIES[name].repo:
+        return registry.ensure(name, trust_pickle=trust_pickle)
     where = ", ".join(str(d) for d in weights_dirs())
-    raise ModelError(f"unknown model {name!r} (looked in {where})")
+    known = ", ".join(registry.released_names())
+    raise ModelError(f"unknown model {name!r} (looked in {where}; released models: {known})")
 
 
 def read_card(path: Path) -> dict[str, Any]:
@@ -188,6 +245,48 @@ def read_card(path: Path) -> dict[str, Any]:
     raise ModelError("no gqtok model card in the file's metadata nor beside it", str(path))
 
 
+def has_card(path: Path) -> bool:
+    """True for a gqtok model file; False for other files (e.g. a reference state dict)."""
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - unreadable: let the loader report it
+        return True
+    if CARD_KEY in meta:
+        return True
+    sidecar = path.with_suffix(".json")
+    try:
+        card = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(card, dict) and "network" in card  # not just any JSON beside the file
+
+
+def with_quantizer(
+    card: dict[str, Any],
+    dim: int | None = None,
+    size: int | None = None,
+    seed: int | None = None,
+    beta: float | None = None,
+) -> dict[str, Any]:
+    """The card with quantizer settings overridden; a frequency table fitted to other
+    settings no longer describes the tokens, so the entropy model falls back to uniform."""
+    old = dict(card.get("quantizer", {}))
+    new = dict(old)
+    for key, value in (("dim", dim), ("size", size), ("seed", seed), ("beta", beta)):
+        if value is not None:
+            new[key] = float(value) if key == "beta" else int(value)
+    if new == old:
+        return card
+    out = dict(card)
+    out["quantizer"] = new
+    if out.get("entropy", {}).get("kind") == "frequency":
+        out["entropy"] = {"kind": "uniform"}
+    return out
+
+
 def build_from_state(
     state: dict[str, torch.Tensor],
     card: dict[str, Any],
@@ -195,9 +294,14 @@ def build_from_state(
     counts: np.ndarray | None = None,
 ) -> Model:
     """Make a Model from network tensors and a card; missing or unexpected keys are errors."""
-    if card.get("arch", "unet") != "unet":
-        raise ModelError(f"unsupported architecture {card.get('arch')!r}", source or None)
-    cfg = UNetConfig.from_dict(card["network"])
+    arch = card.get("arch", "unet")
+    if arch not in ARCHS:
+        raise ModelError(f"unsupported architecture {arch!r}", source or None)
+    config_cls, encoder_cls, decoder_cls = ARCHS[arch]
+    try:
+        cfg = config_cls.from_dict(card["network"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"bad network config in the model card ({exc})", source or None) from None
     qd = card.get("quantizer", {})
     quant = QuantizerConfig(
         int(qd.get("dim", 16)),
@@ -207,21 +311,30 @@ def build_from_state(
     )
     if cfg.z_channels % quant.dim:
         raise ModelError(f"z_channels {cfg.z_channels} not divisible by dim {quant.dim}", source)
-    encoder, decoder = Encoder(cfg), Decoder(cfg)
+    # Built without memory (meta) and filled with the given tensors: no random init, no copy.
+    with torch.device("meta"):
+        encoder, decoder = encoder_cls(cfg), decoder_cls(cfg)
+    subs = []
+    missing: list[str] = []
+    unexpected: list[str] = []
     for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
         sub = {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
         expected = set(module.state_dict())
-        missing = sorted(expected - set(sub))
-        unexpected = sorted(set(sub) - expected)
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append("missing " + ", ".join(prefix + k for k in missing[:5]))
-            if unexpected:
-                parts.append("unexpected " + ", ".join(prefix + k for k in unexpected[:5]))
-            raise ModelError("weights do not match the network: " + "; ".join(parts), source)
+        missing += [prefix + k for k in sorted(expected - set(sub))]
+        unexpected += [prefix + k for k in sorted(set(sub) - expected)]
+        subs.append((module, sub))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+            parts.append("missing " + ", ".join(missing[:5]) + more)
+        if unexpected:
+            more = f" (+{len(unexpected) - 5} more)" if len(unexpected) > 5 else ""
+            parts.append("unexpected " + ", ".join(unexpected[:5]) + more)
+        raise ModelError("weights do not match the network: " + "; ".join(parts), source)
+    for module, sub in subs:
         try:
-            module.load_state_dict(sub)
+            module.load_state_dict(sub, assign=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
             raise ModelError(
@@ -234,7 +347,7 @@ def build_from_state(
         emodel = ent.uniform(quant.size)
     if emodel.size != quant.size:
         raise ModelError("entropy table size differs from the codebook size", source)
-    clamp = card.get("clamp")
+    clamp = card.get("clamp", [-1.0, 1.0] if arch == "vit" else None)
     return Model(
         encoder,
         decoder,
@@ -244,15 +357,37 @@ def build_from_state(
         weights_hash(state),
         source,
         tuple(clamp) if clamp else None,
-        card.get("layout", "bchw"),
+        card.get("layout", DEFAULT_LAYOUT[arch]),
     )
 
 
-def load_model(name_or_path: str | os.PathLike[str] = DEFAULT_MODEL) -> Model:
-    """Load a model by registry name (e.g. "default") or from a .safetensors path."""
-    path = resolve_model_path(name_or_path)
+def load_model(
+    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+    *,
+    dim: int | None = None,
+    size: int | None = None,
+    seed: int | None = None,
+    beta: float | None = None,
+    heads: int | None = None,
+    trust_pickle: bool = False,
+) -> Model:
+    """Load a model by name ("default", a released model such as "sd3unet_gq_0.25") or path.
+
+    Paths may be gqtok .safetensors files or reference checkpoints (.ckpt/.pt/.pth, plain
+    state-dict .safetensors), whose network config is inferred from the weights (see
+    gqtok.checkpoint; ``heads`` is needed there for ViTs whose width is not 64 per head).
+    ``dim``/``size``/``seed``/``beta`` override the quantizer settings (codebook dim G, size
+    K, seed, prior weight). ``trust_pickle`` allows checkpoints that need full unpickling.
+    """
+    path = resolve_model_path(name_or_path, trust_pickle=trust_pickle)
+    if not has_card(path):
+        from .checkpoint import model_from_checkpoint
+
+        return model_from_checkpoint(
+            path, dim=dim, size=size, seed=seed, beta=beta, heads=heads, trust_pickle=trust_pickle
+        )
     try:
-        card = read_card(path)
+        card = with_quantizer(read_card(path), dim, size, seed, beta)
         state: dict[str, torch.Tensor] = {}
         counts = None
         with safe_open(str(path), framework="pt") as f:
@@ -305,7 +440,7 @@ def save_model(
         }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     save_file(state, str(tmp), metadata={CARD_KEY: json.dumps(card, sort_keys=True)})
     os.chmod(tmp, 0o644)
     os.replace(tmp, out)
@@ -332,11 +467,16 @@ def list_local_models() -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-def path_for_model_id(model_id: str) -> Path:
-    """The local file whose card name (or file stem) is model_id; ModelError if none."""
+def path_for_model_id(model_id: str, trust_pickle: bool = False) -> Path:
+    """The local file whose card name (or file stem) is model_id, else the released model of
+    that name (converted copy in the cache, downloaded on first use); ModelError if none."""
     for p, card in list_local_models():
         if card.get("name") == model_id or p.stem == model_id:
             return p
+    from . import registry
+
+    if model_id in registry.ENTRIES and registry.ENTRIES[model_id].repo:
+        return registry.ensure(model_id, trust_pickle=trust_pickle)
     raise ModelError(
         f"model {model_id!r} named in the file is not available locally;"
         " pass --model PATH to the model file it was written with"

@@ -1,0 +1,169 @@
+"""gqtok eval / gqtok compare on a few small real-photo crops with the real default model."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+import gqtok
+from gqtok.cli_eval import _rates, register
+from gqtok.compare import CSV_COLUMNS, compare, write_outputs
+from gqtok.errors import EXIT_PARTIAL
+from gqtok.evaluate import collect_images, evaluate, preprocess
+from gqtok.imageio import read_image
+from gqtok.rdplot import nice_ticks, plot_rd
+
+DATA = Path(__file__).parent / "data"
+PIXEL = ["psnr", "ssim", "msssim"]
+
+
+@pytest.fixture(scope="module")
+def model() -> gqtok.Model:
+    return gqtok.load_model()
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    """Two small real crops and one truncated JPEG."""
+    with Image.open(DATA / "photo_c.jpg") as im:
+        im.convert("RGB").crop((64, 32, 160, 128)).save(tmp_path / "a.png")
+    with Image.open(DATA / "photo_a.jpg") as im:
+        im.convert("RGB").crop((100, 50, 196, 130)).save(tmp_path / "b.png")
+    (tmp_path / "broken.jpg").write_bytes((DATA / "photo_a.jpg").read_bytes()[:400])
+    return tmp_path
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Test app holding only the eval commands."""
+
+    register(app)
+    return app
+
+
+def test_preprocess_follows_resize_then_centre_crop() -> None:
+    rgb = read_image(DATA / "photo_a.jpg").rgb  # 317 x 211
+    resized = preprocess(rgb, 256, None)
+    assert resized.shape == (256, int(256 * 317 / 211), 3)
+    assert preprocess(rgb, 256, 256).shape == (256, 256, 3)
+    assert preprocess(rgb, None, 200).shape == (200, 200, 3)
+    with pytest.raises(gqtok.InputError):
+        preprocess(rgb, None, 300)
+
+
+def test_eval_reports_corrupt_image_and_carries_on(model: gqtok.Model, folder: Path) -> None:
+    seen: list[tuple[str, str | None]] = []
+    rep = evaluate(
+        model, collect_images([folder]), PIXEL, on_image=lambda p, e: seen.append((p, e))
+    )
+    assert [Path(r.path).name for r in rep.rows] == ["a.png", "b.png"]
+    assert len(rep.failures) == 1 and "broken.jpg" in rep.failures[0][1]
+    assert len(seen) == 3
+    for row in rep.rows:
+        pic = read_image(row.path)
+        data = gqtok.encode_pictures(model, [pic])[0].data
+        assert row.bytes == len(data)  # the rate is the real .gq file, header included
+        assert row.bpp == pytest.approx(len(data) * 8 / (row.width * row.height))
+        assert 5 < row.psnr < 60 and 0 < row.ssim <= 1 and 0 < row.msssim <= 1
+    assert [r.msssim_scales for r in rep.rows] == [4, 3]  # 96 px: 96 // 8 >= 11; 80 px: not
+    assert rep.summary["psnr"].n == 2
+    assert rep.usage is not None and 0 < rep.usage.used <= rep.usage.tokens
+    assert 0 < rep.usage.entropy_bits <= rep.usage.max_entropy_bits
+    d = rep.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["fid"] is None and d["per_image"][0]["lpips"] is None
+
+
+def test_eval_lpips_unavailable_is_null(
+    model: gqtok.Model, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setenv("TORCH_HOME", str(folder / "empty-torch-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    rep = evaluate(model, [folder / "a.png"], ["psnr", "lpips"])
+    assert "not available offline" in rep.unavailable["lpips"]
+    d = rep.to_dict()
+    assert d["summary"]["lpips"] == {"mean": None, "std": None, "n": 0}
+    assert d["per_image"][0]["lpips"] is None
+
+
+def test_cli_eval_json_and_exit_code(folder: Path, tmp_path: Path) -> None:
+    per_image = tmp_path / "rows.csv"
+    res = CliRunner().invoke(
+        _app(),
+        ["eval", str(folder), "--metrics", "psnr,ssim", "--json", "-", "--per-image",
+         str(per_image), "--threads", "1"],
+    )  # fmt: skip
+    assert res.exit_code == EXIT_PARTIAL, res.output
+    lines = [ln for ln in res.stderr.splitlines() if "broken.jpg" in ln]
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    report = json.loads(res.stdout)
+    assert report["images"] == 2 and report["failed"][0]["path"].endswith("broken.jpg")
+    assert set(report["summary"]) == {"bpp", "psnr", "ssim"}
+    with per_image.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and float(rows[0]["bpp"]) > 0
+
+
+def test_cli_eval_table(folder: Path) -> None:
+    res = CliRunner().invoke(_app(), ["eval", str(folder / "a.png"), "--metrics", "psnr"])
+    assert res.exit_code == 0, res.output
+    assert "PSNR (dB)" in res.stdout and "bpp (.gq file)" in res.stdout
+
+
+def test_rates_accept_space_and_comma_lists(folder: Path) -> None:
+    assert _rates(["0.25"], [str(folder), "0.5", "1.0"]) == ([0.25, 0.5, 1.0], [str(folder)])
+    assert _rates(["0.5,1"], [str(folder)]) == ([0.5, 1.0], [str(folder)])
+    assert _rates(None, [str(folder)]) == ([0.25, 0.5, 1.0], [str(folder)])
+
+
+def test_compare_writes_points_table_and_plot(
+    model: gqtok.Model, folder: Path, tmp_path: Path
+) -> None:
+    paths = [folder / "a.png", folder / "b.png"]
+    rep = compare(paths, [0.01, 1.0, 2.0], [model], codecs=["jpeg", "webp"])
+    files = write_outputs(rep, tmp_path / "rd")
+    with files["csv"].open() as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
+        rows = list(reader)
+    # per image: 1 gqtok point + 2 codecs x (3 targets + gqtok's own rate)
+    assert len(rows) == 2 * (1 + 2 * 4)
+    low = [r for r in rows if r["target"] == "0.01"]
+    assert low and all(r["status"] == "below_range" for r in low)  # not extrapolated
+    ok = [r for r in rows if r["status"] == "ok" and r["codec"] in ("jpeg", "webp")]
+    for r in ok:
+        assert float(r["bpp_lo"]) <= float(r["target_bpp"]) <= float(r["bpp_hi"])
+        assert int(r["quality_lo"]) < int(r["quality_hi"])
+    summary = {(s["target"], s["codec"]): s for s in rep.summary}
+    assert summary[("0.01", "jpeg")]["excluded"] == 2
+    assert summary[("2", "jpeg")]["psnr"] > summary[("1", "jpeg")]["psnr"]
+    data = json.loads(files["json"].read_text())
+    assert {"targets", "codecs", "models", "points", "summary", "notes"} <= set(data)
+    with Image.open(files["png"]) as im:
+        assert im.format == "PNG" and im.width > 600
+
+
+def test_pillow_plot_fallback(tmp_path: Path) -> None:
+    summary = [
+        {"codec": "jpeg", "target": t, "images": 2, "excluded": 0, "bpp": b, "psnr": p,
+         "msssim": m, "stlpips_alex": s}
+        for t, b, p, m, s in (("0.5", 0.5, 26.0, 0.93, 0.1), ("1", 1.0, 30.0, 0.97, 0.03))
+    ] + [{"codec": "gqtok:m", "target": "@m", "images": 2, "excluded": 0, "bpp": 0.3,
+          "psnr": 25.0, "msssim": 0.92, "stlpips_alex": None}]  # fmt: skip
+    assert plot_rd(summary, tmp_path / "p.png", backend="pillow") == "pillow"
+    with Image.open(tmp_path / "p.png") as im:
+        arr = np.asarray(im.convert("RGB"))
+    assert arr.shape[1] == 1500 and (arr < 250).any()
+    assert nice_ticks(0.0, 1.05) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
