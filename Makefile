@@ -6,10 +6,11 @@ STAMP := $(VENV)/.gqtok-installed
 
 .PHONY: demo test lint data train bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/install_metrics.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	PY=$(PY) bash scripts/install_metrics.sh
 	touch $(STAMP)
 
 ## Encode and decode the bundled sample photo with the embedded default model.

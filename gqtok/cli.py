@@ -237,6 +237,19 @@ ThreadsOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary output.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per network batch.")]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-pickle", help="Allow checkpoints that need unpickling (runs code)."),
+]
+GroupOpt = Annotated[
+    int | None,
+    typer.Option("--group", min=1, help="GQ group size G (16/8/4: 0.25/0.5/1 bpp at f=16)."),
+]
+SizeOpt = Annotated[
+    int | None, typer.Option("--codebook-size", min=2, help="Codebook size K (default: model's).")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Codebook seed (default: model's).")]
+BetaOpt = Annotated[float | None, typer.Option("--beta", help="GQ prior weight beta.")]
 
 
 @app.command()
@@ -253,21 +266,28 @@ def encode(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
     ] = 200_000_000,
+    group: GroupOpt = None,
+    codebook_size: SizeOpt = None,
+    seed: SeedOpt = None,
+    beta: BetaOpt = None,
+    trust_pickle: TrustOpt = False,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Encode images into .gq token files."""
+    from .cli_models import load_model_with_options
     from .codec import encode_pictures
     from .fileio import read_input_bytes
     from .imageio import read_image
-    from .model import DEFAULT_MODEL, load_model
 
     jobs = _plan(inputs, output, IMAGE_EXTS, recursive, ".gq")
     dev = _setup(device, threads)
     try:
-        net = load_model(model or DEFAULT_MODEL).to(dev)
+        net = load_model_with_options(
+            model, group, codebook_size, seed, beta, trust_pickle=trust_pickle
+        ).to(dev)
     except GqtokError as e:
         _report(e, False)
         raise typer.Exit(e.exit_code) from None
@@ -355,16 +375,18 @@ def decode(
     model: ModelOpt = None,
     recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,
+    trust_pickle: TrustOpt = False,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Decode .gq token files back into images."""
+    from .cli_models import model_for_header
     from .codec import decode_bytes
     from .fileio import read_input_bytes
     from .imageio import encode_image_bytes, format_from_path
-    from .model import Model, load_model, path_for_model_id
+    from .model import Model
 
     if fmt is None and output not in (None, "-") and not Path(output).is_dir():
         guessed = format_from_path(output)
@@ -372,13 +394,12 @@ def decode(
     out_fmt = (fmt or OutFormat.png).value
     jobs = _plan(inputs, output, {".gq"}, recursive, FORMATS[out_fmt])
     dev = _setup(device, threads)
-    cache: dict[str, Model] = {}
+    cache: dict[tuple[Any, ...], Model] = {}
 
     def resolve(header: Any) -> Model:
-        key = model or header.model_id
+        key = (model or header.model_id, header.dim, header.size, header.seed, header.beta)
         if key not in cache:
-            path = model if model else str(path_for_model_id(header.model_id))
-            cache[key] = load_model(path).to(dev)
+            cache[key] = model_for_header(header, model, trust_pickle).to(dev)
         return cache[key]
 
     sink = _record_sink(jobs, as_json)
@@ -464,55 +485,35 @@ def info(
 
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
-    """List the models gqtok can use and where they live."""
-    from .model import list_local_models, weights_dirs
+    """List local model files and the released GQ models (and whether each is usable offline)."""
+    from .cli_models import models_table
+    from .model import weights_dirs
 
-    rows = []
-    for path, card in list_local_models():
-        q = card.get("quantizer", {})
-        net = card.get("network", {})
-        f = int(net.get("stem", 1)) * 2 ** (len(net.get("ch_mult", [1])) - 1)
-        ng = int(net.get("z_channels", 16)) // int(q.get("dim", 16))
-        bits = ng * (int(q.get("size", 65536)).bit_length() - 1)
-        rows.append(
-            {
-                "name": card.get("name", path.stem),
-                "file": path.stem,
-                "path": str(path),
-                "available": True,
-                "arch": card.get("arch", "unet"),
-                "downsample": f,
-                "dim": q.get("dim"),
-                "codebook_size": q.get("size"),
-                "bpp_uncoded": round(bits / (f * f), 4),
-                "entropy_model": card.get("entropy", {}).get("kind", "uniform"),
-                "size_mb": round(path.stat().st_size / 1e6, 2),
-            }
-        )
+    rows = models_table()
     if as_json:
         typer.echo(
             json.dumps({"models": rows, "search_path": [str(d) for d in weights_dirs()]}, indent=2)
         )
         return
     table = Table(title="gqtok models")
-    for col in ("name", "file", "arch", "f", "dim", "K", "bpp (uncoded)", "entropy", "MB", "path"):
+    table.add_column("name", no_wrap=True)
+    for col in ("kind", "arch", "G", "K", "bpp", "here", "~s/256²"):
         table.add_column(col)
     for r in rows:
         table.add_row(
             r["name"],
-            r["file"],
+            r["kind"],
             r["arch"],
-            str(r["downsample"]),
             str(r["dim"]),
             str(r["codebook_size"]),
-            str(r["bpp_uncoded"]),
-            r["entropy_model"],
-            str(r["size_mb"]),
-            r["path"],
+            str(r["bpp_nominal"]),
+            "yes" if r["available"] else "no",
+            "" if r["est_cpu_s_256"] is None else f"{r['est_cpu_s_256']:.2f}",
         )
     out = Console(highlight=False)
     out.print(table)
     out.print("search path: " + os.pathsep.join(str(d) for d in weights_dirs()))
+    out.print("released models: `--model NAME` downloads them (hub or mirror), see README")
 
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -532,6 +533,17 @@ def export_model(ctx: typer.Context) -> None:
     from .train import main as train_main
 
     train_main(["export", *ctx.args])
+
+
+def _register_extensions() -> None:
+    from .cli_eval import register as register_eval
+    from .cli_models import register as register_models
+
+    register_models(app)
+    register_eval(app)
+
+
+_register_extensions()
 
 
 def main() -> None:

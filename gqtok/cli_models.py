@@ -79,6 +79,15 @@ def _nominal_bpp(card: dict[str, Any]) -> float | None:
         return None
 
 
+def _downsample(card: dict[str, Any]) -> int | None:
+    from .model import ARCHS
+
+    try:
+        return int(ARCHS[str(card.get("arch", "unet"))][0].from_dict(card["network"]).downsample)
+    except Exception:  # noqa: BLE001 - odd card: no figure
+        return None
+
+
 def _local_rows() -> list[dict[str, Any]]:
     from .cost import estimate
     from .model import list_local_models
@@ -93,8 +102,10 @@ def _local_rows() -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": card.get("name", path.stem),
+                "file": path.stem,
                 "kind": "local",
                 "arch": card.get("arch", "unet"),
+                "downsample": _downsample(card),
                 "dim": q.get("dim"),
                 "codebook_size": q.get("size"),
                 "bpp_nominal": _nominal_bpp(card),
@@ -125,8 +136,10 @@ def _released_rows() -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": name,
+                "file": None,
                 "kind": "released",
                 "arch": e.arch,
+                "downsample": _downsample(card),
                 "dim": e.dim,
                 "codebook_size": e.size,
                 "bpp_nominal": e.bpp,
