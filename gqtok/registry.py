@@ -108,12 +108,17 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "gqtok"
 
 
+def pinned_revision(entry: Entry) -> str:
+    """$GQTOK_HF_REVISION (a branch, tag or commit) pins every download; else the entry's."""
+    return os.environ.get("GQTOK_HF_REVISION") or entry.revision
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def converted_path(entry: Entry) -> Path:
-    return cache_dir() / "models" / f"{entry.name}-{_safe(entry.revision)}.safetensors"
+    return cache_dir() / "models" / f"{entry.name}-{_safe(pinned_revision(entry))}.safetensors"
 
 
 def dropin_path(entry: Entry) -> Path:
@@ -164,7 +169,7 @@ def _hf_download(entry: Entry, local_only: bool) -> tuple[Path, str | None]:
         hf_hub_download(
             entry.repo,
             entry.filename,
-            revision=entry.revision,
+            revision=pinned_revision(entry),
             cache_dir=hub["cache_dir"],
             endpoint=hub["endpoint"],
             local_files_only=local_only or hub["offline"],
@@ -212,13 +217,13 @@ def fetch_checkpoint(entry: Entry) -> tuple[Path, dict[str, Any]]:
     except (EntryNotFoundError, RevisionNotFoundError, RepositoryNotFoundError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"{entry.repo} has no {entry.filename} at revision {entry.revision} ({first});"
+            f"{entry.repo} has no {entry.filename} at revision {pinned_revision(entry)} ({first});"
             " download the checkpoint yourself and pass --model PATH"
         ) from None
     except Exception as exc:  # noqa: BLE001 - network, disk, HTTP errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _unavailable(entry, f"download failed: {first}") from None
-    origin = {"repo": entry.repo, "file": entry.filename, "revision": entry.revision}
+    origin = {"repo": entry.repo, "file": entry.filename, "revision": pinned_revision(entry)}
     if commit:
         origin["commit"] = commit
     return path, origin

@@ -46,7 +46,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     """One torch thread; gqtok and Hub caches in tmp; no Hub settings from the environment."""
     monkeypatch.setenv("GQTOK_CACHE", str(tmp_path / "gqtok-cache"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+    for var in (
+        "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "GQTOK_HF_REVISION"
+    ):
         monkeypatch.delenv(var, raising=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -405,3 +407,19 @@ def test_hub_missing_file_is_a_model_error(
     monkeypatch.setitem(registry.ENTRIES, entry.name, entry)
     with pytest.raises(ModelError, match="absent_gq.ckpt"):
         registry.ensure(entry.name)
+
+
+def test_hub_revision_pin_is_requested(
+    hub: http.server.ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gqtok import registry
+
+    pin = "0123456789abcdef0123456789abcdef01234567"
+    hub.files[f"/test/GQModel/resolve/{pin}/pinned_gq.ckpt"] = CKPT.read_bytes()  # type: ignore[attr-defined]
+    entry = _fake_entry("pinned_gq", "pinned_gq.ckpt")
+    monkeypatch.setitem(registry.ENTRIES, entry.name, entry)
+    monkeypatch.setenv("GQTOK_HF_REVISION", pin)
+    path = registry.ensure(entry.name)
+    assert pin in path.name
+    paths = [p for _, p in hub.log]  # type: ignore[attr-defined]
+    assert paths and all(f"/resolve/{pin}/" in p for p in paths)
