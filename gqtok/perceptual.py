@@ -184,15 +184,19 @@ class STLPIPS(nn.Module):
         """Stay in eval mode: the metric is fixed (and the reference's dropout is skipped)."""
         return super().train(False)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unit-normalised taps of one side; lets a caller reuse a fixed reference image's."""
+        return [_unit(f) for f in self.net((x - self.shift) / self.scale)]
+
+    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        total = fx[0].new_zeros(fx[0].shape[0])
+        for lin, a, b in zip(self.lins, fx, fy, strict=True):
+            total = total + lin((a - b) ** 2).mean(dim=(1, 2, 3))
+        return total
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance per image, shape (B,)."""
-        fx = self.net((x - self.shift) / self.scale)
-        fy = self.net((y - self.shift) / self.scale)
-        total = x.new_zeros(x.shape[0])
-        for lin, a, b in zip(self.lins, fx, fy, strict=True):
-            diff = (_unit(a) - _unit(b)) ** 2
-            total = total + lin(diff).mean(dim=(1, 2, 3))
-        return total
+        return self.compare(self.features(x), self.features(y))
 
 
 def _unit(f: torch.Tensor) -> torch.Tensor:
