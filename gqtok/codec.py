@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import container
+from . import container, largeimage
 from . import entropy as ent
 from .codebooks import codebook_fingerprint
 from .errors import FormatError, ModelError
@@ -69,10 +69,15 @@ def _prepare(model: Model, rgb: np.ndarray, pad_mode: str) -> torch.Tensor:
     return padded
 
 
-def encode_pil(model: Model, image: Image.Image, pad_mode: str = "replicate") -> Tokens:
+def encode_pil(
+    model: Model,
+    image: Image.Image,
+    pad_mode: str = "replicate",
+    max_memory: int | str | None = None,
+) -> Tokens:
     """Token grid of a PIL image (converted to RGB; alpha is not part of the tokens)."""
     rgb = np.asarray(image.convert("RGB"))
-    return encode_arrays(model, [rgb], pad_mode)[0]
+    return encode_arrays(model, [rgb], pad_mode, max_memory=max_memory)[0]
 
 
 def encode_arrays(
@@ -81,17 +86,30 @@ def encode_arrays(
     pad_mode: str = "replicate",
     batch_size: int = 4,
     timings: dict[str, float] | None = None,
+    max_memory: int | str | None = None,
 ) -> list[Tokens]:
-    """Token grids of (H, W, 3) uint8 images; equal-size images share network batches."""
+    """Token grids of (H, W, 3) uint8 images; equal-size images share network batches.
+
+    Batches are kept under the memory budget (default $GQTOK_MEMORY_BUDGET or 4 GB); an image
+    whose whole-image pass would exceed it is encoded window by window (gqtok.largeimage).
+    """
     out: list[Tokens | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
-    prepared = [_prepare(model, im, pad_mode) for im in images]
-    for i, x in enumerate(prepared):
-        groups.setdefault((x.shape[2], x.shape[3]), []).append(i)
+    budget = largeimage.resolve_budget(max_memory)
     t = timings if timings is not None else {}
-    for members in groups.values():
-        for b0 in range(0, len(members), batch_size):
-            idx = members[b0 : b0 + batch_size]
+    prepared: dict[int, torch.Tensor] = {}
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        if largeimage.needs_tiling(model, h, w, "encode", budget):
+            idx_large = largeimage.encode_large(model, im, pad_mode, budget, timings=t)
+            out[i] = Tokens(idx_large, w, h, pad_mode)
+            continue
+        x = prepared[i] = _prepare(model, im, pad_mode)
+        groups.setdefault((x.shape[2], x.shape[3]), []).append(i)
+    for (ph, pw), members in groups.items():
+        step = min(batch_size, largeimage.fit_batch(model, ph, pw, "encode", budget))
+        for b0 in range(0, len(members), step):
+            idx = members[b0 : b0 + step]
             batch = torch.cat([prepared[i] for i in idx])
             t0 = time.perf_counter()
             moments = model.moments(batch)
@@ -106,12 +124,20 @@ def encode_arrays(
     return [o for o in out if o is not None]
 
 
-def decode_tokens(model: Model, tokens: Tokens) -> Image.Image:
+def decode_tokens(model: Model, tokens: Tokens, max_memory: int | str | None = None) -> Image.Image:
     """RGB PIL image for a token grid."""
-    return Image.fromarray(decode_to_array(model, tokens))
+    return Image.fromarray(decode_to_array(model, tokens, max_memory))
 
 
-def decode_to_array(model: Model, tokens: Tokens) -> np.ndarray:
+def decode_to_array(
+    model: Model, tokens: Tokens, max_memory: int | str | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8 pixels; window by window when a whole-image pass exceeds the budget."""
+    _, gh, gw = tokens.indices.shape
+    f = model.downsample
+    budget = largeimage.resolve_budget(max_memory)
+    if largeimage.needs_tiling(model, gh * f, gw * f, "decode", budget):
+        return largeimage.decode_large(model, tokens.indices, tokens.height, tokens.width, budget)
     x = model.decode_indices(tokens.indices.unsqueeze(0))
     x = crop(x.cpu(), tokens.height, tokens.width)
     return from_tensor(x)
@@ -159,11 +185,16 @@ def pack_tokens(model: Model, tok: Tokens, picture: Picture | None = None) -> En
 
 
 def encode_pictures(
-    model: Model, pictures: Sequence[Picture], pad_mode: str = "replicate", batch_size: int = 4
+    model: Model,
+    pictures: Sequence[Picture],
+    pad_mode: str = "replicate",
+    batch_size: int = 4,
+    max_memory: int | str | None = None,
 ) -> list[Encoded]:
     """Encode decoded input images to .gq bytes (batched through the network)."""
     timings: dict[str, float] = {}
-    toks = encode_arrays(model, [p.rgb for p in pictures], pad_mode, batch_size, timings)
+    rgbs = [p.rgb for p in pictures]
+    toks = encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory)
     share = 1.0 / max(1, len(pictures))
     out = []
     for pic, tok in zip(pictures, toks, strict=True):
@@ -256,13 +287,14 @@ def decode_bytes(
     data: bytes,
     model: Model | Callable[[container.Header], Model],
     name: str | None = None,
+    max_memory: int | str | None = None,
 ) -> tuple[Image.Image, container.Header]:
     """Decode .gq bytes to a PIL image in the original mode (RGB, L, RGBA or LA)."""
     if not isinstance(model, Model):
         header, _, _ = container.unpack(data, name)
         model = model(header)
     header, tokens, alpha = unpack_tokens(model, data, name)
-    rgb = decode_to_array(model, tokens)
+    rgb = decode_to_array(model, tokens, max_memory)
     mode = (
         ("LA" if alpha is not None else "L")
         if header.grayscale

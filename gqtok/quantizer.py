@@ -25,7 +25,8 @@ Layout = Literal["bchw", "blc"]
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 _F32_EPS = 2.0**-24  # unit roundoff of float32
 _SHORTLIST_CAP = 4096  # codewords; longer shortlists are searched exhaustively
-_ROW_CHUNK = 64  # tokens per GEMM block: keeps the score block (64 x K floats) small
+_ROW_CHUNK = 256  # tokens per GEMM block: score block 256 x K floats (64 MB at K=2^16); fewer,
+# larger parallel regions also keep torch threads from stalling on a busy machine (3x at 64)
 _BLOCK = 64  # codewords per max-group in the shortlist pass
 
 
