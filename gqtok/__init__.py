@@ -35,14 +35,28 @@ _LAZY = {
     "decode_bytes": "codec",
     "Tokens": "codec",
     "read_image": "imageio",
+    "encode": "api",
+    "encode_batch": "api",
+    "decode": "api",
+    "decode_array": "api",
+    "decode_tensor": "api",
+    "export_tokens": "export",
+    "iter_entries": "shards",
+    "read_shard": "shards",
+    "encode_large": "largeimage",
+    "decode_large": "largeimage",
 }
 
 if TYPE_CHECKING:
+    from .api import decode, decode_array, decode_tensor, encode, encode_batch
     from .codebooks import codebook, codebook_sha256
     from .codec import Tokens, decode_bytes, encode_file, encode_pictures
+    from .export import export_tokens
     from .imageio import read_image
+    from .largeimage import decode_large, encode_large
     from .model import Model, QuantizerConfig, load_model
     from .quantizer import dequantize, quantize
+    from .shards import iter_entries, read_shard
 
 
 def __getattr__(name: str) -> Any:
@@ -65,11 +79,21 @@ __all__ = [
     "__version__",
     "codebook",
     "codebook_sha256",
+    "decode",
+    "decode_array",
     "decode_bytes",
+    "decode_large",
+    "decode_tensor",
     "dequantize",
+    "encode",
+    "encode_batch",
     "encode_file",
+    "encode_large",
     "encode_pictures",
+    "export_tokens",
+    "iter_entries",
     "load_model",
     "quantize",
     "read_image",
+    "read_shard",
 ]

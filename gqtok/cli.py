@@ -82,6 +82,9 @@ def _main(
 
 
 def _setup(device: Device, threads: int | None) -> str:
+    from .pipeline import passive_openmp
+
+    passive_openmp()  # spinning OpenMP threads beside other jobs were 3x slower on 2 cores
     import torch
 
     if threads:
@@ -91,6 +94,17 @@ def _setup(device: Device, threads: int | None) -> str:
     if device == Device.cuda and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
     return device.value
+
+
+def _budget(text: str | None) -> int | None:
+    from .largeimage import parse_memory
+
+    if text is None:
+        return None
+    try:
+        return parse_memory(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--memory-budget") from None
 
 
 def _walk(root: Path, exts: set[str], recursive: bool) -> list[Path]:
@@ -249,6 +263,14 @@ SizeOpt = Annotated[
     int | None, typer.Option("--codebook-size", min=2, help="Codebook size K (default: model's).")
 ]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Codebook seed (default: model's).")]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        help="Peak memory for the network, e.g. 2GB (default $GQTOK_MEMORY_BUDGET, else 4GB);"
+        " larger images run in overlapping windows.",
+    ),
+]
 BetaOpt = Annotated[float | None, typer.Option("--beta", help="GQ prior weight beta.")]
 
 
@@ -271,6 +293,7 @@ def encode(
     seed: SeedOpt = None,
     beta: BetaOpt = None,
     trust_pickle: TrustOpt = False,
+    memory_budget: MemoryOpt = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
@@ -283,6 +306,7 @@ def encode(
     from .imageio import read_image
 
     jobs = _plan(inputs, output, IMAGE_EXTS, recursive, ".gq")
+    budget = _budget(memory_budget)
     dev = _setup(device, threads)
     try:
         net = load_model_with_options(
@@ -316,7 +340,15 @@ def encode(
                         prog.advance(task)
             if not pics:
                 continue
-            results = encode_pictures(net, pics, pad.value, batch_size)
+            try:
+                results = encode_pictures(net, pics, pad.value, batch_size, budget)
+            except GqtokError as e:
+                for job in ok_jobs:
+                    failures.append((job.display, e))
+                _report(e, quiet)
+                if prog and task is not None:
+                    prog.advance(task, len(ok_jobs))
+                continue
             elapsed = (time.perf_counter() - t0) / len(pics)
             for job, enc, n_in in zip(ok_jobs, results, sizes, strict=True):
                 try:
@@ -376,6 +408,7 @@ def decode(
     recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,
     trust_pickle: TrustOpt = False,
+    memory_budget: MemoryOpt = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
@@ -393,6 +426,7 @@ def decode(
         fmt = OutFormat(guessed) if guessed in FORMATS else None
     out_fmt = (fmt or OutFormat.png).value
     jobs = _plan(inputs, output, {".gq"}, recursive, FORMATS[out_fmt])
+    budget = _budget(memory_budget)
     dev = _setup(device, threads)
     cache: dict[tuple[Any, ...], Model] = {}
 
@@ -414,7 +448,7 @@ def decode(
             try:
                 _precheck(job, overwrite)
                 data = read_input_bytes(job.src)
-                image, header = decode_bytes(data, resolve, job.display)
+                image, header = decode_bytes(data, resolve, job.display, budget)
                 blob = encode_image_bytes(image, out_fmt, quality)
                 _write(job.dst, blob, overwrite, job.src)
             except GqtokError as e:
@@ -537,10 +571,12 @@ def export_model(ctx: typer.Context) -> None:
 
 def _register_extensions() -> None:
     from .cli_eval import register as register_eval
+    from .cli_export import register as register_export
     from .cli_models import register as register_models
 
     register_models(app)
     register_eval(app)
+    register_export(app)
 
 
 _register_extensions()

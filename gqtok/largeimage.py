@@ -1,7 +1,7 @@
 """Encode and decode images of any size with bounded memory, window by window on the latent grid.
 
 A whole-image pass of the convolutional network needs a few hundred bytes per pixel (about
-20 GB for 8000x6000), so above a memory budget the image goes through in windows:
+30 GB for 8000x6000), so above a memory budget the image goes through in windows:
 
 * GroupNorm statistics are measured once, on the image (or token grid) subsampled with the
   smallest stride that fits the budget, and shared by every window (gqtok.sharednorm). With
@@ -23,11 +23,13 @@ whole-image pass because its GroupNorm statistics are estimated.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,9 +42,10 @@ from .sharednorm import NormStats, measuring, sharing
 
 DEFAULT_MAX_MEMORY = 4_000_000_000
 MEMORY_ENV = "GQTOK_MEMORY_BUDGET"
-# Interpreter, torch, model weights and GQ search tables; measured 250-290 MB on CPU.
-BASELINE_BYTES = 320_000_000
-IMAGE_BYTES_PER_PIXEL = 8  # uint8 input/output arrays and one PIL copy
+# Interpreter, torch, model weights and GQ search tables: 250-290 MB measured on CPU.
+BASELINE_BYTES = 300_000_000
+PASS_BYTES = 96_000_000  # per pass whatever its size: oneDNN primitives and scratch, GQ search
+IMAGE_BYTES_PER_PIXEL = 12  # uint8 input and output arrays, PIL copies while reading/writing
 ENC_CONTEXT = 8  # latent cells of context around an encoder core block
 DEC_MARGIN, DEC_RAMP = 6, 4  # latent cells: ignored border, then blend ramp
 DEC_OVERLAP = 2 * DEC_MARGIN + DEC_RAMP
@@ -65,9 +68,13 @@ def parse_memory(text: str | int) -> int:
 
 def resolve_budget(max_memory: int | str | None = None) -> int:
     """The budget in bytes: the argument, else $GQTOK_MEMORY_BUDGET, else 4 GB."""
-    if max_memory is None:
-        max_memory = os.environ.get(MEMORY_ENV) or DEFAULT_MAX_MEMORY
-    return parse_memory(max_memory)
+    if max_memory is not None:
+        return parse_memory(max_memory)
+    env = os.environ.get(MEMORY_ENV)
+    try:
+        return parse_memory(env) if env else DEFAULT_MAX_MEMORY
+    except ValueError as e:
+        raise InputError(f"${MEMORY_ENV}: {e}") from None
 
 
 def supports(model: Model) -> bool:
@@ -77,22 +84,27 @@ def supports(model: Model) -> bool:
 
 
 def bytes_per_pixel(model: Model, kind: str) -> float:
-    """Peak network memory per image pixel: live float32 maps at the finest level (measured
-    ~290 B/px encode, ~340 B/px decode for the default model; this errs on the high side)."""
+    """Peak network memory per image pixel: live float32 maps at the finest level. Measured
+    for the default model (64 B/px per map) with 1-2 threads: encode 300-480 B/px, decode
+    350-670 B/px (small windows cost more per pixel); this errs on the high side."""
     cfg = model.encoder.cfg
     per_px = 4 * cfg.ch * cfg.ch_mult[0] / cfg.stem**2
-    return per_px * (6 if kind == "decode" else 5) + 24
+    return per_px * (10 if kind == "decode" else 8) + 24
 
 
 def whole_image_bytes(model: Model, height: int, width: int, kind: str, batch: int = 1) -> int:
     """Estimated peak RSS of a whole-image pass over ``batch`` images of this size."""
     f = model.downsample
     px = math.ceil(height / f) * f * math.ceil(width / f) * f
-    return int(BASELINE_BYTES + batch * px * (bytes_per_pixel(model, kind) + 12 + 8))
+    per_px = bytes_per_pixel(model, kind) + 12 + IMAGE_BYTES_PER_PIXEL  # + float input/output
+    return int(BASELINE_BYTES + PASS_BYTES + batch * px * per_px)
 
 
 def fit_batch(model: Model, height: int, width: int, kind: str, budget: int) -> int:
-    """How many images of this size fit one network batch under the budget (at least 1)."""
+    """How many images of this size fit one network batch under the budget (at least 1;
+    unlimited for models that bound their own memory by tiles, the ViT)."""
+    if not supports(model):
+        return 1024
     n = 1
     while n < 1024 and whole_image_bytes(model, height, width, kind, n + 1) <= budget:
         n += 1
@@ -118,7 +130,7 @@ def plan_tiles(model: Model, grid_h: int, grid_w: int, kind: str, budget: int) -
     f = model.downsample
     bpp = bytes_per_pixel(model, kind)
     width_px = grid_w * f
-    avail = budget - BASELINE_BYTES - IMAGE_BYTES_PER_PIXEL * grid_h * grid_w * f * f
+    avail = budget - BASELINE_BYTES - PASS_BYTES - IMAGE_BYTES_PER_PIXEL * grid_h * grid_w * f * f
     band = 16 * f * width_px if kind == "decode" else 0  # float band rows + weighted window
     side = MAX_SIDE
     while side >= MIN_SIDE and bpp * (side * f) ** 2 + band * side > avail:
@@ -163,6 +175,22 @@ def _pad_index(n: int, f: int, mode: str) -> np.ndarray:
     return pad_to_multiple(idx, f, mode)[0][0, 0, 0].long().numpy()
 
 
+def _release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps it otherwise, and what it keeps
+    from one window adds to the next window's peak); a no-op where there is no glibc."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 def _add_time(timings: dict[str, float] | None, key: str, t0: float) -> float:
     now = time.perf_counter()
     if timings is not None:
@@ -177,6 +205,8 @@ def encoder_stats(model: Model, rgb: np.ndarray, stride: int, pad_mode: str) -> 
     x, _ = pad_to_multiple(to_tensor(small), model.downsample, pad_mode)
     net, stats = measuring(model.encoder)
     net(x.to(model.device))
+    del x
+    _release_memory()
     return stats
 
 
@@ -187,6 +217,7 @@ def decoder_stats(model: Model, indices: torch.Tensor, stride: int) -> NormStats
     sub = indices[None, :, ::stride, ::stride]
     net, stats = measuring(model.decoder)
     net(dequantize(sub, q.dim, q.size, q.seed).to(model.device, torch.float32))
+    _release_memory()
     return stats
 
 
@@ -226,7 +257,10 @@ def encode_large(
             moments = net(to_tensor(window).to(model.device)).float()
             core = moments[:, :, y0 - a : y1 - a, x0 - c : x1 - c].cpu()
             t0 = _add_time(timings, "network", t0)
+            del moments
+            _release_memory()
             out[:, y0:y1, x0:x1] = model.quantize(core)[0][0]
+            _release_memory()
             t0 = _add_time(timings, "search", t0)
     return out
 
@@ -277,6 +311,8 @@ def decode_large(
                 img = img.clamp(*model.clamp)
             weight = torch.from_numpy(np.outer(wy[i], wt_x)).float()
             band[:, : (y1 - y) * f, x * f : x1 * f] += img[0].cpu() * weight
+            del img, z, weight
+            _release_memory()
             t0 = _add_time(timings, "network", t0)
         done = ys[i + 1] * f if i + 1 < len(ys) else hp
         rows = done - y * f

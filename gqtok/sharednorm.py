@@ -44,10 +44,8 @@ def _measure(mod: nn.GroupNorm, sink: NormStats, key: int, x: torch.Tensor) -> t
         raise ValueError("statistics are measured on one image at a time")
     if key in sink.layers:
         raise ValueError("a GroupNorm ran twice in one measuring pass")
-    g = x.detach().reshape(mod.num_groups, -1).double()
-    mean = g.mean(dim=1)
-    var = (g * g).mean(dim=1) - mean * mean
-    sink.layers[key] = (mean.cpu(), var.clamp_min(0).cpu())
+    var, mean = torch.var_mean(x.detach().reshape(mod.num_groups, -1), dim=1, correction=0)
+    sink.layers[key] = (mean.double().cpu(), var.double().cpu())
     return F.group_norm(x, mod.num_groups, mod.weight, mod.bias, mod.eps)
 
 
@@ -60,7 +58,7 @@ def _apply(
     shift = -mean.to(x.device, torch.float32).repeat_interleave(c // g) * scale
     if mod.affine:
         scale, shift = scale * mod.weight, shift * mod.weight + mod.bias
-    return x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
+    return torch.addcmul(shift.view(1, c, 1, 1), x, scale.view(1, c, 1, 1))
 
 
 def measuring(module: nn.Module) -> tuple[nn.Module, NormStats]:

@@ -157,3 +157,28 @@ def test_decoded_pixels_match_api(tmp_path: Path) -> None:
     )
     api, _ = decode_bytes((tmp_path / "b.gq").read_bytes(), load_model())
     assert np.array_equal(np.asarray(api), np.asarray(Image.open(tmp_path / "c.png")))
+
+
+def test_memory_budget_option_tiles_and_keeps_the_file_format(tmp_path: Path) -> None:
+    src = tmp_path / "a.jpg"
+    shutil.copy(DATA / "photo_a.jpg", src)  # 317x211: a whole-image pass needs ~440 MB
+    whole, tiled = tmp_path / "whole.gq", tmp_path / "tiled.gq"
+    assert runner.invoke(app, ["encode", str(src), "-o", str(whole), "-q"]).exit_code == 0
+    r = runner.invoke(app, ["encode", str(src), "-o", str(tiled), "-q", "--memory-budget", "430MB"])
+    assert r.exit_code == 0, r.output
+    # Same header fields (model, codebook, grid); tokens may differ slightly where windows meet.
+    keys = ("model_id", "weights_hash", "codebook_fingerprint", "width", "height", "grid_h")
+    infos = [
+        json.loads(runner.invoke(app, ["info", str(f), "--json"]).stdout) for f in (whole, tiled)
+    ]
+    assert [{k: i[k] for k in keys} for i in infos] == [{k: infos[0][k] for k in keys}] * 2
+    out = tmp_path / "t.png"
+    r = runner.invoke(app, ["decode", str(tiled), "-o", str(out), "--memory-budget", "430MB"])
+    assert r.exit_code == 0, r.output
+    a = np.asarray(Image.open(src).convert("RGB"), dtype=np.float64)
+    b = np.asarray(Image.open(out).convert("RGB"), dtype=np.float64)
+    assert a.shape == b.shape
+    assert 10 * np.log10(255**2 / ((a - b) ** 2).mean()) > 20
+    bad_args = ["encode", str(src), "-o", str(tmp_path / "x.gq"), "--memory-budget", "lots"]
+    bad = runner.invoke(app, bad_args)
+    assert bad.exit_code == 2
