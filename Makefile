@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gqtok-installed
 
-.PHONY: demo test lint data train bench clean
+.PHONY: demo test lint data train bench throughput clean
 
 $(STAMP): pyproject.toml scripts/install_metrics.sh
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ data/prepared/manifest.json:
 bench: $(STAMP)
 	$(PY) bench/gq_search.py
 	$(PY) bench/codec_speed.py
+
+## Batch throughput on 200 mixed-size photos (about 10 minutes on 2 cores).
+throughput: $(STAMP)
+	$(PY) bench/throughput.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
