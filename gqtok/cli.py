@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -229,11 +228,6 @@ def _report(e: GqtokError, quiet: bool) -> None:
         sys.stderr.flush()
 
 
-def _chunks(jobs: list[Job], n: int) -> Iterator[list[Job]]:
-    for i in range(0, len(jobs), n):
-        yield jobs[i : i + n]
-
-
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model name (see `gqtok models`) or .safetensors path."),
@@ -304,10 +298,17 @@ def encode(
     from .codec import encode_pictures
     from .fileio import read_input_bytes
     from .imageio import read_image
+    from .pipeline import batched, default_io_workers, prefetch
 
     jobs = _plan(inputs, output, IMAGE_EXTS, recursive, ".gq")
     budget = _budget(memory_budget)
     dev = _setup(device, threads)
+
+    def load(job: Job) -> tuple[Any, int]:
+        _precheck(job, overwrite)
+        raw = read_input_bytes(job.src)
+        return read_image(raw, max_pixels=max_pixels, name=job.display), len(raw)
+
     try:
         net = load_model_with_options(
             model, group, codebook_size, seed, beta, trust_pickle=trust_pickle
@@ -323,21 +324,23 @@ def encode(
     if prog:
         prog.start()
     try:
-        for chunk in _chunks(jobs, batch_size):
+        # Reading and decoding the next images overlaps the network (one I/O thread).
+        loaded = prefetch(load, jobs, workers=0 if len(jobs) == 1 else default_io_workers())
+        for chunk in batched(loaded, batch_size):
             pics, ok_jobs, sizes = [], [], []
             t0 = time.perf_counter()
-            for job in chunk:
-                try:
-                    _precheck(job, overwrite)
-                    raw = read_input_bytes(job.src)
-                    pics.append(read_image(raw, max_pixels=max_pixels, name=job.display))
-                    ok_jobs.append(job)
-                    sizes.append(len(raw))
-                except GqtokError as e:
-                    failures.append((job.display, e))
-                    _report(e, quiet)
+            for job, res in chunk:
+                if isinstance(res, BaseException):
+                    if not isinstance(res, GqtokError):
+                        raise res
+                    failures.append((job.display, res))
+                    _report(res, quiet)
                     if prog and task is not None:
                         prog.advance(task)
+                    continue
+                pics.append(res[0])
+                ok_jobs.append(job)
+                sizes.append(res[1])
             if not pics:
                 continue
             try:
