@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .cli_common import Device, parse_budget, setup_device
 from .errors import EXIT_PARTIAL, GqtokError, OutputError
 
 app = typer.Typer(
@@ -35,12 +36,6 @@ err = Console(stderr=True, highlight=False)
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif"}
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class OutFormat(StrEnum):
@@ -78,32 +73,6 @@ def _main(
     ] = False,
 ) -> None:
     """Turn images into entropy-coded GQ tokens (.gq) and back."""
-
-
-def _setup(device: Device, threads: int | None) -> str:
-    from .pipeline import passive_openmp
-
-    passive_openmp()  # spinning OpenMP threads beside other jobs were 3x slower on 2 cores
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    if device == Device.auto:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == Device.cuda and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device.value
-
-
-def _budget(text: str | None) -> int | None:
-    from .largeimage import parse_memory
-
-    if text is None:
-        return None
-    try:
-        return parse_memory(text)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--memory-budget") from None
 
 
 def _walk(root: Path, exts: set[str], recursive: bool) -> list[Path]:
@@ -301,8 +270,8 @@ def encode(
     from .pipeline import batched, default_io_workers, prefetch
 
     jobs = _plan(inputs, output, IMAGE_EXTS, recursive, ".gq")
-    budget = _budget(memory_budget)
-    dev = _setup(device, threads)
+    budget = parse_budget(memory_budget)
+    dev = setup_device(device, threads)
 
     def load(job: Job) -> tuple[Any, int]:
         _precheck(job, overwrite)
@@ -429,8 +398,8 @@ def decode(
         fmt = OutFormat(guessed) if guessed in FORMATS else None
     out_fmt = (fmt or OutFormat.png).value
     jobs = _plan(inputs, output, {".gq"}, recursive, FORMATS[out_fmt])
-    budget = _budget(memory_budget)
-    dev = _setup(device, threads)
+    budget = parse_budget(memory_budget)
+    dev = setup_device(device, threads)
     cache: dict[tuple[Any, ...], Model] = {}
 
     def resolve(header: Any) -> Model:

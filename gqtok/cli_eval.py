@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .cli_common import Device, fail, setup_device
 from .errors import EXIT_PARTIAL, EXIT_USAGE, GqtokError
 
 if TYPE_CHECKING:
@@ -45,30 +45,6 @@ LABELS = {
 }
 
 
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-def _device(device: Device, threads: int | None) -> str:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    if device == Device.auto:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == Device.cuda and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device.value
-
-
-def _fail(e: GqtokError) -> typer.Exit:
-    sys.stderr.write(f"error: {e}\n")
-    sys.stderr.flush()
-    return typer.Exit(e.exit_code)
-
-
 def _split(values: list[str] | None) -> list[str]:
     """Options given repeatedly and/or comma-separated, flattened."""
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
@@ -80,7 +56,7 @@ def _load_models(names: list[str], device: str) -> list[Model]:
     try:
         return [load_model(n).to(device) for n in names or [DEFAULT_MODEL]]
     except GqtokError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
 
 
 def _progress(total: int, quiet: bool) -> tuple[AbstractContextManager[Any], Callable[..., None]]:
@@ -294,7 +270,7 @@ def register(app: typer.Typer) -> None:
         if not paths:
             err.print("no images found" + ("" if recursive else " (try --recursive)"))
             raise typer.Exit(EXIT_USAGE)
-        dev = _device(device, threads)
+        dev = setup_device(device, threads)
         net = _load_models([model] if model else [], dev)[0]
         ctx, on_image = _progress(len(paths), quiet)
         try:
@@ -311,7 +287,7 @@ def register(app: typer.Typer) -> None:
                 else:
                     _write_text(json_out, text)
         except GqtokError as e:
-            raise _fail(e) from None
+            raise fail(e) from None
         if not quiet and json_out != "-":
             out = Console(highlight=False)
             out.print(_eval_table(rep))
@@ -367,7 +343,7 @@ def register(app: typer.Typer) -> None:
         if not paths:
             err.print("no images found" + ("" if recursive else " (try --recursive)"))
             raise typer.Exit(EXIT_USAGE)
-        dev = _device(device, threads)
+        dev = setup_device(device, threads)
         models = _load_models(model or [], dev)
         ctx, on_image = _progress(len(paths), quiet)
         try:
@@ -377,7 +353,7 @@ def register(app: typer.Typer) -> None:
                 )
             files = write_outputs(rep, out)
         except GqtokError as e:
-            raise _fail(e) from None
+            raise fail(e) from None
         if json_stdout:
             sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
         elif not quiet:

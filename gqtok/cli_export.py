@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
+from .cli_common import fail, parse_budget
 from .errors import EXIT_PARTIAL, GqtokError, InputError, OutputError
 
 if TYPE_CHECKING:
@@ -72,12 +73,6 @@ TrustOpt = Annotated[
 ]
 
 
-def _fail(e: GqtokError) -> typer.Exit:
-    sys.stderr.write(f"error: {e}\n")
-    sys.stderr.flush()
-    return typer.Exit(e.exit_code)
-
-
 def _setup(device: str, threads: int | None) -> str:
     from .pipeline import configure_threads, passive_openmp
 
@@ -90,17 +85,6 @@ def _setup(device: str, threads: int | None) -> str:
     if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
         raise typer.BadParameter(f"device {device!r} is not available", param_hint="--device")
     return device
-
-
-def _budget(text: str | None) -> int | None:
-    from .largeimage import parse_memory
-
-    if text is None:
-        return None
-    try:
-        return parse_memory(text)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--memory-budget") from None
 
 
 def _progress_printer(quiet: bool) -> Any:
@@ -243,7 +227,7 @@ def register(app: typer.Typer) -> None:
         from .export import export_tokens
 
         dev = _setup(device, threads)
-        budget = _budget(memory_budget)
+        budget = parse_budget(memory_budget)
         t0 = time.perf_counter()
         try:
             net = load_model_with_options(
@@ -268,7 +252,7 @@ def register(app: typer.Typer) -> None:
                 progress=_progress_printer(quiet or as_json),
             )
         except GqtokError as e:
-            raise _fail(e) from None
+            raise fail(e) from None
         seconds = time.perf_counter() - t0
         if not quiet and sys.stderr.isatty():
             sys.stderr.write("\n")
@@ -338,7 +322,7 @@ def register(app: typer.Typer) -> None:
         from .model import DEFAULT_MODEL, load_model
 
         dev = _setup(device, threads)
-        budget = _budget(memory_budget)
+        budget = parse_budget(memory_budget)
         src, out = Path(tokens), Path(output)
         suffix = SUFFIX[fmt.value]
         try:
@@ -351,7 +335,7 @@ def register(app: typer.Typer) -> None:
                 net = net.to(dev)
                 single = None
         except GqtokError as e:
-            raise _fail(e) from None
+            raise fail(e) from None
         wanted = set(index) if index else None
         failures: list[GqtokError] = []
         written: list[dict[str, Any]] = []
@@ -379,7 +363,7 @@ def register(app: typer.Typer) -> None:
                 selected += 1
                 grid = e.tokens_flip if flip else e.tokens
                 if grid is None:
-                    raise _fail(InputError("this export has no flipped tokens", str(src)))
+                    raise fail(InputError("this export has no flipped tokens", str(src)))
                 name = f"{e.index:06d}_{Path(e.path).stem}{'.flip' if flip else ''}{suffix}"
                 dst = single or out / name
                 if dst.exists() and not overwrite:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from .cli_common import fail
 from .errors import GqtokError, OutputError
 
 if TYPE_CHECKING:
@@ -163,12 +164,6 @@ def models_table() -> list[dict[str, Any]]:
     return _local_rows() + _released_rows()
 
 
-def _fail(e: GqtokError) -> typer.Exit:
-    sys.stderr.write(f"error: {e}\n")
-    sys.stderr.flush()
-    return typer.Exit(e.exit_code)
-
-
 def register(app: typer.Typer) -> None:
     """Add ``convert`` to the gqtok Typer app."""
 
@@ -238,7 +233,7 @@ def register(app: typer.Typer) -> None:
                 origin=origin,
             )
         except GqtokError as e:
-            raise _fail(e) from None
+            raise fail(e) from None
         if as_json:
             typer.echo(json.dumps(card, indent=2, sort_keys=True))
             return
