@@ -28,6 +28,8 @@ _SHORTLIST_CAP = 4096  # codewords; longer shortlists are searched exhaustively
 _ROW_CHUNK = 256  # tokens per GEMM block: score block 256 x K floats (64 MB at K=2^16); fewer,
 # larger parallel regions also keep torch threads from stalling on a busy machine (3x at 64)
 _BLOCK = 64  # codewords per max-group in the shortlist pass
+_COL_TILE = 2048  # codewords per GEMM tile: a 256 x 2048 float32 tile (2 MB) is still in cache
+# when the group max reads it back; whole 64 MB rows went to memory and back (2x slower)
 
 
 @lru_cache(maxsize=8)
@@ -83,7 +85,8 @@ def search(
     out = torch.empty(n, dtype=torch.int64)
     # gamma_n for the length-2G dot product, plus slack for forming a and c^2 in float32.
     gamma = (2 * dim + 6) * _F32_EPS
-    buf = torch.empty(min(row_chunk, n) * k)
+    tile = _COL_TILE if block > 1 and k % _COL_TILE == 0 else k
+    buf = torch.empty(min(row_chunk, n) * tile)
     offsets = torch.arange(block)
     for r0 in range(0, n, row_chunk):
         m = mu[r0 : r0 + row_chunk]
@@ -92,10 +95,17 @@ def search(
         inv = 1.0 / (s * s)
         a1 = beta - inv
         a2 = 2.0 * m * inv
-        scores = torch.mm(
-            torch.cat([a1, a2], dim=1), table.t(), out=buf[: rows_here * k].view(rows_here, k)
-        )
-        bmax = scores.view(rows_here, n_blocks, block).amax(dim=2) if block > 1 else scores
+        coef = torch.cat([a1, a2], dim=1)
+        if tile == k:
+            scores = torch.mm(coef, table.t(), out=buf[: rows_here * k].view(rows_here, k))
+            bmax = scores.view(rows_here, n_blocks, block).amax(dim=2) if block > 1 else scores
+        else:
+            bmax = torch.empty(rows_here, n_blocks)
+            part = buf[: rows_here * tile].view(rows_here, tile)
+            for c0 in range(0, k, tile):
+                torch.mm(coef, table[c0 : c0 + tile].t(), out=part)
+                torch.amax(part.view(rows_here, tile // block, block), dim=2,
+                           out=bmax[:, c0 // block : (c0 + tile) // block])
         top = bmax.amax(dim=1)
         bound = gamma * ((a1.abs() * c2max).sum(1) + (a2.abs() * cmax).sum(1))
         # A codeword whose exact score could beat the approximate winner scores above thr.

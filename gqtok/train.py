@@ -45,8 +45,8 @@ CHECKPOINT = "last.pt"
 METRICS = "metrics.csv"
 METRIC_COLUMNS = (
     "kind", "step", "images", "wall_s", "loss", "l1", "perceptual", "kl_loss", "bits_mean",
-    "bits_min", "bits_max", "lam", "lam_min", "lam_max", "img_per_s", "val_psnr_q", "val_psnr",
-    "val_bits_mean", "val_bits_min", "val_bits_max",
+    "bits_min", "bits_max", "lam", "lam_min", "lam_max", "img_per_s", "lr", "val_psnr_q",
+    "val_psnr", "val_bits_mean", "val_bits_min", "val_bits_max",
 )
 
 
@@ -69,6 +69,8 @@ class TrainConfig:
     crop: int = 128
     batch: int = 8
     lr: float = 1e-4  # Adam, PyTorch default betas, as in the reference
+    lr_schedule: str = "constant"  # "constant" | "cosine" (lr -> lr_min over the steps)
+    lr_min: float = 0.0
     kl_weight: float = 0.1  # reference HEAD configs (the released weights may have used 1.0)
     perceptual: str = "alex"  # "alex" | "vgg" (ST-LPIPS backbone) | "none"
     perceptual_weight: float = 1.0
@@ -87,6 +89,7 @@ class TrainConfig:
     flip: bool = True
     max_side: int = 2048  # photos are downscaled to this longest side when loaded; 0 = keep
     resume: bool = False
+    init: str = ""  # gqtok model file to start from (weights + TDC multipliers); "" = random
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -386,6 +389,60 @@ class _Window:
     bits_max: float = -math.inf
 
 
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Rate for the optimiser step after ``step`` steps; a pure function of the step so a
+    resumed run follows the same schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "cosine":
+        t = min(max(step / max(cfg.steps, 1), 0.0), 1.0)
+        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r} (constant, cosine)")
+
+
+def load_init(
+    path: Path, cfg: TrainConfig, encoder: Encoder, decoder: Decoder, tdc: TargetDivergence
+) -> dict[str, Any]:
+    """Warm start from a gqtok model file; returns its provenance for the model card.
+
+    The TDC multipliers come from the card so the constraint continues where the earlier run
+    left it instead of re-converging from 1.0 (which would let the KL drift for hundreds of
+    steps).
+    """
+    from safetensors import safe_open
+
+    from .model import read_card
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file to start from")
+    card = read_card(path)
+    if card.get("arch", "unet") != "unet":
+        raise ValueError(f"{path}: only UNet models can be trained further")
+    net = UNetConfig.from_dict(card["network"])
+    if net != cfg.network:
+        raise ValueError(f"{path}: its network {net.to_dict()} differs from the configured one")
+    quant = card.get("quantizer", {})
+    if (quant.get("dim"), quant.get("size")) != (cfg.dim, cfg.codebook_size):
+        raise ValueError(f"{path}: trained for dim {quant.get('dim')}, K {quant.get('size')}")
+    parts: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "decoder": {}}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            head, _, rest = key.partition(".")
+            if head in parts:
+                parts[head][rest] = f.get_tensor(key).float()
+    encoder.load_state_dict(parts["encoder"])
+    decoder.load_state_dict(parts["decoder"])
+    training = card.get("training", {})
+    if training.get("tdc"):
+        tdc.load_state_dict({k: v for k, v in training["tdc"].items() if k != "target"})
+    earlier = {k: training.get(k) for k in ("steps", "images_seen", "wall_time_s", "hardware")}
+    if training.get("init"):  # a chain of warm starts: keep the whole budget
+        earlier["init"] = training["init"]
+    return {"model": card.get("name", path.stem), "weights_sha256": card.get("weights_sha256"),
+            **earlier}
+
+
 def run(cfg: TrainConfig, console: Any | None = None) -> Path:
     """Train (or resume) according to cfg; returns the path of the final checkpoint."""
     t_begin = time.perf_counter()  # the time budget counts data loading too
@@ -436,6 +493,7 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
         perceptual.to(device)
     step, images_seen, wall = 0, 0, 0.0
     last_eval: dict[str, float] = {}
+    init_info: dict[str, Any] | None = None
     if state is not None:
         encoder.load_state_dict(state["encoder"])
         decoder.load_state_dict(state["decoder"])
@@ -450,7 +508,12 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         step, images_seen, wall = state["step"], state["images_seen"], state["wall_time_s"]
         last_eval = state.get("last_eval", {})
+        init_info = state.get("init")
         log(f"resumed from {ckpt_path} at step {step}")
+    elif cfg.init:
+        init_info = load_init(Path(cfg.init), cfg, encoder, decoder, tdc)
+        log(f"starting from {cfg.init} ({init_info['model']}, {init_info['steps']} steps), "
+            f"TDC lam {tdc.lam:.3g}")
     metrics = _Metrics(out / METRICS, step if state is not None else None)
     n_params = sum(p.numel() for p in params)
     log(f"network: {n_params / 1e6:.2f} M params, f={net.downsample}, device {device}, "
@@ -475,6 +538,7 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
             "sampler": sampler.state_dict(), "rng": rng, "step": step,
             "images_seen": images_seen, "wall_time_s": wall_now(), "config": cfg.to_dict(),
             "hardware": hardware, "data": data_summary, "last_eval": last_eval,
+            "init": init_info,
         }, ckpt_path)
 
     amp = device.type == "cuda"
@@ -492,6 +556,8 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
                 log("interrupted: saving the checkpoint")
                 break
             t0 = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
             x = to_tensor(sampler.batch(cfg.batch)).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 moments = encoder(x)
@@ -543,6 +609,7 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
                     "bits_min": win.bits_min, "bits_max": win.bits_max, "lam": st["lam"],
                     "lam_min": st["lam_min"], "lam_max": st["lam_max"],
                     "img_per_s": win.images / max(win.seconds, 1e-9),
+                    "lr": opt.param_groups[0]["lr"],
                 }
                 metrics.add(row)
                 log(f"step {step:>7} | loss {row['loss']:9.1f} | L1 {row['l1']:.4f} | "
@@ -644,12 +711,14 @@ def export(
         "entropy": {"kind": "frequency", "smoothing": 0.5},
         "training": {
             "steps": state["step"], "images_seen": state["images_seen"], "crop": cfg.crop,
-            "batch": cfg.batch, "lr": cfg.lr, "kl_weight": cfg.kl_weight,
+            "batch": cfg.batch, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
+            "lr_min": cfg.lr_min, "kl_weight": cfg.kl_weight,
             "perceptual": cfg.perceptual, "perceptual_weight": cfg.perceptual_weight,
             "scale_range": [cfg.scale_min, cfg.scale_max], "flip": cfg.flip,
             "wall_time_s": round(float(state["wall_time_s"]), 1),
             "hardware": state.get("hardware", ""), "data": state.get("data", {}),
             "tdc": state["tdc"],
+            **({"init": state["init"]} if state.get("init") else {}),
         },
         "quality": quality,
         "token_stats": {"photos": len(photos), "tokens": tokens, "max_side": token_stats_side},
@@ -686,7 +755,8 @@ def _parser() -> argparse.ArgumentParser:
             tr.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
             continue
         kind = Path if isinstance(value, Path) else type(value)
-        choices = {"perceptual": ["alex", "vgg", "none"], "device": ["auto", "cpu", "cuda"]}
+        choices = {"perceptual": ["alex", "vgg", "none"], "device": ["auto", "cpu", "cuda"],
+                   "lr_schedule": ["constant", "cosine"]}
         tr.add_argument(flag, type=kind, default=value, choices=choices.get(f.name),
                         help=f"default {value}")
     net = asdict(defaults.network)

@@ -101,6 +101,24 @@ def test_batch_folder_mirrors_structure_and_survives_a_corrupt_file(
     assert Image.open(dec / "a.png").size == (317, 211)
 
 
+def test_batch_decode_keeps_order_and_existing_outputs(photos: Path, tmp_path: Path) -> None:
+    shutil.copy(DATA / "photo_b.png", photos / "c.png")
+    gqs = tmp_path / "gq"
+    assert runner.invoke(app, ["encode", str(photos), "-r", "-o", str(gqs)]).exit_code == 0
+    dec = tmp_path / "dec"
+    dec.mkdir()
+    (dec / "a.png").write_bytes(b"keep me")  # exists: that file fails, the others decode
+    r = runner.invoke(app, ["decode", str(gqs), "-r", "-o", str(dec), "--json"])
+    assert r.exit_code == 1 and "a.png" in r.output and "exists" in r.output
+    assert (dec / "a.png").read_bytes() == b"keep me"
+    recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [Path(x["output"]).name for x in recs] == ["c.png", "b.png"]
+    for x in recs:
+        with Image.open(x["output"]) as im:
+            assert im.size == (x["width"], x["height"])
+    assert not list(dec.rglob("*.tmp")) and not list(dec.rglob(".*"))
+
+
 def test_pipes_stdin_to_stdout() -> None:
     png = (DATA / "photo_b.png").read_bytes()
     enc = gq("encode", "-", "-o", "-", input=png)

@@ -18,7 +18,14 @@ from gqtok.model import load_model
 from gqtok.network import UNetConfig
 from gqtok.quantizer import split_moments
 from gqtok.tdc import BITS_PER_NAT, TargetDivergence, kl_bits_from_moments, kl_bits_per_token
-from gqtok.train import CropSampler, TrainConfig, export, load_checkpoint, run
+from gqtok.train import (
+    CropSampler,
+    TrainConfig,
+    export,
+    learning_rate,
+    load_checkpoint,
+    run,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_NET = UNetConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(),
@@ -227,6 +234,61 @@ def test_export_loads_and_round_trips(full_run: Path, tmp_path: Path) -> None:
     q = c["quality"]
     for key in ("val_psnr_q", "val_psnr", "val_bits_mean", "val_bits_min", "val_bits_max"):
         assert math.isfinite(q[key])
+
+
+def test_cosine_schedule_endpoints_and_monotone() -> None:
+    cfg = TrainConfig(lr=2e-4, lr_min=1e-5, lr_schedule="cosine", steps=100)
+    rates = [learning_rate(cfg, s) for s in range(101)]
+    assert rates[0] == pytest.approx(2e-4) and rates[100] == pytest.approx(1e-5)
+    assert rates[50] == pytest.approx((2e-4 + 1e-5) / 2)
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert learning_rate(TrainConfig(lr=3e-4, steps=100), 77) == 3e-4
+    with pytest.raises(ValueError, match="schedule"):
+        learning_rate(TrainConfig(lr_schedule="step"), 1)
+
+
+def test_warm_start_continues_from_exported_model(full_run: Path, data_dir: Path,
+                                                   tmp_path: Path) -> None:
+    first = tmp_path / "first.safetensors"
+    card = export(full_run, first, "stage-1", token_stats_images=2)
+    out = tmp_path / "stage2"
+    run(_cfg(data_dir, out, steps=3, init=str(first), lr_schedule="cosine", lr_min=1e-6,
+             eval_every=0, perceptual="none"))
+    state = load_checkpoint(out / "last.pt")
+    # the multipliers continue from the card (then move by one factor per step)
+    lam0, f = card["training"]["tdc"]["lam"], card["training"]["tdc"]["factor"]
+    assert lam0 * f ** -3.001 <= state["tdc"]["lam"] <= lam0 * f ** 3.001
+    assert state["init"]["model"] == "stage-1" and state["init"]["steps"] == 4
+    # the weights started from the model, not from a fresh initialisation (another seed): after
+    # three small steps they are far closer to the model's than a fresh run's are
+    second = tmp_path / "second.safetensors"
+    card2 = export(out, second, "stage-2", token_stats_images=2)
+    assert card2["training"]["init"]["weights_sha256"] == card["weights_sha256"]
+    assert card2["training"]["lr_schedule"] == "cosine"
+    assert load_model(second).card["training"]["init"]["model"] == "stage-1"
+    fresh = tmp_path / "fresh"
+    run(_cfg(data_dir, fresh, steps=3, eval_every=0, perceptual="none", seed=11))
+    w_first = _conv_in(first)
+    w_warm = load_checkpoint(out / "last.pt")["encoder"]["conv_in.weight"]
+    w_fresh = load_checkpoint(fresh / "last.pt")["encoder"]["conv_in.weight"]
+    assert (w_warm - w_first).norm() < 0.2 * (w_fresh - w_first).norm()
+
+
+def _conv_in(path: Path) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["encoder.conv_in.weight"].float()
+
+
+def test_warm_start_rejects_other_network(full_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    first = tmp_path / "m.safetensors"
+    export(full_run, first, "tiny", token_stats_images=1)
+    other = UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                       z_channels=16, stem=1)
+    with pytest.raises(ValueError, match="differs"):
+        run(_cfg(data_dir, tmp_path / "o", network=other, init=str(first), perceptual="none"))
+    with pytest.raises(FileNotFoundError, match="no such model"):
+        run(_cfg(data_dir, tmp_path / "p", init=str(tmp_path / "missing.safetensors")))
 
 
 def test_training_does_not_import_constriction(data_dir: Path, tmp_path: Path) -> None:
