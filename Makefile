@@ -30,8 +30,8 @@ data: $(STAMP)
 	bash scripts/make_data.sh
 
 ## Reproduce the embedded default model: data, training (resumable), export to weights/.
-## Runs the recipe to its step count (~90 min on 2 cores); TRAIN_MINUTES (0 = none) bounds one
-## invocation and re-running `make train` resumes where it stopped.
+## Two stages run to their step counts (~90 + ~85 min on 2 cores, see scripts/train_default.sh);
+## TRAIN_MINUTES (0 = none) bounds each invocation and re-running `make train` resumes.
 TRAIN_MINUTES ?= 0
 train: $(STAMP) data/prepared/manifest.json
 	$(PY) -m pip install -q --no-deps stlpips-pytorch==0.0.2

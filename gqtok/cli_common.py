@@ -20,14 +20,20 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
-def setup_device(device: Device, threads: int | None) -> str:
-    """Thread count and device for torch; passive OpenMP first (it only works before import)."""
-    from .pipeline import passive_openmp
+def setup_device(device: Device, threads: int | None, *, pipelined: bool = False) -> str:
+    """Thread count and device for torch; passive OpenMP first (it only works before import).
+
+    ``pipelined`` commands (export/import) overlap I/O threads with the network, so they also
+    pin torch to one inter-op thread and all available cores (pipeline.configure_threads).
+    """
+    from .pipeline import configure_threads, passive_openmp
 
     passive_openmp()  # spinning OpenMP threads beside other jobs were 3x slower on 2 cores
     import torch
 
-    if threads:
+    if pipelined:
+        configure_threads(threads)
+    elif threads:
         torch.set_num_threads(threads)
     if device == Device.auto:
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from .cli_common import fail, parse_budget
+from .cli_common import Device, fail, parse_budget, setup_device
 from .errors import EXIT_PARTIAL, GqtokError, InputError, OutputError
 
 if TYPE_CHECKING:
@@ -64,27 +64,13 @@ BudgetOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores).")
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the network runs.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
 TrustOpt = Annotated[
     bool, typer.Option("--trust-pickle", help="Allow checkpoints that need unpickling.")
 ]
-
-
-def _setup(device: str, threads: int | None) -> str:
-    from .pipeline import configure_threads, passive_openmp
-
-    passive_openmp()  # before torch loads
-    import torch
-
-    configure_threads(threads)
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise typer.BadParameter(f"device {device!r} is not available", param_hint="--device")
-    return device
 
 
 def _progress_printer(quiet: bool) -> Any:
@@ -217,7 +203,7 @@ def register(app: typer.Typer) -> None:
         beta: Annotated[float | None, typer.Option("--beta", help="GQ prior weight.")] = None,
         overwrite: OverwriteOpt = False,
         trust_pickle: TrustOpt = False,
-        device: DeviceOpt = "auto",
+        device: DeviceOpt = Device.auto,
         threads: ThreadsOpt = None,
         quiet: QuietOpt = False,
         as_json: JsonOpt = False,
@@ -226,7 +212,7 @@ def register(app: typer.Typer) -> None:
         from .cli_models import load_model_with_options
         from .export import export_tokens
 
-        dev = _setup(device, threads)
+        dev = setup_device(device, threads, pipelined=True)
         budget = parse_budget(memory_budget)
         t0 = time.perf_counter()
         try:
@@ -313,7 +299,7 @@ def register(app: typer.Typer) -> None:
         memory_budget: BudgetOpt = None,
         overwrite: OverwriteOpt = False,
         trust_pickle: TrustOpt = False,
-        device: DeviceOpt = "auto",
+        device: DeviceOpt = Device.auto,
         threads: ThreadsOpt = None,
         quiet: QuietOpt = False,
         as_json: JsonOpt = False,
@@ -321,7 +307,7 @@ def register(app: typer.Typer) -> None:
         """Turn exported token grids back into images (or .gq files)."""
         from .model import DEFAULT_MODEL, load_model
 
-        dev = _setup(device, threads)
+        dev = setup_device(device, threads, pipelined=True)
         budget = parse_budget(memory_budget)
         src, out = Path(tokens), Path(output)
         suffix = SUFFIX[fmt.value]

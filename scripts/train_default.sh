@@ -40,4 +40,4 @@ fi
 stage runs/default-v2 "$STEPS2" --lr 2e-4 --lr-schedule cosine --lr-min 1e-5 \
   --init runs/default/model.safetensors || { echo "stage 2 not finished: run again"; exit 0; }
 "$PY" -m gqtok.train export runs/default-v2 weights/default.safetensors \
-  --name gqtok-f8c16-cpu-v2 --half
+  --name gqtok-f8c16-cpu-v2 --half --token-stats-images 200
