@@ -226,9 +226,12 @@ def test_large_image_peak_rss_under_budget(model, tmp_path) -> None:  # noqa: AN
     assert r["peak_rss"] <= budget, r  # measured 415-465 MB
     dec = np.asarray(Image.open(dst))
     assert dec.shape == rgb.shape
-    # as good as a whole-image pass over the same content (a 768x512 part of it)
-    box = (slice(256, 768), slice(256, 1024))
-    part = np.ascontiguousarray(rgb[box])
-    whole = decode_to_array(model, encode_arrays(model, [part])[0])
-    assert psnr(dec[box], part) > psnr(whole, part) - 0.5
-    assert psnr(dec, rgb) > 20  # measured 23.5 dB: noise and hard lines are costly at 0.25 bpp
+    # nearly as good as a whole-image pass over the same image (no budget, ~3 GB here): the
+    # windows share estimated GroupNorm statistics, which flip some tokens (measured with v2:
+    # 24.04 vs 24.24 dB, and 35.3 dB between the two results)
+    whole = decode_to_array(
+        model, encode_arrays(model, [rgb], max_memory="16G")[0], max_memory="16G"
+    )
+    assert psnr(dec, rgb) > psnr(whole, rgb) - 0.5
+    assert psnr(dec, whole) > 30
+    assert psnr(dec, rgb) > 20  # noise and hard lines are costly at 0.25 bpp
