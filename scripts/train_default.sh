@@ -28,7 +28,8 @@ stage() {  # stage RUN STEPS ARGS...
   local run="$1" steps="$2"; shift 2
   local resume=()
   [ -f "$run/last.pt" ] && resume=(--resume)
-  "$PY" -m gqtok.train train "${COMMON[@]}" --out "$run" --steps "$steps" "$@" "${resume[@]}"
+  "$PY" -m gqtok.train train "${COMMON[@]}" --out "$run" --steps "$steps" "$@" "${resume[@]}" \
+    || exit $?  # a failure, not a time budget: stop the script with its status
   [ "$(reached "$run")" -ge "$steps" ]
 }
 
