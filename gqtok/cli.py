@@ -24,7 +24,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .cli_common import Device, parse_budget, setup_device
+from .cli_common import (
+    BetaOpt,
+    Device,
+    DeviceOpt,
+    GroupOpt,
+    MaxPixelsOpt,
+    MemoryOpt,
+    ModelOpt,
+    OverwriteOpt,
+    PadMode,
+    PadOpt,
+    QuietOpt,
+    RecursiveOpt,
+    SeedOpt,
+    SizeOpt,
+    ThreadsOpt,
+    TrustOpt,
+    parse_budget,
+    setup_device,
+)
 from .errors import EXIT_PARTIAL, GqtokError, OutputError
 
 app = typer.Typer(
@@ -46,11 +65,6 @@ class OutFormat(StrEnum):
     webp = "webp"
     bmp = "bmp"
     tiff = "tiff"
-
-
-class PadMode(StrEnum):
-    replicate = "replicate"
-    reflect = "reflect"
 
 
 @dataclass
@@ -199,44 +213,12 @@ def _report(e: GqtokError, quiet: bool) -> None:
         sys.stderr.flush()
 
 
-ModelOpt = Annotated[
-    str | None,
-    typer.Option("--model", "-m", help="Model name (see `gqtok models`) or .safetensors path."),
-]
 OutputOpt = Annotated[
     str | None,
     typer.Option("--output", "-o", help="Output file for one input ('-' = stdout), else a folder."),
 ]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record per file.")]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the network runs.")]
-ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores).")
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary output.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per network batch.")]
-TrustOpt = Annotated[
-    bool,
-    typer.Option("--trust-pickle", help="Allow checkpoints that need unpickling (runs code)."),
-]
-GroupOpt = Annotated[
-    int | None,
-    typer.Option("--group", min=1, help="GQ group size G (16/8/4: 0.25/0.5/1 bpp at f=16)."),
-]
-SizeOpt = Annotated[
-    int | None, typer.Option("--codebook-size", min=2, help="Codebook size K (default: model's).")
-]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Codebook seed (default: model's).")]
-MemoryOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--memory-budget",
-        help="Peak memory for the network, e.g. 2GB (default $GQTOK_MEMORY_BUDGET, else 4GB);"
-        " larger images run in overlapping windows.",
-    ),
-]
-BetaOpt = Annotated[float | None, typer.Option("--beta", help="GQ prior weight beta.")]
 
 
 @app.command()
@@ -247,12 +229,8 @@ def encode(
     recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,
     batch_size: BatchOpt = 4,
-    pad: Annotated[PadMode, typer.Option("--pad", help="How to fill up to the token grid.")] = (
-        PadMode.replicate
-    ),
-    max_pixels: Annotated[
-        int, typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
-    ] = 200_000_000,
+    pad: PadOpt = PadMode.replicate,
+    max_pixels: MaxPixelsOpt = 200_000_000,
     group: GroupOpt = None,
     codebook_size: SizeOpt = None,
     seed: SeedOpt = None,

@@ -1,4 +1,4 @@
-"""Pieces every gqtok command module shares: the device option, error exit, memory budget.
+"""Pieces every gqtok command module shares: common options, device set-up, error exit, budget.
 
 Kept free of the Typer app so cli.py and the modules that register commands on it
 (cli_eval, cli_export, cli_models) can all import it without an import cycle.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
+from typing import Annotated
 
 import typer
 
@@ -18,6 +19,50 @@ class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class PadMode(StrEnum):
+    replicate = "replicate"
+    reflect = "reflect"
+
+
+# Options with the same meaning in every command that has them.
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Model name (see `gqtok models`) or .safetensors path."),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the network runs.")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores).")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary output.")]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-pickle", help="Allow checkpoints that need unpickling (runs code)."),
+]
+GroupOpt = Annotated[
+    int | None,
+    typer.Option("--group", min=1, help="GQ group size G (16/8/4: 0.25/0.5/1 bpp at f=16)."),
+]
+SizeOpt = Annotated[
+    int | None, typer.Option("--codebook-size", min=2, help="Codebook size K (default: model's).")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Codebook seed (default: model's).")]
+BetaOpt = Annotated[float | None, typer.Option("--beta", help="GQ prior weight beta.")]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        help="Peak memory for the network, e.g. 2GB (default $GQTOK_MEMORY_BUDGET, else 4GB);"
+        " larger images run in overlapping windows.",
+    ),
+]
+PadOpt = Annotated[PadMode, typer.Option("--pad", help="How to fill up to the token grid.")]
+MaxPixelsOpt = Annotated[
+    int, typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
+]
 
 
 def setup_device(device: Device, threads: int | None, *, pipelined: bool = False) -> str:

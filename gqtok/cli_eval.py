@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli_common import Device, fail, setup_device
+from .cli_common import Device, MaxPixelsOpt, RecursiveOpt, ThreadsOpt, fail, setup_device
 from .errors import EXIT_PARTIAL, EXIT_USAGE, GqtokError
 
 if TYPE_CHECKING:
@@ -215,15 +215,8 @@ CropOpt = Annotated[
     int | None,
     typer.Option("--center-crop", min=1, help="Then a centred NxN crop (paper protocol: 256)."),
 ]
-RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the networks run.")]
-ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores).")
-]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
-MaxPixelsOpt = Annotated[
-    int, typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
-]
 InputsArg = Annotated[list[str], typer.Argument(help="Images and/or folders of images.")]
 
 

@@ -19,17 +19,31 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from .cli_common import Device, fail, parse_budget, setup_device
+from .cli_common import (
+    BetaOpt,
+    Device,
+    DeviceOpt,
+    GroupOpt,
+    MaxPixelsOpt,
+    MemoryOpt,
+    ModelOpt,
+    OverwriteOpt,
+    PadMode,
+    PadOpt,
+    QuietOpt,
+    SeedOpt,
+    SizeOpt,
+    ThreadsOpt,
+    TrustOpt,
+    fail,
+    parse_budget,
+    setup_device,
+)
 from .errors import EXIT_PARTIAL, GqtokError, InputError, OutputError
 
 if TYPE_CHECKING:
     from .model import Model
     from .shards import Entry
-
-
-class PadMode(StrEnum):
-    replicate = "replicate"
-    reflect = "reflect"
 
 
 class ImportFormat(StrEnum):
@@ -50,27 +64,7 @@ SUFFIX = {
     "gq": ".gq",
 }
 
-ModelOpt = Annotated[
-    str | None, typer.Option("--model", "-m", help="Model name (see `gqtok models`) or file.")
-]
-BudgetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--memory-budget",
-        help="Peak memory for one image, e.g. 4G, 600M (default $GQTOK_MEMORY_BUDGET or 4G);"
-        " larger images are processed in windows.",
-    ),
-]
-ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores).")
-]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the network runs.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")]
-TrustOpt = Annotated[
-    bool, typer.Option("--trust-pickle", help="Allow checkpoints that need unpickling.")
-]
 
 
 def _progress_printer(quiet: bool) -> Any:
@@ -186,21 +180,13 @@ def register(app: typer.Typer) -> None:
         recursive: Annotated[
             bool, typer.Option("--recursive/--no-recursive", help="Descend into subfolders.")
         ] = True,
-        pad: Annotated[PadMode, typer.Option("--pad", help="How to fill up to the grid.")] = (
-            PadMode.replicate
-        ),
-        max_pixels: Annotated[
-            int, typer.Option("--max-pixels", min=1, help="Refuse larger images.")
-        ] = 200_000_000,
-        memory_budget: BudgetOpt = None,
-        group: Annotated[
-            int | None, typer.Option("--group", min=1, help="GQ group size G.")
-        ] = None,
-        codebook_size: Annotated[
-            int | None, typer.Option("--codebook-size", min=2, help="Codebook size K.")
-        ] = None,
-        seed: Annotated[int | None, typer.Option("--seed", help="Codebook seed.")] = None,
-        beta: Annotated[float | None, typer.Option("--beta", help="GQ prior weight.")] = None,
+        pad: PadOpt = PadMode.replicate,
+        max_pixels: MaxPixelsOpt = 200_000_000,
+        memory_budget: MemoryOpt = None,
+        group: GroupOpt = None,
+        codebook_size: SizeOpt = None,
+        seed: SeedOpt = None,
+        beta: BetaOpt = None,
         overwrite: OverwriteOpt = False,
         trust_pickle: TrustOpt = False,
         device: DeviceOpt = Device.auto,
@@ -296,7 +282,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--size", help="Image size WxH of a .npy grid (default: grid x f)."),
         ] = None,
         model: ModelOpt = None,
-        memory_budget: BudgetOpt = None,
+        memory_budget: MemoryOpt = None,
         overwrite: OverwriteOpt = False,
         trust_pickle: TrustOpt = False,
         device: DeviceOpt = Device.auto,

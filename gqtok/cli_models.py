@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .cli_common import fail
+from .cli_common import BetaOpt, GroupOpt, SeedOpt, SizeOpt, fail
 from .errors import GqtokError, OutputError
 
 if TYPE_CHECKING:
@@ -179,15 +179,10 @@ def register(app: typer.Typer) -> None:
         output: Annotated[
             str, typer.Option("--output", "-o", help="gqtok model file to write (.safetensors).")
         ],
-        group: Annotated[
-            int | None,
-            typer.Option("--group", min=1, help="GQ group size G (16/8/4: 0.25/0.5/1 bpp)."),
-        ] = None,
-        codebook_size: Annotated[
-            int | None, typer.Option("--codebook-size", min=2, help="Codebook size K.")
-        ] = None,
-        seed: Annotated[int | None, typer.Option("--seed", help="Codebook seed.")] = None,
-        beta: Annotated[float | None, typer.Option("--beta", help="GQ prior weight.")] = None,
+        group: GroupOpt = None,
+        codebook_size: SizeOpt = None,
+        seed: SeedOpt = None,
+        beta: BetaOpt = None,
         heads: Annotated[
             int | None,
             typer.Option("--heads", min=1, help="ViT attention heads (default: width / 64)."),
