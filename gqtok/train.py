@@ -497,9 +497,7 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
     if state is not None:
         encoder.load_state_dict(state["encoder"])
         decoder.load_state_dict(state["decoder"])
-        opt.load_state_dict(state["optimizer"])
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr
+        opt.load_state_dict(state["optimizer"])  # its lr is set from the schedule every step
         tdc.load_state_dict(state["tdc"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
