@@ -22,6 +22,7 @@ import csv
 import math
 import os
 import platform
+import queue
 import signal
 import threading
 import time
@@ -86,6 +87,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     scale_min: float = 0.25  # multi-scale: photo resized by s in [scale_min, scale_max]
     scale_max: float = 1.0  # (log-uniform; never so small that the crop does not fit)
+    scale_levels: int = 0  # >0: photos pre-resized to this many log-spaced scales, crops are
+    #                        plain slices (fast enough to feed a GPU); 0 = any scale per crop
+    warmup_steps: int = 0  # lr ramps linearly from 0 over these steps (fresh Adam, warm start)
     flip: bool = True
     max_side: int = 2048  # photos are downscaled to this longest side when loaded; 0 = keep
     resume: bool = False
@@ -189,10 +193,111 @@ class CropSampler:
         self.rng.bit_generator.state = state["bit_generator"]
 
 
+class PyramidSampler(CropSampler):
+    """CropSampler over photos resized once to fixed log-spaced scales.
+
+    Resampling each crop costs milliseconds of CPU, which starves a GPU; slicing a pre-resized
+    level does not. Scales are drawn uniformly among the levels where the crop fits (the
+    discrete counterpart of the log-uniform draw); a photo too small for every level is
+    enlarged so its short side equals the crop, as CropSampler does.
+    """
+
+    def __init__(
+        self, photos: list[np.ndarray], crop: int, scale_range: tuple[float, float] = (1.0, 1.0),
+        levels: int = 8, flip: bool = True, seed: int = 0,
+    ) -> None:
+        super().__init__(photos, crop, scale_range, flip, seed)
+        lo, hi = scale_range
+        n = max(1, levels)
+        scales = [hi] if n == 1 or hi <= lo else list(np.geomspace(lo, hi, n))
+        self.levels: list[list[np.ndarray]] = []
+        for photo in photos:
+            h, w = photo.shape[:2]
+            fits = [s for s in scales if min(h, w) * s >= crop]
+            if not fits:
+                fits = [crop / min(h, w)]
+            self.levels.append([_resized(photo, s) for s in fits])
+        # mirrored copies: slicing them is ~5x faster than copying a negative-stride view
+        self.mirrored = [[lv[:, ::-1].copy() for lv in lvs] for lvs in self.levels] if flip else []
+
+    def _pick(self, index: int) -> np.ndarray:
+        levels = self.levels[index]
+        k = int(self.rng.integers(0, len(levels)))
+        h, w = levels[k].shape[:2]
+        c = self.crop
+        y0 = int(self.rng.integers(0, h - c + 1))
+        x0 = int(self.rng.integers(0, w - c + 1))
+        if self.flip and self.rng.random() < 0.5:  # = levels[k][y0:y0+c, x0:x0+c][:, ::-1]
+            return self.mirrored[index][k][y0 : y0 + c, w - x0 - c : w - x0]
+        return levels[k][y0 : y0 + c, x0 : x0 + c]
+
+    def batch(self, n: int) -> np.ndarray:
+        idx = self.rng.choice(len(self.photos), size=n, p=self.p)
+        return np.stack([self._pick(int(i)) for i in idx])
+
+
+class Prefetcher:
+    """Draws the next batches on a background thread so the sampler's CPU time overlaps the
+    accelerator's step. state_dict() is the sampler's state after the last batch handed out,
+    not after the ones drawn ahead, so a checkpoint resumes exactly where training stood."""
+
+    def __init__(self, sampler: CropSampler, batch: int, depth: int = 3) -> None:
+        self.sampler, self.batch_size = sampler, batch
+        self._state = sampler.state_dict()
+        self._queue: queue.Queue[tuple[np.ndarray, dict[str, Any]] | BaseException] = (
+            queue.Queue(maxsize=depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = (self.sampler.batch(self.batch_size), self.sampler.state_dict())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # surfaced on the training thread by next()
+            self._queue.put(exc)
+
+    def batch(self, n: int) -> np.ndarray:
+        if n != self.batch_size:
+            raise ValueError(f"prefetcher draws batches of {self.batch_size}, asked for {n}")
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        batch, self._state = item
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._state
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _resized(photo: np.ndarray, scale: float) -> np.ndarray:
+    h, w = photo.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size == (w, h):
+        return photo
+    im = Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
 def to_tensor(batch: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-    return x.float().div_(127.5).sub_(1.0).contiguous()
+    return batch_to_device(batch, torch.device("cpu"))
+
+
+def batch_to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """to_tensor on the device: uint8 crosses the bus, 4x less than float32 (same values)."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
 
 
 def center_crop(photo: np.ndarray, size: int, multiple: int) -> np.ndarray:
@@ -343,6 +448,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 @contextmanager
+def _closing(feed: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if isinstance(feed, Prefetcher):
+            feed.close()
+
+
+@contextmanager
 def _stop_on_sigint(flag: dict[str, bool]) -> Iterator[None]:
     """First Ctrl-C asks the loop to stop after the current step; the second one interrupts."""
     if threading.current_thread() is not threading.main_thread():
@@ -392,11 +506,12 @@ class _Window:
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Rate for the optimiser step after ``step`` steps; a pure function of the step so a
     resumed run follows the same schedule."""
+    ramp = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     if cfg.lr_schedule == "constant":
-        return cfg.lr
+        return cfg.lr * ramp
     if cfg.lr_schedule == "cosine":
         t = min(max(step / max(cfg.steps, 1), 0.0), 1.0)
-        return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t))
+        return ramp * (cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * t)))
     raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r} (constant, cosine)")
 
 
@@ -484,8 +599,11 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
     params = [*encoder.parameters(), *decoder.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     tdc = TargetDivergence(cfg.codebook_size)
-    sampler = CropSampler(train_photos, cfg.crop, (cfg.scale_min, cfg.scale_max), cfg.flip,
-                          cfg.seed)
+    scale_range = (cfg.scale_min, cfg.scale_max)
+    sampler = (PyramidSampler(train_photos, cfg.crop, scale_range, cfg.scale_levels, cfg.flip,
+                              cfg.seed) if cfg.scale_levels > 0
+               else CropSampler(train_photos, cfg.crop, scale_range, cfg.flip, cfg.seed))
+    feed: CropSampler | Prefetcher = sampler
     noise = torch.Generator(device=device)
     noise.manual_seed(cfg.seed + 1)
     perceptual = build_perceptual(cfg)
@@ -533,19 +651,23 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
         _save_atomic({
             "encoder": encoder.state_dict(), "decoder": decoder.state_dict(),
             "optimizer": opt.state_dict(), "tdc": tdc.state_dict(),
-            "sampler": sampler.state_dict(), "rng": rng, "step": step,
+            "sampler": feed.state_dict(), "rng": rng, "step": step,
             "images_seen": images_seen, "wall_time_s": wall_now(), "config": cfg.to_dict(),
             "hardware": hardware, "data": data_summary, "last_eval": last_eval,
             "init": init_info,
         }, ckpt_path)
 
     amp = device.type == "cuda"
+    if amp:
+        torch.backends.cudnn.benchmark = True  # fixed crop shape: pick the fastest kernels once
     pixels = 3 * cfg.crop * cfg.crop
     encoder.train()
     decoder.train()
     flag = {"stop": False}
     win = _Window()
-    with _stop_on_sigint(flag):
+    if device.type != "cpu" or cfg.scale_levels > 0:  # not with CPU steps + per-crop resizing,
+        feed = Prefetcher(sampler, cfg.batch)          # which would only share the same cores
+    with _stop_on_sigint(flag), _closing(feed):
         while step < cfg.steps:
             if cfg.minutes > 0 and time.perf_counter() - t_begin > cfg.minutes * 60:
                 log(f"time budget of {cfg.minutes:g} min reached")
@@ -556,7 +678,7 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
             t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
-            x = to_tensor(sampler.batch(cfg.batch)).to(device, non_blocking=True)
+            x = batch_to_device(feed.batch(cfg.batch), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 moments = encoder(x)
             mu, logvar = moments.float().chunk(2, dim=1)
@@ -713,6 +835,7 @@ def export(
             "lr_min": cfg.lr_min, "kl_weight": cfg.kl_weight,
             "perceptual": cfg.perceptual, "perceptual_weight": cfg.perceptual_weight,
             "scale_range": [cfg.scale_min, cfg.scale_max], "flip": cfg.flip,
+            "scale_levels": cfg.scale_levels, "warmup_steps": cfg.warmup_steps,
             "wall_time_s": round(float(state["wall_time_s"]), 1),
             "hardware": state.get("hardware", ""), "data": state.get("data", {}),
             "tdc": state["tdc"],

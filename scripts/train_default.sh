@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# The recipe of the embedded default model (weights/default.safetensors), in two stages.
+# The recipe of the embedded default model (weights/default.safetensors), in three stages.
 # Usage: scripts/train_default.sh [MINUTES]   -- resumable: run again to continue training.
-#   stage 1 (runs/default):    random init, lr 4e-4 constant, STEPS1=8169 steps
-#                              -> runs/default/model.safetensors (= gqtok-f8c16-cpu-v1)
+#   stage 1 (runs/default):    random init, lr 4e-4 constant, STEPS1=8169 steps, 128 px crops
+#                              -> runs/default/model.safetensors (= gqtok-f8c16-cpu-v1), CPU
 #   stage 2 (runs/default-v2): starts from stage 1's model (weights + TDC multipliers),
-#                              lr 2e-4 cosine-decayed to 1e-5 over STEPS2 steps
-#                              -> weights/default.safetensors (gqtok-f8c16-cpu-v2)
+#                              lr 2e-4 cosine-decayed to 1e-5 over STEPS2 steps, CPU
+#                              -> runs/default-v2/model.safetensors (= gqtok-f8c16-cpu-v2)
+#   stage 3 (runs/default-v3): one CUDA GPU (scripts/train_stage3_gpu.sh): starts from stage 2's
+#                              model, 256 px crops, batch 32, cosine 3e-4 -> 1e-5 over
+#                              STEPS3A=12315 steps, then resumed with the schedule stretched to
+#                              STEPS3B=19500 steps (lr back up to ~1e-4, annealed again)
+#                              -> weights/default.safetensors (gqtok-f8c16-cpu-v3)
 # MINUTES (0 = no limit) only bounds one invocation of each stage; a stage that stopped early is
-# continued by the next invocation and only a finished stage is exported.
+# continued by the next invocation and only a finished stage is exported. Stage 3 runs on CPU
+# too (--device cuda is its only GPU need: edit it), but takes days there instead of 11 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${1:-0}"
 STEPS1="${STEPS1:-8169}"
 STEPS2="${STEPS2:-3400}"
+STEPS3A="${STEPS3A:-12315}"
+STEPS3B="${STEPS3B:-19500}"
 PY=.venv/bin/python
 COMMON=(--data data/prepared --crop 128 --batch 8 --kl-weight 0.1 --perceptual none
         --scale-min 0.25 --scale-max 1.0 --seed 0 --threads 2
@@ -38,7 +46,19 @@ if [ ! -f runs/default/model.safetensors ]; then
   "$PY" -m gqtok.train export runs/default runs/default/model.safetensors \
     --name gqtok-f8c16-cpu-v1 --half
 fi
-stage runs/default-v2 "$STEPS2" --lr 2e-4 --lr-schedule cosine --lr-min 1e-5 \
-  --init runs/default/model.safetensors || { echo "stage 2 not finished: run again"; exit 0; }
-"$PY" -m gqtok.train export runs/default-v2 weights/default.safetensors \
-  --name gqtok-f8c16-cpu-v2 --half --token-stats-images 200
+if [ ! -f runs/default-v2/model.safetensors ]; then
+  stage runs/default-v2 "$STEPS2" --lr 2e-4 --lr-schedule cosine --lr-min 1e-5 \
+    --init runs/default/model.safetensors || { echo "stage 2 not finished: run again"; exit 0; }
+  "$PY" -m gqtok.train export runs/default-v2 runs/default-v2/model.safetensors \
+    --name gqtok-f8c16-cpu-v2 --half --token-stats-images 200
+fi
+if [ "$(reached runs/default-v3)" -lt "$STEPS3A" ]; then
+  STEPS="$STEPS3A" MINUTES="$MINUTES" PY="$PY" scripts/train_stage3_gpu.sh \
+    runs/default-v2/model.safetensors runs/default-v3
+  [ "$(reached runs/default-v3)" -ge "$STEPS3A" ] || { echo "stage 3 not finished: run again"; exit 0; }
+fi
+STEPS="$STEPS3B" MINUTES="$MINUTES" PY="$PY" scripts/train_stage3_gpu.sh \
+  runs/default-v2/model.safetensors runs/default-v3
+[ "$(reached runs/default-v3)" -ge "$STEPS3B" ] || { echo "stage 3 not finished: run again"; exit 0; }
+"$PY" -m gqtok.train export runs/default-v3 weights/default.safetensors \
+  --name gqtok-f8c16-cpu-v3 --half --token-stats-images 200

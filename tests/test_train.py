@@ -20,6 +20,8 @@ from gqtok.quantizer import split_moments
 from gqtok.tdc import BITS_PER_NAT, TargetDivergence, kl_bits_from_moments, kl_bits_per_token
 from gqtok.train import (
     CropSampler,
+    Prefetcher,
+    PyramidSampler,
     TrainConfig,
     export,
     learning_rate,
@@ -183,6 +185,74 @@ def test_crop_sampler_shapes_and_state() -> None:
     assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8
     s.load_state_dict(state)
     np.testing.assert_array_equal(s.batch(6), a)
+
+
+def _photos() -> list[np.ndarray]:
+    g = np.random.default_rng(1)
+    return [g.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((90, 130), (64, 70),
+                                                                        (20, 30))]
+
+
+def test_pyramid_sampler_crops_are_slices_of_resized_levels() -> None:
+    photos = _photos()
+    s = PyramidSampler(photos, 32, (0.25, 1.0), levels=3, flip=True, seed=2)
+    # scales 0.25, 0.5, 1: only those where the short side still holds the crop are kept;
+    # the 20x30 photo fits no level and is enlarged to a 32 px short side
+    assert [[lv.shape[:2] for lv in lvs] for lvs in s.levels] == [
+        [(45, 65), (90, 130)], [(32, 35), (64, 70)], [(32, 48)]]
+    windows = [np.lib.stride_tricks.sliding_window_view(lv, (32, 32, 3)).reshape(-1, 32, 32, 3)
+               for lvs in s.levels for lv in lvs]
+    flips = 0
+    for crop in s.batch(40):
+        found = []
+        for w in windows:
+            for cand, mirrored in ((crop, False), (crop[:, ::-1], True)):
+                if (w == cand).all(axis=(1, 2, 3)).any():
+                    found.append(mirrored)
+        assert found, "crop is not a slice of any level (or its mirror)"
+        flips += found[0]
+    assert 0 < flips < 40  # both orientations occur
+
+
+def test_prefetcher_matches_sampler_and_checkpoints_consumed_state() -> None:
+    ref = PyramidSampler(_photos(), 32, (0.25, 1.0), 3, True, 7)
+    expected = [ref.batch(5) for _ in range(6)]
+    feed = Prefetcher(PyramidSampler(_photos(), 32, (0.25, 1.0), 3, True, 7), 5)
+    try:
+        got = [feed.batch(5) for _ in range(3)]
+        state = feed.state_dict()  # the background thread has drawn further by now
+        with pytest.raises(ValueError, match="batches of 5"):
+            feed.batch(4)
+    finally:
+        feed.close()
+    for a, b in zip(expected[:3], got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    resumed = PyramidSampler(_photos(), 32, (0.25, 1.0), 3, True, 7)
+    resumed.load_state_dict(state)
+    for a in expected[3:]:
+        np.testing.assert_array_equal(resumed.batch(5), a)
+
+
+def test_warmup_ramps_then_follows_schedule() -> None:
+    cfg = TrainConfig(lr=1e-3, lr_min=0.0, lr_schedule="cosine", steps=1000, warmup_steps=10)
+    constant = TrainConfig(lr=1e-3, steps=1000, warmup_steps=10)
+    assert [learning_rate(constant, s) for s in (0, 4, 9, 10)] == pytest.approx(
+        [1e-4, 5e-4, 1e-3, 1e-3])
+    assert learning_rate(cfg, 4) == pytest.approx(5e-4, rel=1e-4)  # ramp x cosine
+    plain = TrainConfig(lr=1e-3, lr_min=0.0, lr_schedule="cosine", steps=1000)
+    for step in (9, 10, 500):
+        assert learning_rate(cfg, step) == pytest.approx(learning_rate(plain, step))
+
+
+def test_pyramid_run_resumes_bit_identically(data_dir: Path, tmp_path: Path) -> None:
+    full, split = tmp_path / "full", tmp_path / "split"
+    run(_cfg(data_dir, full, steps=3, scale_levels=3, warmup_steps=2))
+    run(_cfg(data_dir, split, steps=1, scale_levels=3, warmup_steps=2))
+    run(_cfg(data_dir, split, steps=3, scale_levels=3, warmup_steps=2, resume=True))
+    a, b = load_checkpoint(full / "last.pt"), load_checkpoint(split / "last.pt")
+    assert a["sampler"] == b["sampler"]
+    for key, value in a["decoder"].items():
+        assert torch.equal(value, b["decoder"][key]), key
 
 
 def test_resume_is_bit_identical(data_dir: Path, full_run: Path, tmp_path: Path) -> None:

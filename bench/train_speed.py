@@ -1,0 +1,76 @@
+"""Training step speed of the default network: crops per second on this machine.
+
+Times full optimiser steps (encoder, reparameterised sample, decoder, L1 + KL loss, Adam) on
+random crops, bf16 autocast on CUDA as in `gqtok train`. Data loading is not included. Used to
+size a training run to a time budget (`--budget-s` prints the steps that fit in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from gqtok.network import Decoder, Encoder
+from gqtok.tdc import TargetDivergence, kl_bits_per_token
+from gqtok.train import fast_cpu_network
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--crop", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--budget-s", type=float, default=0.0, help="print how many steps fit")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    amp = device.type == "cuda"
+    if amp:
+        torch.backends.cudnn.benchmark = True
+    net = fast_cpu_network()
+    enc, dec = Encoder(net).to(device), Decoder(net).to(device)
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-5)
+    tdc = TargetDivergence(2**16)
+    x = torch.rand(args.batch, 3, args.crop, args.crop, device=device) * 2 - 1
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            moments = enc(x)
+        mu, logvar = moments.float().chunk(2, dim=1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar.clamp(-30, 20))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            x_hat = dec(z)
+        kl = kl_bits_per_token(mu, logvar, 16)
+        loss = (x_hat.float() - x).abs().sum() / args.batch + 0.1 * tdc.loss(kl)
+        tdc.update(kl)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        float(loss.detach())  # the training loop reads the loss every step too
+
+    for _ in range(args.warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    dt = (time.perf_counter() - t0) / args.steps
+    out = {
+        "device": torch.cuda.get_device_name(device) if amp else "cpu",
+        "threads": torch.get_num_threads(), "crop": args.crop, "batch": args.batch,
+        "ms_per_step": round(dt * 1000, 2), "steps_per_s": round(1 / dt, 3),
+        "crops_per_s": round(args.batch / dt, 1),
+    }
+    if args.budget_s:
+        out["steps_in_budget"] = int(args.budget_s / dt)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
