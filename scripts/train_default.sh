@@ -9,7 +9,7 @@
 #   stage 3 (runs/default-v3): one CUDA GPU (scripts/train_stage3_gpu.sh): starts from stage 2's
 #                              model, 256 px crops, batch 32, cosine 3e-4 -> 1e-5 over
 #                              STEPS3A=12315 steps, then resumed with the schedule stretched to
-#                              STEPS3B=19500 steps (lr back up to ~1e-4, annealed again)
+#                              STEPS3B=19500 steps (lr back up to 9.7e-5, annealed again)
 #                              -> weights/default.safetensors (gqtok-f8c16-cpu-v3)
 # MINUTES (0 = no limit) only bounds one invocation of each stage; a stage that stopped early is
 # continued by the next invocation and only a finished stage is exported. Stage 3 runs on CPU
