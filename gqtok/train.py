@@ -250,18 +250,20 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._fill, daemon=True)
         self._thread.start()
 
+    def _put(self, item: tuple[np.ndarray, dict[str, Any]] | BaseException) -> None:
+        while not self._stop.is_set():  # never block close() on a full queue
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
     def _fill(self) -> None:
         try:
             while not self._stop.is_set():
-                item = (self.sampler.batch(self.batch_size), self.sampler.state_dict())
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as exc:  # surfaced on the training thread by next()
-            self._queue.put(exc)
+                self._put((self.sampler.batch(self.batch_size), self.sampler.state_dict()))
+        except BaseException as exc:  # raised again on the training thread by batch()
+            self._put(exc)
 
     def batch(self, n: int) -> np.ndarray:
         if n != self.batch_size:

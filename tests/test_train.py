@@ -233,6 +233,19 @@ def test_prefetcher_matches_sampler_and_checkpoints_consumed_state() -> None:
         np.testing.assert_array_equal(resumed.batch(5), a)
 
 
+def test_prefetcher_reraises_sampler_errors_on_the_training_thread() -> None:
+    class Broken(CropSampler):
+        def batch(self, n: int) -> np.ndarray:
+            raise OSError("disk went away")
+
+    feed = Prefetcher(Broken(_photos(), 32), 2)
+    try:
+        with pytest.raises(OSError, match="disk went away"):
+            feed.batch(2)
+    finally:
+        feed.close()
+
+
 def test_warmup_ramps_then_follows_schedule() -> None:
     cfg = TrainConfig(lr=1e-3, lr_min=0.0, lr_schedule="cosine", steps=1000, warmup_steps=10)
     constant = TrainConfig(lr=1e-3, steps=1000, warmup_steps=10)
