@@ -57,8 +57,10 @@ if [ "$(reached runs/default-v3)" -lt "$STEPS3A" ]; then
     runs/default-v2/model.safetensors runs/default-v3
   [ "$(reached runs/default-v3)" -ge "$STEPS3A" ] || { echo "stage 3 not finished: run again"; exit 0; }
 fi
-STEPS="$STEPS3B" MINUTES="$MINUTES" PY="$PY" scripts/train_stage3_gpu.sh \
-  runs/default-v2/model.safetensors runs/default-v3
-[ "$(reached runs/default-v3)" -ge "$STEPS3B" ] || { echo "stage 3 not finished: run again"; exit 0; }
+if [ "$(reached runs/default-v3)" -lt "$STEPS3B" ]; then
+  STEPS="$STEPS3B" MINUTES="$MINUTES" PY="$PY" scripts/train_stage3_gpu.sh \
+    runs/default-v2/model.safetensors runs/default-v3
+  [ "$(reached runs/default-v3)" -ge "$STEPS3B" ] || { echo "stage 3 not finished: run again"; exit 0; }
+fi
 "$PY" -m gqtok.train export runs/default-v3 weights/default.safetensors \
   --name gqtok-f8c16-cpu-v3 --half --token-stats-images 200
