@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Stage 3 of the default model: one CUDA GPU continues stage 2's model on 256 px crops.
 # Usage: STEPS=N scripts/train_stage3_gpu.sh [INIT_MODEL] [RUN_DIR]
-#   INIT_MODEL  stage 2's model (default weights/default.safetensors as stage 2 exported it)
+#   INIT_MODEL  stage 2's model (default runs/default-v2/model.safetensors, see train_default.sh)
 #   RUN_DIR     default runs/default-v3 (resumable: run again to continue)
 #   STEPS       optimiser steps; unset = as many as bench/train_speed.py says fit in BUDGET_S
 #   MINUTES     wall-clock bound of this invocation (0 = none), PY the Python with torch
-# The shipped gqtok-f8c16-cpu-v3 used STEPS as recorded in its model card (training.steps).
+# The shipped gqtok-f8c16-cpu-v3 ran it with STEPS=12315, then resumed it with STEPS=19500
+# (scripts/train_default.sh, STEPS3A / STEPS3B).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-INIT="${1:-weights/default.safetensors}"
+INIT="${1:-runs/default-v2/model.safetensors}"
 RUN="${2:-runs/default-v3}"
 PY="${PY:-python3}"
 MINUTES="${MINUTES:-0}"
