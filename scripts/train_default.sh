@@ -29,7 +29,8 @@ COMMON=(--data data/prepared --crop 128 --batch 8 --kl-weight 0.1 --perceptual n
 # Prints the step a run's checkpoint reached (0 when there is none).
 reached() {
   [ -f "$1/last.pt" ] || { echo 0; return; }
-  "$PY" -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['step'])" "$1/last.pt"
+  "$PY" -c "import sys; from gqtok.train import load_checkpoint; print(load_checkpoint(sys.argv[1])['step'])" \
+    "$1/last.pt"  # load_checkpoint maps to the CPU: a GPU run's checkpoint holds CUDA RNG state
 }
 
 stage() {  # stage RUN STEPS ARGS...
@@ -52,15 +53,13 @@ if [ ! -f runs/default-v2/model.safetensors ]; then
   "$PY" -m gqtok.train export runs/default-v2 runs/default-v2/model.safetensors \
     --name gqtok-f8c16-cpu-v2 --half --token-stats-images 200
 fi
-if [ "$(reached runs/default-v3)" -lt "$STEPS3A" ]; then
-  STEPS="$STEPS3A" MINUTES="$MINUTES" PY="$PY" scripts/train_stage3_gpu.sh \
-    runs/default-v2/model.safetensors runs/default-v3
-  [ "$(reached runs/default-v3)" -ge "$STEPS3A" ] || { echo "stage 3 not finished: run again"; exit 0; }
-fi
-if [ "$(reached runs/default-v3)" -lt "$STEPS3B" ]; then
-  STEPS="$STEPS3B" MINUTES="$MINUTES" PY="$PY" scripts/train_stage3_gpu.sh \
-    runs/default-v2/model.safetensors runs/default-v3
-  [ "$(reached runs/default-v3)" -ge "$STEPS3B" ] || { echo "stage 3 not finished: run again"; exit 0; }
-fi
+stage3() {  # stage3 STEPS: run or resume stage 3 until it reaches STEPS, unless it already has
+  [ "$(reached runs/default-v3)" -ge "$1" ] && return 0
+  STEPS="$1" MINUTES="$MINUTES" PY="$PY" scripts/train_stage3_gpu.sh \
+    runs/default-v2/model.safetensors runs/default-v3 || exit $?  # a failure, not a time budget
+  [ "$(reached runs/default-v3)" -ge "$1" ]
+}
+stage3 "$STEPS3A" || { echo "stage 3 not finished: run again"; exit 0; }
+stage3 "$STEPS3B" || { echo "stage 3 not finished: run again"; exit 0; }
 "$PY" -m gqtok.train export runs/default-v3 weights/default.safetensors \
   --name gqtok-f8c16-cpu-v3 --half --token-stats-images 200
