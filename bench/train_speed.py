@@ -1,8 +1,9 @@
 """Training step speed of the default network: crops per second on this machine.
 
-Times full optimiser steps (encoder, reparameterised sample, decoder, L1 + KL loss, Adam) on
-random crops, bf16 autocast on CUDA as in `gqtok train`. Data loading is not included. Used to
-size a training run to a time budget (`--budget-s` prints the steps that fit in it).
+Times full optimiser steps of `gqtok train` (train.step_losses: encoder, reparameterised
+sample, decoder, L1 + TDC loss; bf16 autocast on CUDA; then Adam) on random crops, without
+the perceptual term and data loading. Used to size a training run to a time budget
+(`--budget-s` prints the steps that fit in it).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import time
 import torch
 
 from gqtok.network import Decoder, Encoder
-from gqtok.tdc import TargetDivergence, kl_bits_per_token
-from gqtok.train import fast_cpu_network
+from gqtok.tdc import TargetDivergence
+from gqtok.train import TrainConfig, step_losses
 
 
 def main() -> None:
@@ -31,25 +32,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    amp = device.type == "cuda"
-    if amp:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    net = fast_cpu_network()
-    enc, dec = Encoder(net).to(device), Decoder(net).to(device)
+    cfg = TrainConfig(crop=args.crop, batch=args.batch, perceptual="none", device=device.type)
+    enc, dec = Encoder(cfg.network).to(device), Decoder(cfg.network).to(device)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=1e-5)
-    tdc = TargetDivergence(2**16)
+    tdc = TargetDivergence(cfg.codebook_size)
+    noise = torch.Generator(device=device)
+    noise.manual_seed(0)
     x = torch.rand(args.batch, 3, args.crop, args.crop, device=device) * 2 - 1
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            moments = enc(x)
-        mu, logvar = moments.float().chunk(2, dim=1)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar.clamp(-30, 20))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            x_hat = dec(z)
-        kl = kl_bits_per_token(mu, logvar, 16)
-        loss = (x_hat.float() - x).abs().sum() / args.batch + 0.1 * tdc.loss(kl)
-        tdc.update(kl)
+        loss = step_losses(cfg, enc, dec, x, tdc, noise, None)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -62,7 +56,7 @@ def main() -> None:
         step()
     dt = (time.perf_counter() - t0) / args.steps
     out = {
-        "device": torch.cuda.get_device_name(device) if amp else "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "crop": args.crop, "batch": args.batch,
         "ms_per_step": round(dt * 1000, 2), "steps_per_s": round(1 / dt, 3),
         "crops_per_s": round(args.batch / dt, 1),

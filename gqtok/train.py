@@ -181,10 +181,13 @@ class CropSampler:
             out = np.asarray(sub.resize((c, c), Image.Resampling.BICUBIC, box=box))
         return out[:, ::-1] if flip else out
 
+    def _pick(self, index: int) -> np.ndarray:
+        return self._one(self.photos[index])
+
     def batch(self, n: int) -> np.ndarray:
         """(n, crop, crop, 3) uint8."""
         idx = self.rng.choice(len(self.photos), size=n, p=self.p)
-        return np.stack([self._one(self.photos[int(i)]) for i in idx])
+        return np.stack([self._pick(int(i)) for i in idx])
 
     def state_dict(self) -> dict[str, Any]:
         return {"bit_generator": self.rng.bit_generator.state}
@@ -230,10 +233,6 @@ class PyramidSampler(CropSampler):
         if self.flip and self.rng.random() < 0.5:  # = levels[k][y0:y0+c, x0:x0+c][:, ::-1]
             return self.mirrored[index][k][y0 : y0 + c, w - x0 - c : w - x0]
         return levels[k][y0 : y0 + c, x0 : x0 + c]
-
-    def batch(self, n: int) -> np.ndarray:
-        idx = self.rng.choice(len(self.photos), size=n, p=self.p)
-        return np.stack([self._pick(int(i)) for i in idx])
 
 
 class Prefetcher:
@@ -560,6 +559,38 @@ def load_init(
             **earlier}
 
 
+def step_losses(
+    cfg: TrainConfig, encoder: Encoder, decoder: Decoder, x: torch.Tensor,
+    tdc: TargetDivergence, noise: torch.Generator, perceptual: torch.nn.Module | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward pass of one training step: (loss, L1, perceptual, TDC term), and the TDC update.
+
+    Shared by run() and bench/train_speed.py, so the bench times the step that trains.
+    """
+    amp = x.device.type == "cuda"
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        moments = encoder(x)
+    mu, logvar = moments.float().chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+    eps = torch.randn(std.shape, generator=noise, device=x.device)
+    z = mu + eps * std
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        x_hat = decoder(z)
+    x_hat = x_hat.float()
+    l1 = (x_hat - x).abs().sum() / x.shape[0]
+    loss = l1
+    p_mean = torch.zeros((), device=x.device)
+    if perceptual is not None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            p_mean = perceptual(x_hat, x).float().mean()
+        loss = loss + cfg.perceptual_weight * x[0].numel() * p_mean
+    kl2 = kl_bits_per_token(mu, logvar, cfg.dim)
+    kl_loss = tdc.loss(kl2)
+    loss = loss + cfg.kl_weight * kl_loss
+    tdc.update(kl2)  # once per AE step: there is no discriminator step (see gqtok.tdc)
+    return loss, l1, p_mean, kl_loss
+
+
 def run(cfg: TrainConfig, console: Any | None = None) -> Path:
     """Train (or resume) according to cfg; returns the path of the final checkpoint."""
     t_begin = time.perf_counter()  # the time budget counts data loading too
@@ -659,8 +690,7 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
             "init": init_info,
         }, ckpt_path)
 
-    amp = device.type == "cuda"
-    if amp:
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop shape: pick the fastest kernels once
     pixels = 3 * cfg.crop * cfg.crop
     encoder.train()
@@ -681,26 +711,8 @@ def run(cfg: TrainConfig, console: Any | None = None) -> Path:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             x = batch_to_device(feed.batch(cfg.batch), device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                moments = encoder(x)
-            mu, logvar = moments.float().chunk(2, dim=1)
-            std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-            eps = torch.randn(std.shape, generator=noise, device=device)
-            z = mu + eps * std
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                x_hat = decoder(z)
-            x_hat = x_hat.float()
-            l1 = (x_hat - x).abs().sum() / cfg.batch
-            loss = l1
-            p_mean = torch.zeros((), device=device)
-            if perceptual is not None:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    p_mean = perceptual(x_hat, x).float().mean()
-                loss = loss + cfg.perceptual_weight * pixels * p_mean
-            kl2 = kl_bits_per_token(mu, logvar, cfg.dim)
-            kl_loss = tdc.loss(kl2)
-            loss = loss + cfg.kl_weight * kl_loss
-            tdc.update(kl2)  # once per AE step: there is no discriminator step (see gqtok.tdc)
+            loss, l1, p_mean, kl_loss = step_losses(cfg, encoder, decoder, x, tdc, noise,
+                                                    perceptual)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
