@@ -29,6 +29,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,31 +225,38 @@ def pooled(parts: list[NormStats]) -> NormStats:
 @torch.inference_mode()
 def encoder_stats(model: Model, rgb: np.ndarray, stride: int, pad_mode: str) -> NormStats:
     """GroupNorm statistics of the encoder on the image subsampled by ``stride`` pixels."""
-    parts = []
-    for dy in phases(stride):
-        for dx in phases(stride):
-            small = np.ascontiguousarray(rgb[dy::stride, dx::stride])
-            x, _ = pad_to_multiple(to_tensor(small), model.downsample, pad_mode)
-            net, stats = measuring(model.encoder)
-            net(x.to(model.device))
-            del x
-            _release_memory()
-            parts.append(stats)
-    return pooled(parts)
+
+    def one(dy: int, dx: int) -> NormStats:
+        small = np.ascontiguousarray(rgb[dy::stride, dx::stride])
+        x, _ = pad_to_multiple(to_tensor(small), model.downsample, pad_mode)
+        net, stats = measuring(model.encoder)
+        net(x.to(model.device))
+        return stats
+
+    return _over_phases(stride, one)
 
 
 @torch.inference_mode()
 def decoder_stats(model: Model, indices: torch.Tensor, stride: int) -> NormStats:
     """GroupNorm statistics of the decoder on the token grid subsampled by ``stride`` cells."""
     q = model.quant
+
+    def one(dy: int, dx: int) -> NormStats:
+        sub = indices[None, :, dy::stride, dx::stride]
+        net, stats = measuring(model.decoder)
+        net(dequantize(sub, q.dim, q.size, q.seed).to(model.device, torch.float32))
+        return stats
+
+    return _over_phases(stride, one)
+
+
+def _over_phases(stride: int, measure: Callable[[int, int], NormStats]) -> NormStats:
+    """measure(dy, dx) for every pair of phases, one copy in memory at a time, pooled."""
     parts = []
     for dy in phases(stride):
         for dx in phases(stride):
-            sub = indices[None, :, dy::stride, dx::stride]
-            net, stats = measuring(model.decoder)
-            net(dequantize(sub, q.dim, q.size, q.seed).to(model.device, torch.float32))
+            parts.append(measure(dy, dx))
             _release_memory()
-            parts.append(stats)
     return pooled(parts)
 
 
