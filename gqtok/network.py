@@ -71,10 +71,13 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        # In place where autograd does not record: one memory pass and buffer fewer per op
+        # on feature maps of up to 25 MB.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return skip + h
+        return h.add_(skip) if inplace else skip + h
 
 
 class AttnBlock(nn.Module):

@@ -30,6 +30,13 @@ _ROW_CHUNK = 256  # tokens per GEMM block: score block 256 x K floats (64 MB at 
 _BLOCK = 64  # codewords per max-group in the shortlist pass
 _COL_TILE = 2048  # codewords per GEMM tile: a 256 x 2048 float32 tile (2 MB) is still in cache
 # when the group max reads it back; whole 64 MB rows went to memory and back (2x slower)
+_WINDOW_MIN_K = 8192  # smaller codebooks: the dense search is already cheap
+_WINDOW_MIN_TOKENS = 64  # fewer tokens (in all, or windowed along one coordinate): dense
+_PROBE = 1024  # codewords whose best gives each token's lower bound for its window
+_WIN_ROWS = 128  # tokens per windowed GEMM block (sorted by window centre)
+_WIN_GROUP = 16  # codewords per max-group in the windowed shortlist
+_WIN_WIDE_QUANTILE = 0.75  # windows wider than this quantile are scanned in blocks of their own
+_WIN_MAX_SHARE = 0.25  # windows expected to hold more of the codebook go to the dense search
 
 
 @lru_cache(maxsize=8)
@@ -62,6 +69,256 @@ def _exhaustive(mu: torch.Tensor, std: torch.Tensor, cb: torch.Tensor, beta: flo
     return out
 
 
+class _Scratch:
+    """Buffers reused across the blocks of one search: fresh multi-MB tensors per block cost
+    page faults that took as long as the GEMM filling them."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        buf = self._bufs.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
+            buf = self._bufs[name] = torch.empty(numel, dtype=dtype)
+        return buf[:numel]
+
+
+def _scan(
+    m: torch.Tensor,
+    s: torch.Tensor,
+    beta: float,
+    table_t: torch.Tensor,
+    bound_tables: tuple[torch.Tensor, torch.Tensor],
+    block: int,
+    scratch: _Scratch,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shortlist for tokens (R, G) among the J codewords whose [c^2, c] columns are table_t
+    (2G, J), J a multiple of block: (row, column) pairs that may hold each row's winner, and
+    the rows whose shortlist is too long (or not finite) to re-score.
+
+    One GEMM (in cache-sized column tiles) gives approximate scores, a max over groups of
+    ``block`` columns finds the groups whose best could beat the approximate winner given a
+    rigorous float32 rounding bound; every column of those groups is a candidate.
+    """
+    c2max, cmax = bound_tables
+    rows_here, j_total = m.shape[0], table_t.shape[1]
+    n_groups = j_total // block
+    inv = 1.0 / (s * s)
+    a1 = beta - inv
+    a2 = 2.0 * m * inv
+    coef = torch.cat([a1, a2], dim=1)
+    # Group g of a tile of width w holds its columns g, g + w/block, g + 2w/block, ...: the
+    # group max is then an elementwise max of contiguous rows (7x faster than reducing
+    # runs of 16 adjacent floats), and any partition of the columns serves the shortlist.
+    bmax = scratch.get("bmax", rows_here * n_groups).view(rows_here, n_groups)
+    wt = -(-n_groups // -(-n_groups // max(1, _COL_TILE // block)))  # groups per tile:
+    # tiles of (nearly) equal width, no small remainder GEMM
+    n_tiles = -(-n_groups // wt)
+    tile = wt * block
+    buf = scratch.get("tile", rows_here * min(tile, j_total))
+    for c0 in range(0, j_total, tile):
+        c1 = min(j_total, c0 + tile)
+        w = (c1 - c0) // block
+        part = buf[: rows_here * (c1 - c0)].view(rows_here, c1 - c0)
+        torch.mm(coef, table_t[:, c0:c1], out=part)
+        g0 = c0 // block
+        torch.amax(part.view(rows_here, block, w), dim=1, out=bmax[:, g0 : g0 + w])
+    top = bmax.amax(dim=1)
+    # gamma_n for the length-2G dot product, plus slack for forming a and c^2 in float32.
+    gamma = (2 * m.shape[1] + 6) * _F32_EPS
+    bound = gamma * ((a1.abs() * c2max).sum(1) + (a2.abs() * cmax).sum(1))
+    # A codeword whose exact score could beat the approximate winner scores above thr.
+    thr = top - 2.0 * bound * (1.0 + 1e-3)
+    cand = bmax >= thr.unsqueeze(1)
+    counts = cand.sum(dim=1, dtype=torch.int32)
+    short = torch.isfinite(top) & torch.isfinite(thr) & (counts * block <= _SHORTLIST_CAP)
+    cand &= short.unsqueeze(1)
+    r_idx, g_idx = torch.nonzero(cand, as_tuple=True)
+    t_idx = g_idx // wt  # tile of each group; the last tile may hold fewer groups
+    width = torch.where(t_idx == n_tiles - 1, n_groups - (n_tiles - 1) * wt, wt)
+    cols = (t_idx * tile + g_idx - t_idx * wt).unsqueeze(1) + width.unsqueeze(1) * torch.arange(
+        block
+    )
+    return r_idx.repeat_interleave(block), cols.reshape(-1), torch.nonzero(~short).squeeze(1)
+
+
+def _rescore(
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    cb: torch.Tensor,
+    beta: float,
+    tok: torch.Tensor,
+    code: torch.Tensor,
+    out: torch.Tensor,
+    chunk: int = 8192,
+) -> None:
+    """out[t] = the candidate code of token t with the best float64 direct-form score, the
+    smallest code on ties, for every token t named in tok (pairs tok[i], code[i]).
+
+    Same arithmetic as _exact_scores, done in place in cache-sized chunks."""
+    if not tok.numel():
+        return
+    n, dim = mu.shape
+    m64, s64 = mu.double(), std.double()
+    exact = torch.empty(tok.numel(), dtype=torch.float64)
+    c32 = torch.empty(chunk, dim)
+    c, m, sq, d = (torch.empty(chunk, dim, dtype=torch.float64) for _ in range(4))
+    for i in range(0, tok.numel(), chunk):
+        k = min(chunk, tok.numel() - i)
+        t_i, j_i = tok[i : i + k], code[i : i + k]
+        torch.index_select(cb, 0, j_i, out=c32[:k])
+        c[:k].copy_(c32[:k])
+        torch.index_select(m64, 0, t_i, out=m[:k])
+        torch.index_select(s64, 0, t_i, out=d[:k])
+        torch.sub(c[:k], m[:k], out=m[:k])
+        m[:k].div_(d[:k]).mul_(m[:k])  # ((c - m) / s)^2
+        torch.mul(c[:k], beta, out=sq[:k]).mul_(c[:k]).sub_(m[:k])  # beta*c*c - ...
+        torch.sum(sq[:k], dim=1, out=exact[i : i + k])
+    best = torch.full((n,), float("-inf"), dtype=torch.float64)
+    best.scatter_reduce_(0, tok, exact, reduce="amax", include_self=True)
+    is_best = exact == best[tok]
+    first = torch.full((n,), torch.iinfo(torch.int64).max, dtype=torch.int64)
+    first.scatter_reduce_(0, tok[is_best], code[is_best], reduce="amin")
+    hit = first < torch.iinfo(torch.int64).max
+    out[hit] = first[hit]
+
+
+@lru_cache(maxsize=16)  # 9 MB each at K=2^16, G=16; a trained model uses a few
+def _sorted_by(
+    dim: int, size: int, seed: int, d: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The codebook ordered by coordinate d: (codebook indices, [c^2, c] columns (2G, K), keys).
+
+    In this order a token's window along d is one contiguous slice of codewords.
+    """
+    cb = codebook_view(dim, size, seed)
+    table, _, _ = _search_tables(dim, size, seed)
+    order = torch.sort(cb[:, d], stable=True).indices
+    keys = cb[order, d].double().contiguous()
+    return order, table[order].t().contiguous(), keys
+
+
+def _lower_bounds(
+    mu: torch.Tensor, std: torch.Tensor, cb: torch.Tensor, table: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """A float64 score each token certainly reaches: the exact score of the approximate best
+    of the first _PROBE codewords (any codeword's exact score is a valid lower bound)."""
+    probe = min(_PROBE, cb.shape[0]) // 64 * 64
+    inv = 1.0 / (std * std)
+    coef = torch.cat([beta - inv, 2.0 * mu * inv], dim=1)
+    scores = torch.mm(coef, table[:probe].t()).view(-1, probe // 64, 64)
+    # argmax in two steps (best column of 64 strided groups, then its best row): torch's
+    # row argmax over 1024 floats ran at under 1 GFLOP/s here
+    col = scores.amax(dim=1).argmax(dim=1, keepdim=True)
+    row = scores.gather(2, col.unsqueeze(1).expand(-1, scores.shape[1], 1)).argmax(dim=1)
+    j0 = row.squeeze(1) * 64 + col.squeeze(1)
+    return _exact_scores(mu, std, cb[j0].unsqueeze(1), beta).squeeze(1)
+
+
+@lru_cache(maxsize=8)
+def _ranges(dim: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate min and max of the codebook, in float64."""
+    cb = codebook_view(dim, size, seed)
+    return cb.amin(0).double(), cb.amax(0).double()
+
+
+def _windows(
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    ranges: tuple[torch.Tensor, torch.Tensor],
+    beta: float,
+    lower: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per token, the coordinate d and interval [lo, hi] of c_d outside which no codeword can
+    reach ``lower``; returns (d, lo, hi) in float64, lo > hi where no coordinate prunes.
+
+    The score is a sum of one term per coordinate, f_i(c) = beta*c^2 - a_i*(c - m_i)^2 with
+    a = 1/s^2. Bounding every other term by its maximum over the codebook's range leaves, for
+    a concave f_d (a_d > beta), an interval around its vertex: the GQ posterior is much
+    narrower than the prior along the model's informative channels, so that interval holds a
+    few % of the codewords. The bounds carry a relative slack far above float64 rounding.
+    """
+    m = mu.double()
+    a = 1.0 / std.double() ** 2
+    lo_cb, hi_cb = ranges
+
+    def f(c: torch.Tensor) -> torch.Tensor:
+        return beta * c * c - a * (c - m) ** 2
+
+    concave = a > beta
+    vertex = torch.where(concave, a * m / (a - beta), torch.zeros_like(m))
+    at_vertex = f(vertex)
+    best_term = torch.where(
+        concave,
+        f(torch.minimum(torch.maximum(vertex, lo_cb), hi_cb)),
+        torch.maximum(f(lo_cb.expand_as(m)), f(hi_cb.expand_as(m))),
+    )
+    slack = 1e-9 * (lower.abs() + best_term.abs().sum(1) + at_vertex.abs().amax(1)) + 1e-12
+    need = (lower - slack).unsqueeze(1) - (best_term.sum(1, keepdim=True) - best_term)
+    radius = torch.sqrt((at_vertex - need).clamp(min=0) / (a - beta)) * (1 + 1e-9) + 1e-12
+    # Expected share of the (standard normal) codewords inside each window picks d.
+    share = torch.special.ndtr(vertex + radius) - torch.special.ndtr(vertex - radius)
+    share = torch.where(concave & torch.isfinite(share) & (at_vertex >= need), share, 2.0)
+    d = share.argmin(dim=1)
+    pick = d.unsqueeze(1)
+    v, r = vertex.gather(1, pick).squeeze(1), radius.gather(1, pick).squeeze(1)
+    ok = share.gather(1, pick).squeeze(1) <= 1.0
+    lo = torch.where(ok, v - r, torch.ones_like(v))
+    hi = torch.where(ok, v + r, torch.zeros_like(v))
+    return d, lo, hi
+
+
+def _search_windowed(
+    mu: torch.Tensor, std: torch.Tensor, dim: int, size: int, seed: int, beta: float
+) -> torch.Tensor:
+    """Exact argmax restricted to each token's window (see _windows); -1 where none prunes
+    or the shortlist is too long."""
+    cb = codebook_view(dim, size, seed)
+    table, c2max, cmax = _search_tables(dim, size, seed)
+    n = mu.shape[0]
+    out = torch.full((n,), -1, dtype=torch.int64)
+    lower = _lower_bounds(mu, std, cb, table, beta)
+    d, lo, hi = _windows(mu, std, _ranges(dim, size, seed), beta, lower)
+    g = _WIN_GROUP
+    toks, codes = [], []
+    scratch = _Scratch()
+    # Windows over a large share of the codebook cost more than the dense search (a block
+    # scans the union of its windows), as do coordinates that few tokens share.
+    share = (torch.special.ndtr(hi) - torch.special.ndtr(lo)).clamp(min=0)
+    useful = (lo <= hi) & (share <= _WIN_MAX_SHARE)
+    for dd in torch.unique(d[useful]).tolist():
+        sel = torch.nonzero((d == dd) & useful).squeeze(1)
+        if sel.numel() < _WINDOW_MIN_TOKENS:
+            continue
+        order, table_t, keys = _sorted_by(dim, size, seed, dd)
+        start = torch.searchsorted(keys, lo[sel])
+        end = torch.searchsorted(keys, hi[sel], right=True)
+        # A block scans the union of its tokens' windows, which the widest one dominates:
+        # blocks of similar width (narrow / widest quarter), each sorted by window centre,
+        # scan ~20% fewer columns on a trained model's tokens than one centre-sorted list.
+        width = (end - start).double()
+        wide = width > torch.quantile(width, _WIN_WIDE_QUANTILE)
+        key = wide.double() * (4.0 * size) + (start + end).double()
+        by_key = torch.argsort(key, stable=True)
+        sel, c0s, ends = sel[by_key], (start[by_key] // g * g).tolist(), end[by_key].tolist()
+        n_narrow = int((~wide).sum())
+        for lo_r, hi_r in ((0, n_narrow), (n_narrow, sel.numel())):
+            for r0 in range(lo_r, hi_r, _WIN_ROWS):
+                r1 = min(hi_r, r0 + _WIN_ROWS)
+                rows = sel[r0:r1]
+                c1 = min(size, -(-max(ends[r0:r1]) // g) * g)
+                # never empty: a window holds at least the probe's codeword
+                c0 = min(min(c0s[r0:r1]), c1 - g)
+                r_idx, cols, _ = _scan(
+                    mu[rows], std[rows], beta, table_t[:, c0:c1], (c2max, cmax), g, scratch
+                )
+                toks.append(rows[r_idx])
+                codes.append(order[c0 + cols])
+    if toks:
+        _rescore(mu, std, cb, beta, torch.cat(toks), torch.cat(codes), out)
+    return out
+
+
 def search(
     mu: torch.Tensor,
     std: torch.Tensor,
@@ -73,63 +330,42 @@ def search(
 ) -> torch.Tensor:
     """Exact GQ argmax for tokens mu, std of shape (N, dim); returns int64 indices (N,).
 
-    Per block of tokens: one GEMM gives approximate scores (R, K); a max over groups of
-    _BLOCK codewords finds the groups that may hold the winner; only those are re-scored exactly.
+    Large codebooks first try each token's window (a provable superset of the winners, a few %
+    of the codebook for a trained model's tokens); tokens no window prunes take the dense
+    guarded GEMM over every codeword, and the rare token whose shortlist stays too long there
+    is searched exhaustively in float64.
     """
     cb = codebook_view(dim, size, seed)
     table, c2max, cmax = _search_tables(dim, size, seed)
     k = cb.shape[0]
-    block = _BLOCK if k % _BLOCK == 0 else 1
-    n_blocks = k // block
     n = mu.shape[0]
-    out = torch.empty(n, dtype=torch.int64)
-    # gamma_n for the length-2G dot product, plus slack for forming a and c^2 in float32.
-    gamma = (2 * dim + 6) * _F32_EPS
-    tile = _COL_TILE if block > 1 and k % _COL_TILE == 0 else k
-    buf = torch.empty(min(row_chunk, n) * tile)
-    offsets = torch.arange(block)
-    for r0 in range(0, n, row_chunk):
-        m = mu[r0 : r0 + row_chunk]
-        s = std[r0 : r0 + row_chunk]
-        rows_here = m.shape[0]
-        inv = 1.0 / (s * s)
-        a1 = beta - inv
-        a2 = 2.0 * m * inv
-        coef = torch.cat([a1, a2], dim=1)
-        if tile == k:
-            scores = torch.mm(coef, table.t(), out=buf[: rows_here * k].view(rows_here, k))
-            bmax = scores.view(rows_here, n_blocks, block).amax(dim=2) if block > 1 else scores
-        else:
-            bmax = torch.empty(rows_here, n_blocks)
-            part = buf[: rows_here * tile].view(rows_here, tile)
-            for c0 in range(0, k, tile):
-                torch.mm(coef, table[c0 : c0 + tile].t(), out=part)
-                torch.amax(part.view(rows_here, tile // block, block), dim=2,
-                           out=bmax[:, c0 // block : (c0 + tile) // block])
-        top = bmax.amax(dim=1)
-        bound = gamma * ((a1.abs() * c2max).sum(1) + (a2.abs() * cmax).sum(1))
-        # A codeword whose exact score could beat the approximate winner scores above thr.
-        thr = top - 2.0 * bound * (1.0 + 1e-3)
-        cand = bmax >= thr.unsqueeze(1)
-        counts = cand.sum(dim=1, dtype=torch.int32)
-        short = torch.isfinite(top) & torch.isfinite(thr) & (counts * block <= _SHORTLIST_CAP)
-        rows = torch.nonzero(short).squeeze(1)
+    mu, std = mu.float(), std.float()
+    out = torch.full((n,), -1, dtype=torch.int64)
+    if k >= _WINDOW_MIN_K and k % _WIN_GROUP == 0 and n >= _WINDOW_MIN_TOKENS:
+        finite = torch.nonzero(torch.isfinite(mu).all(1) & torch.isfinite(std).all(1))
+        rows = finite.squeeze(1)
         if rows.numel():
-            r_idx, b_idx = torch.nonzero(cand[rows], as_tuple=True)  # sorted by row, then block
-            j_idx = (b_idx.unsqueeze(1) * block + offsets).reshape(-1)
-            r_idx = r_idx.repeat_interleave(block)
-            exact = _exact_scores(m[rows][r_idx], s[rows][r_idx], cb[j_idx].unsqueeze(1), beta)
-            exact = exact.squeeze(1)
-            best = torch.full((rows.numel(),), float("-inf"), dtype=torch.float64)
-            best.scatter_reduce_(0, r_idx, exact, reduce="amax", include_self=True)
-            is_best = exact == best[r_idx]
-            first = torch.full((rows.numel(),), k, dtype=torch.int64)
-            first.scatter_reduce_(0, r_idx[is_best], j_idx[is_best], reduce="amin")
-            out[r0 + rows] = first
-        rest = torch.nonzero(~short).squeeze(1)
-        if rest.numel():
-            out[r0 + rest] = _exhaustive(m[rest], s[rest], cb, beta)
+            out[rows] = _search_windowed(mu[rows], std[rows], dim, size, seed, beta)
+    block = _BLOCK if k % _BLOCK == 0 else 1
+    table_t = _transposed(dim, size, seed)
+    left = torch.nonzero(out < 0).squeeze(1)
+    scratch = _Scratch()
+    for r0 in range(0, left.numel(), row_chunk):
+        rows = left[r0 : r0 + row_chunk]
+        r_idx, cols, _ = _scan(mu[rows], std[rows], beta, table_t, (c2max, cmax), block, scratch)
+        sub = torch.full((rows.numel(),), -1, dtype=torch.int64)
+        _rescore(mu[rows], std[rows], cb, beta, r_idx, cols, sub)
+        out[rows] = sub
+    rest = torch.nonzero(out < 0).squeeze(1)
+    if rest.numel():
+        out[rest] = _exhaustive(mu[rest], std[rest], cb, beta)
     return out
+
+
+@lru_cache(maxsize=8)
+def _transposed(dim: int, size: int, seed: int) -> torch.Tensor:
+    """[c^2, c] as (2G, K) columns: the GEMM reads column slices of it faster than rows.t()."""
+    return _search_tables(dim, size, seed)[0].t().contiguous()
 
 
 def search_naive(

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from gqtok import quantizer
 from gqtok.codebooks import codebook
-from gqtok.quantizer import _exhaustive, dequantize, quantize, search, search_naive, split_moments
+from gqtok.quantizer import (
+    _exhaustive,
+    _lower_bounds,
+    _ranges,
+    _search_tables,
+    _windows,
+    dequantize,
+    quantize,
+    search,
+    search_naive,
+    split_moments,
+)
 from tests.conftest import FIXTURES
 
 VEC = load_file(str(FIXTURES / "gq_vectors.safetensors"))
@@ -121,3 +137,55 @@ def test_odd_codebook_size_and_errors() -> None:
         quantize(torch.full((1, 32, 2, 2), float("nan")), 16)
     with pytest.raises(ValueError):
         dequantize(torch.full((1, 1, 2, 2), 65536), 16)
+
+
+def _model_like_tokens(n: int = 256, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens shaped like a trained GQ encoder's: a few sharp channels, the rest near the prior
+    (the default model's median sigmas per channel run from 0.017 to 0.995)."""
+    g = torch.Generator().manual_seed(7)
+    sharp = torch.tensor([0.02, 0.1, 0.12, 0.4, 0.5])
+    sigma = torch.ones(n, dim) * (0.9 + 0.15 * torch.rand(n, dim, generator=g))
+    sigma[:, : sharp.numel()] = sharp * torch.exp(0.3 * torch.randn(n, sharp.numel(), generator=g))
+    spread = torch.sqrt((1 - sigma**2).clamp(min=0.01))
+    mu = torch.randn(n, dim, generator=g) * spread
+    return mu, sigma
+
+
+def test_windowed_search_is_exact_on_model_like_tokens() -> None:
+    mu, std = _model_like_tokens()
+    assert torch.equal(search(mu, std, 16), _exhaustive(mu, std, codebook(16), 1.0))
+
+
+def test_windows_hold_the_winner_and_prune_most_codewords() -> None:
+    mu, std = _model_like_tokens()
+    cb = codebook(16)
+    table, _, _ = _search_tables(16, 65536, 42)
+    lower = _lower_bounds(mu, std, cb, table, 1.0)
+    d, lo, hi = _windows(mu, std, _ranges(16, 65536, 42), 1.0, lower)
+    winner = _exhaustive(mu, std, cb, 1.0)
+    c = cb[winner, d].double()
+    assert ((lo <= c) & (c <= hi)).all()
+    inside = (cb[:, d].t().double() >= lo.unsqueeze(1)) & (cb[:, d].t().double() <= hi.unsqueeze(1))
+    assert inside.double().mean() < 0.1  # the window search scans a small share
+
+
+def test_uneven_gemm_tiles_map_columns_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4096 codewords in 64 groups of 64, at most 3 groups per tile: 22 tiles, the last of 1
+    monkeypatch.setattr(quantizer, "_COL_TILE", 192)
+    g = torch.Generator().manual_seed(3)
+    mu = torch.randn(100, 8, generator=g)
+    std = torch.exp(0.5 * (torch.rand(100, 8, generator=g) * 3 - 3))
+    assert torch.equal(search(mu, std, 8, 4096), _exhaustive(mu, std, codebook(8, 4096), 1.0))
+
+
+@pytest.mark.parametrize("env, expected", [("", "True"), ("system", "False")])
+def test_allocator_tuning_and_its_opt_out(env: str, expected: str) -> None:
+    code = "from gqtok.allocator import retain_freed_memory as r; print(r(), r())"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "GQTOK_MALLOC": env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == [expected, expected]
