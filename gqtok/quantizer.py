@@ -10,6 +10,10 @@ used to shortlist: every codeword whose approximate score lies within twice a ri
 bound of the approximate maximum is re-scored in float64 with the direct form, and tokens whose
 shortlist is too long are searched exhaustively in float64. The result is the exact argmax
 (first index on ties) for every input, not just for well-conditioned ones.
+
+Most tokens of a trained model never need the whole codebook: an interval along their sharpest
+coordinate provably holds the winner (_windows), and the GEMM runs over those intervals of the
+codebook sorted by that coordinate. docs/search.md has the argument and the measurements.
 """
 
 from __future__ import annotations
