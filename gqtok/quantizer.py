@@ -95,10 +95,10 @@ def _scan(
     bound_tables: tuple[torch.Tensor, torch.Tensor],
     block: int,
     scratch: _Scratch,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Shortlist for tokens (R, G) among the J codewords whose [c^2, c] columns are table_t
-    (2G, J), J a multiple of block: (row, column) pairs that may hold each row's winner, and
-    the rows whose shortlist is too long (or not finite) to re-score.
+    (2G, J), J a multiple of block: (row, column) pairs that may hold each row's winner. Rows
+    whose shortlist is too long (or not finite) get no pairs: the caller searches them again.
 
     One GEMM (in cache-sized column tiles) gives approximate scores, a max over groups of
     ``block`` columns finds the groups whose best could beat the approximate winner given a
@@ -143,7 +143,7 @@ def _scan(
     cols = (t_idx * tile + g_idx - t_idx * wt).unsqueeze(1) + width.unsqueeze(1) * torch.arange(
         block
     )
-    return r_idx.repeat_interleave(block), cols.reshape(-1), torch.nonzero(~short).squeeze(1)
+    return r_idx.repeat_interleave(block), cols.reshape(-1)
 
 
 def _rescore(
@@ -310,10 +310,11 @@ def _search_windowed(
             for r0 in range(lo_r, hi_r, _WIN_ROWS):
                 r1 = min(hi_r, r0 + _WIN_ROWS)
                 rows = sel[r0:r1]
-                c1 = min(size, -(-max(ends[r0:r1]) // g) * g)
-                # never empty: a window holds at least the probe's codeword
+                # at least one group: a window holds the probe's codeword, so it is never
+                # empty, but rounding must not make the slice empty either
+                c1 = max(g, min(size, -(-max(ends[r0:r1]) // g) * g))
                 c0 = min(min(c0s[r0:r1]), c1 - g)
-                r_idx, cols, _ = _scan(
+                r_idx, cols = _scan(
                     mu[rows], std[rows], beta, table_t[:, c0:c1], (c2max, cmax), g, scratch
                 )
                 toks.append(rows[r_idx])
@@ -356,7 +357,7 @@ def search(
     scratch = _Scratch()
     for r0 in range(0, left.numel(), row_chunk):
         rows = left[r0 : r0 + row_chunk]
-        r_idx, cols, _ = _scan(mu[rows], std[rows], beta, table_t, (c2max, cmax), block, scratch)
+        r_idx, cols = _scan(mu[rows], std[rows], beta, table_t, (c2max, cmax), block, scratch)
         sub = torch.full((rows.numel(),), -1, dtype=torch.int64)
         _rescore(mu[rows], std[rows], cb, beta, r_idx, cols, sub)
         out[rows] = sub
