@@ -196,10 +196,9 @@ def _sorted_by(
     In this order a token's window along d is one contiguous slice of codewords.
     """
     cb = codebook_view(dim, size, seed)
-    table, _, _ = _search_tables(dim, size, seed)
     order = torch.sort(cb[:, d], stable=True).indices
     keys = cb[order, d].double().contiguous()
-    return order, table[order].t().contiguous(), keys
+    return order, torch.index_select(_transposed(dim, size, seed), 1, order), keys
 
 
 def _lower_bounds(
