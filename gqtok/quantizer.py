@@ -73,6 +73,14 @@ def _exhaustive(mu: torch.Tensor, std: torch.Tensor, cb: torch.Tensor, beta: flo
     return out
 
 
+def _coefficients(
+    m: torch.Tensor, s: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(beta - a, 2 m a) with a = 1/s^2: a token's weights on a codeword's [c^2, c]."""
+    inv = 1.0 / (s * s)
+    return beta - inv, 2.0 * m * inv
+
+
 class _Scratch:
     """Buffers reused across the blocks of one search: a fresh multi-MB tensor per block
     page-faults its memory in (with the chunked re-scoring, 0.24 -> 0.19 s on the sample's
@@ -108,9 +116,7 @@ def _scan(
     c2max, cmax = bound_tables
     rows_here, j_total = m.shape[0], table_t.shape[1]
     n_groups = j_total // block
-    inv = 1.0 / (s * s)
-    a1 = beta - inv
-    a2 = 2.0 * m * inv
+    a1, a2 = _coefficients(m, s, beta)
     coef = torch.cat([a1, a2], dim=1)
     # Group g of a tile of width w holds its columns g, g + w/block, g + 2w/block, ...: the
     # group max is then an elementwise max of contiguous rows (7x faster than reducing
@@ -208,8 +214,7 @@ def _lower_bounds(
     """A float64 score each token certainly reaches: the exact score of the approximate best
     of the first _PROBE codewords (any codeword's exact score is a valid lower bound)."""
     probe = min(_PROBE, cb.shape[0]) // 64 * 64
-    inv = 1.0 / (std * std)
-    coef = torch.cat([beta - inv, 2.0 * mu * inv], dim=1)
+    coef = torch.cat(_coefficients(mu, std, beta), dim=1)
     scores = torch.mm(coef, table[:probe].t()).view(-1, probe // 64, 64)
     # argmax in two steps (best column of 64 strided groups, then its best row): torch's
     # row argmax over 1024 floats ran at under 1 GFLOP/s here
@@ -232,9 +237,11 @@ def _windows(
     ranges: tuple[torch.Tensor, torch.Tensor],
     beta: float,
     lower: torch.Tensor,
+    max_share: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per token, the coordinate d and interval [lo, hi] of c_d outside which no codeword can
-    reach ``lower``; returns (d, lo, hi) in float64, lo > hi where no coordinate prunes.
+    reach ``lower``; returns (d, lo, hi) in float64, lo > hi where no coordinate prunes, or
+    where the window is expected to hold more than ``max_share`` of the codebook.
 
     The score is a sum of one term per coordinate, f_i(c) = beta*c^2 - a_i*(c - m_i)^2 with
     a = 1/s^2. Bounding every other term by its maximum over the codebook's range leaves, for
@@ -266,7 +273,7 @@ def _windows(
     d = share.argmin(dim=1)
     pick = d.unsqueeze(1)
     v, r = vertex.gather(1, pick).squeeze(1), radius.gather(1, pick).squeeze(1)
-    ok = share.gather(1, pick).squeeze(1) <= 1.0
+    ok = share.gather(1, pick).squeeze(1) <= max_share
     lo = torch.where(ok, v - r, torch.ones_like(v))
     hi = torch.where(ok, v + r, torch.zeros_like(v))
     return d, lo, hi
@@ -282,17 +289,16 @@ def _search_windowed(
     n = mu.shape[0]
     out = torch.full((n,), -1, dtype=torch.int64)
     lower = _lower_bounds(mu, std, cb, table, beta)
-    d, lo, hi = _windows(mu, std, _ranges(dim, size, seed), beta, lower)
+    # Windows over a large share of the codebook cost more than the dense search (a block
+    # scans the union of its windows).
+    d, lo, hi = _windows(mu, std, _ranges(dim, size, seed), beta, lower, _WIN_MAX_SHARE)
     g = _WIN_GROUP
     toks, codes = [], []
     scratch = _Scratch()
-    # Windows over a large share of the codebook cost more than the dense search (a block
-    # scans the union of its windows), as do coordinates that few tokens share.
-    share = (torch.special.ndtr(hi) - torch.special.ndtr(lo)).clamp(min=0)
-    useful = (lo <= hi) & (share <= _WIN_MAX_SHARE)
+    useful = lo <= hi
     for dd in torch.unique(d[useful]).tolist():
         sel = torch.nonzero((d == dd) & useful).squeeze(1)
-        if sel.numel() < _WINDOW_MIN_TOKENS:
+        if sel.numel() < _WINDOW_MIN_TOKENS:  # the sorted copy and blocks would not pay
             continue
         order, table_t, keys = _sorted_by(dim, size, seed, dd)
         start = torch.searchsorted(keys, lo[sel])
@@ -341,7 +347,7 @@ def search(
     is searched exhaustively in float64.
     """
     cb = codebook_view(dim, size, seed)
-    table, c2max, cmax = _search_tables(dim, size, seed)
+    _, c2max, cmax = _search_tables(dim, size, seed)
     k = cb.shape[0]
     n = mu.shape[0]
     mu, std = mu.float(), std.float()
