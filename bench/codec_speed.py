@@ -20,7 +20,7 @@ import json, resource, sys, time, torch
 torch.set_num_threads(int(sys.argv[3]))
 from gqtok import load_model
 from gqtok.codec import encode_file, decode_bytes
-from gqtok.imageio import read_image
+from gqtok.io.images import read_image
 m = load_model(sys.argv[4])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 pic = read_image(sys.argv[2])

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from gqtok.allocator import retain_freed_memory
-from gqtok.codebooks import codebook_view
-from gqtok.quantizer import search, search_naive, split_moments
+from gqtok.io.allocator import retain_freed_memory
+from gqtok.quant.codebook import codebook_view
+from gqtok.quant.search import search, search_naive, split_moments
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def photo_tokens() -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior means and stds of the default model on the sample photo."""
     from gqtok import load_model
-    from gqtok.codec import _prepare
-    from gqtok.imageio import read_image
+    from gqtok.codec.engine import _prepare
+    from gqtok.io.images import read_image
 
     model = load_model("default")
     x = _prepare(model, read_image(ROOT / "examples" / "sample.jpg").rgb, "reflect")

@@ -21,13 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, sys, time
-from gqtok.pipeline import passive_openmp
+from gqtok.io.pipeline import passive_openmp
 passive_openmp()
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[4]))
 from gqtok import load_model
 from gqtok.codec import decode_bytes, encode_pictures
-from gqtok.imageio import read_image
+from gqtok.io.images import read_image
 def hwm():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM"):

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gqtok.pipeline import passive_openmp
+from gqtok.io.pipeline import passive_openmp
 
 passive_openmp()  # before torch loads: see gqtok.pipeline
 
 from gqtok import load_model  # noqa: E402
 from gqtok.codec import decode_to_array, encode_pictures, unpack_tokens  # noqa: E402
-from gqtok.fileio import atomic_write_bytes  # noqa: E402
-from gqtok.imageio import encode_image_bytes, read_image  # noqa: E402
-from gqtok.pipeline import batched, configure_threads, default_io_workers, prefetch  # noqa: E402
+from gqtok.io.files import atomic_write_bytes  # noqa: E402
+from gqtok.io.images import encode_image_bytes, read_image  # noqa: E402
+from gqtok.io.pipeline import batched, configure_threads, default_io_workers, prefetch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from gqtok.network import Decoder, Encoder
-from gqtok.tdc import TargetDivergence
-from gqtok.train import TrainConfig, step_losses
+from gqtok.nets.unet import Decoder, Encoder
+from gqtok.quant.tdc import TargetDivergence
+from gqtok.train.loop import TrainConfig, step_losses
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import (
+from gqtok.errors import (
     DecompressionBombError,
     FormatError,
     GqtokError,
@@ -23,40 +23,48 @@ from .errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "codebook": "codebooks",
-    "codebook_sha256": "codebooks",
+    "codebook": "quant.codebook",
+    "codebook_sha256": "quant.codebook",
     "Model": "model",
-    "QuantizerConfig": "model",
-    "load_model": "model",
-    "quantize": "quantizer",
-    "dequantize": "quantizer",
+    "QuantizerConfig": "quant.config",
+    "load_model": "zoo.load",
+    "quantize": "quant.search",
+    "dequantize": "quant.search",
     "encode_file": "codec",
     "encode_pictures": "codec",
     "decode_bytes": "codec",
     "Tokens": "codec",
-    "read_image": "imageio",
+    "read_image": "io.images",
     "encode": "api",
     "encode_batch": "api",
     "decode": "api",
     "decode_array": "api",
     "decode_tensor": "api",
     "export_tokens": "export",
-    "iter_entries": "shards",
-    "read_shard": "shards",
-    "encode_large": "largeimage",
-    "decode_large": "largeimage",
+    "iter_entries": "format.shards",
+    "read_shard": "format.shards",
+    "encode_large": "codec",
+    "decode_large": "codec",
 }
 
 if TYPE_CHECKING:
-    from .api import decode, decode_array, decode_tensor, encode, encode_batch
-    from .codebooks import codebook, codebook_sha256
-    from .codec import Tokens, decode_bytes, encode_file, encode_pictures
-    from .export import export_tokens
-    from .imageio import read_image
-    from .largeimage import decode_large, encode_large
-    from .model import Model, QuantizerConfig, load_model
-    from .quantizer import dequantize, quantize
-    from .shards import iter_entries, read_shard
+    from gqtok.api import decode, decode_array, decode_tensor, encode, encode_batch
+    from gqtok.codec import (
+        Tokens,
+        decode_bytes,
+        decode_large,
+        encode_file,
+        encode_large,
+        encode_pictures,
+    )
+    from gqtok.export import export_tokens
+    from gqtok.format.shards import iter_entries, read_shard
+    from gqtok.io.images import read_image
+    from gqtok.model import Model
+    from gqtok.quant.codebook import codebook, codebook_sha256
+    from gqtok.quant.config import QuantizerConfig
+    from gqtok.quant.search import dequantize, quantize
+    from gqtok.zoo.load import load_model
 
 
 def __getattr__(name: str) -> Any:

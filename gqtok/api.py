@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .codec import Tokens, decode_to_array, encode_arrays
-from .model import Model
+from gqtok.codec import Tokens, decode_to_array, encode_arrays
+from gqtok.model import Model
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 GridLike = Tokens | np.ndarray | torch.Tensor

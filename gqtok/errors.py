@@ -52,3 +52,10 @@ class OutputError(GqtokError):
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if empty), for one-line errors
+    built from library exceptions whose messages span several lines."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -22,20 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import GqtokError, InputError, OutputError
-from .fileio import atomic_write_bytes
-from .imageio import DEFAULT_MAX_PIXELS, read_image
-from .model import Model
-from .pipeline import batched, default_io_workers, prefetch
-from .shards import (  # noqa: F401 - re-exported: readers are found here too
+from gqtok import __version__
+from gqtok.errors import GqtokError, InputError, OutputError
+from gqtok.format.shards import (  # noqa: F401 - re-exported: readers are found here too
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST,
     Entry,
     Shard,
     iter_entries,
-    model_for_record,
     model_record,
     npy_bytes,
     npy_names,
@@ -47,6 +42,10 @@ from .shards import (  # noqa: F401 - re-exported: readers are found here too
     shard_name,
     token_dtype,
 )
+from gqtok.io.files import atomic_write_bytes
+from gqtok.io.images import DEFAULT_MAX_PIXELS, read_image
+from gqtok.io.pipeline import batched, default_io_workers, prefetch
+from gqtok.model import Model
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -72,7 +71,7 @@ class Protocol:
         }
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        from .evaluate import preprocess
+        from gqtok.eval.evaluate import preprocess
 
         if self.resize or self.center_crop:
             return preprocess(rgb, self.resize, self.center_crop)
@@ -213,7 +212,7 @@ class _Exporter:
             self.result.timings[key] = self.result.timings.get(key, 0.0) + dt
 
     def encode_shard(self, start: int, paths: list[str]) -> tuple[list[Entry], list[dict]]:
-        from .codec import encode_arrays
+        from gqtok.codec import encode_arrays
 
         entries: list[Entry] = []
         skipped: list[dict[str, Any]] = []

@@ -4,8 +4,8 @@ The file holds the network tensors (``encoder.*``, ``decoder.*``, reference name
 frequency table (``entropy.counts``) and the model card as JSON in the safetensors metadata
 (key ``gqtok.card``); a ``.json`` sidecar with the same card is written for people to read.
 Two network families share one interface: the convolutional UNet (``arch: unet``) and the
-reference ViT (``arch: vit``, see gqtok.vit). Reference checkpoints (.ckpt/.pt) and the
-released models by name (gqtok.registry) load through the same ``load_model``.
+reference ViT (``arch: vit``, see gqtok.nets.vit). This module loads and saves one file;
+names, released models and reference checkpoints are resolved above it, in gqtok.zoo.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +21,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import entropy as ent
-from .allocator import retain_freed_memory
-from .errors import ModelError
-from .network import Decoder, Encoder, UNetConfig
-from .quantizer import dequantize, quantize
-from .vit import ViTConfig, ViTDecoder, ViTEncoder
-
-CARD_KEY = "gqtok.card"
-CARD_VERSION = 1
-DEFAULT_MODEL = "default"
-
-
-@dataclass(frozen=True)
-class QuantizerConfig:
-    """GQ settings; together they fix the codebook and the score."""
-
-    dim: int = 16
-    size: int = 65536
-    seed: int = 42
-    beta: float = 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"dim": self.dim, "size": self.size, "seed": self.seed, "beta": self.beta}
+from gqtok.errors import ModelError
+from gqtok.format import entropy as ent
+from gqtok.format.card import CARD_KEY, CARD_VERSION, DEFAULT_LAYOUT, read_card, with_quantizer
+from gqtok.io.allocator import retain_freed_memory
+from gqtok.nets.config import UNetConfig, ViTConfig
+from gqtok.nets.unet import Decoder, Encoder
+from gqtok.nets.vit import ViTDecoder, ViTEncoder
+from gqtok.quant.config import ModelOptions, QuantizerConfig
+from gqtok.quant.search import dequantize, quantize
 
 
 def weights_hash(state: dict[str, torch.Tensor]) -> str:
@@ -64,7 +48,6 @@ ARCHS: dict[str, tuple[Any, type[torch.nn.Module], type[torch.nn.Module]]] = {
     "unet": (UNetConfig, Encoder, Decoder),
     "vit": (ViTConfig, ViTEncoder, ViTDecoder),
 }
-DEFAULT_LAYOUT = {"unet": "bchw", "vit": "blc"}
 
 
 class Model:
@@ -124,7 +107,8 @@ class Model:
         fitted to the old settings does not describe the new tokens, so it becomes uniform."""
         if quant == self.quant:
             return self
-        card = with_quantizer(self.card, quant.dim, quant.size, quant.seed, quant.beta)
+        opts = ModelOptions(quant.dim, quant.size, quant.seed, quant.beta)
+        card = with_quantizer(self.card, opts)
         emodel = self.entropy if card is self.card else ent.uniform(quant.size)
         if emodel.size != quant.size:
             emodel = ent.uniform(quant.size)
@@ -169,18 +153,6 @@ class Model:
         z = dequantize(indices, q.dim, q.size, q.seed, "bchw")
         return self.decode_latent(z)
 
-    def encode_image(self, image: Any) -> Any:
-        """PIL image -> Tokens (see gqtok.codec); convenience wrapper."""
-        from .codec import encode_pil
-
-        return encode_pil(self, image)
-
-    def decode_image(self, tokens: Any) -> Any:
-        """Tokens -> PIL image (see gqtok.codec); convenience wrapper."""
-        from .codec import decode_tokens
-
-        return decode_tokens(self, tokens)
-
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -194,98 +166,6 @@ class Model:
             "entropy_model": self.entropy.kind,
             "bits_per_token_max": float(np.log2(self.quant.size)),
         }
-
-
-def weights_dirs() -> list[Path]:
-    """Where named models are looked up, in order."""
-    dirs: list[Path] = []
-    env = os.environ.get("GQTOK_WEIGHTS")
-    if env:
-        dirs.append(Path(env))
-    dirs.append(Path(__file__).resolve().parent.parent / "weights")
-    dirs.append(Path(sys.prefix) / "share" / "gqtok" / "weights")
-    return dirs
-
-
-MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
-
-def resolve_model_path(name_or_path: str | os.PathLike[str], trust_pickle: bool = False) -> Path:
-    """A model file for a path, a local model name, or a released model name.
-
-    Local ``<name>.safetensors`` in the weights folders win; otherwise a name known to
-    gqtok.registry is fetched (cached conversion, download on first use).
-    """
-    p = Path(name_or_path)
-    if p.suffix in MODEL_FILE_SUFFIXES or p.exists():
-        if not p.exists():
-            raise ModelError("model file not found", str(p))
-        return p
-    name = str(name_or_path)
-    for d in weights_dirs():
-        cand = d / f"{name}.safetensors"
-        if cand.exists():
-            return cand
-    from . import registry
-
-    if name in registry.ENTRIES and registry.ENTRIES[name].repo:
-        return registry.ensure(name, trust_pickle=trust_pickle)
-    where = ", ".join(str(d) for d in weights_dirs())
-    known = ", ".join(registry.released_names())
-    raise ModelError(f"unknown model {name!r} (looked in {where}; released models: {known})")
-
-
-def read_card(path: Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if CARD_KEY in meta:
-        return json.loads(meta[CARD_KEY])
-    sidecar = path.with_suffix(".json")
-    if sidecar.exists():
-        return json.loads(sidecar.read_text())
-    raise ModelError("no gqtok model card in the file's metadata nor beside it", str(path))
-
-
-def has_card(path: Path) -> bool:
-    """True for a gqtok model file; False for other files (e.g. a reference state dict)."""
-    if path.suffix != ".safetensors":
-        return False
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:  # noqa: BLE001 - unreadable: let the loader report it
-        return True
-    if CARD_KEY in meta:
-        return True
-    sidecar = path.with_suffix(".json")
-    try:
-        card = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-    except (OSError, ValueError):
-        return False
-    return isinstance(card, dict) and "network" in card  # not just any JSON beside the file
-
-
-def with_quantizer(
-    card: dict[str, Any],
-    dim: int | None = None,
-    size: int | None = None,
-    seed: int | None = None,
-    beta: float | None = None,
-) -> dict[str, Any]:
-    """The card with quantizer settings overridden; a frequency table fitted to other
-    settings no longer describes the tokens, so the entropy model falls back to uniform."""
-    old = dict(card.get("quantizer", {}))
-    new = dict(old)
-    for key, value in (("dim", dim), ("size", size), ("seed", seed), ("beta", beta)):
-        if value is not None:
-            new[key] = float(value) if key == "beta" else int(value)
-    if new == old:
-        return card
-    out = dict(card)
-    out["quantizer"] = new
-    if out.get("entropy", {}).get("kind") == "frequency":
-        out["entropy"] = {"kind": "uniform"}
-    return out
 
 
 def build_from_state(
@@ -362,34 +242,12 @@ def build_from_state(
     )
 
 
-def load_model(
-    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
-    *,
-    dim: int | None = None,
-    size: int | None = None,
-    seed: int | None = None,
-    beta: float | None = None,
-    heads: int | None = None,
-    trust_pickle: bool = False,
-) -> Model:
-    """Load a model by name ("default", a released model such as "sd3unet_gq_0.25") or path.
-
-    Paths may be gqtok .safetensors files or reference checkpoints (.ckpt/.pt/.pth, plain
-    state-dict .safetensors), whose network config is inferred from the weights (see
-    gqtok.checkpoint; ``heads`` is needed there for ViTs whose width is not 64 per head).
-    ``dim``/``size``/``seed``/``beta`` override the quantizer settings (codebook dim G, size
-    K, seed, prior weight). ``trust_pickle`` allows checkpoints that need full unpickling.
-    """
-    retain_freed_memory()  # fewer page faults per image: see gqtok.allocator
-    path = resolve_model_path(name_or_path, trust_pickle=trust_pickle)
-    if not has_card(path):
-        from .checkpoint import model_from_checkpoint
-
-        return model_from_checkpoint(
-            path, dim=dim, size=size, seed=seed, beta=beta, heads=heads, trust_pickle=trust_pickle
-        )
+def load_model_file(path: Path, opts: ModelOptions | None = None) -> Model:
+    """A gqtok model file (safetensors + card), under ``opts``' quantizer overrides."""
+    retain_freed_memory()  # fewer page faults per image: see gqtok.io.allocator
+    opts = opts or ModelOptions()
     try:
-        card = with_quantizer(read_card(path), dim, size, seed, beta)
+        card = with_quantizer(read_card(path), opts)
         state: dict[str, torch.Tensor] = {}
         counts = None
         with safe_open(str(path), framework="pt") as f:
@@ -448,38 +306,3 @@ def save_model(
     os.replace(tmp, out)
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return card
-
-
-def list_local_models() -> list[tuple[Path, dict[str, Any]]]:
-    """(path, card) of every readable model file in the weights folders."""
-    seen: set[Path] = set()
-    found: list[tuple[Path, dict[str, Any]]] = []
-    for d in weights_dirs():
-        if not d.is_dir():
-            continue
-        for p in sorted(d.glob("*.safetensors")):
-            rp = p.resolve()
-            if rp in seen:
-                continue
-            seen.add(rp)
-            try:
-                found.append((p, read_card(p)))
-            except Exception:  # noqa: BLE001 - an unreadable file is simply not listed
-                continue
-    return found
-
-
-def path_for_model_id(model_id: str, trust_pickle: bool = False) -> Path:
-    """The local file whose card name (or file stem) is model_id, else the released model of
-    that name (converted copy in the cache, downloaded on first use); ModelError if none."""
-    for p, card in list_local_models():
-        if card.get("name") == model_id or p.stem == model_id:
-            return p
-    from . import registry
-
-    if model_id in registry.ENTRIES and registry.ENTRIES[model_id].repo:
-        return registry.ensure(model_id, trust_pickle=trust_pickle)
-    raise ModelError(
-        f"model {model_id!r} named in the file is not available locally;"
-        " pass --model PATH to the model file it was written with"
-    )

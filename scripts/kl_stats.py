@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from gqtok import load_model
-from gqtok.imageio import read_image
-from gqtok.quantizer import split_moments
+from gqtok.io.images import read_image
+from gqtok.quant.search import split_moments
 
 
 def token_kl_bits(moments: torch.Tensor, dim: int) -> torch.Tensor:

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 
 from gqtok import load_model
 from gqtok.codec import decode_bytes, encode_pictures
-from gqtok.imageio import read_image
-from gqtok.metrics.fidelity import psnr
+from gqtok.eval.metrics.fidelity import psnr
+from gqtok.io.images import read_image
 
 
 def classical(rgb: np.ndarray, fmt: str, max_bpp: float) -> tuple[np.ndarray, float, int]:

@@ -9,7 +9,7 @@ from PIL import Image
 
 import gqtok
 from gqtok.codec import decode_to_array, encode_arrays
-from gqtok.imageio import read_image
+from gqtok.io.images import read_image
 from tests.conftest import DATA
 
 

@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from gqtok import load_model
-from gqtok.checkpoint import infer_network, read_state
 from gqtok.codec import decode_bytes, decode_to_array, encode_arrays, pack_tokens
 from gqtok.errors import ModelError
-from gqtok.network import Decoder, Encoder, UNetConfig
-from gqtok.quantizer import quantize
-from gqtok.vit import ViTConfig, ViTDecoder, ViTEncoder
+from gqtok.nets.config import UNetConfig, ViTConfig
+from gqtok.nets.unet import Decoder, Encoder
+from gqtok.nets.vit import ViTDecoder, ViTEncoder
+from gqtok.quant.search import quantize
+from gqtok.zoo.convert import infer_network, read_state
 from tests.conftest import FIXTURES
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
@@ -62,7 +63,7 @@ def _vit_grid(t: torch.Tensor, side: int = 4) -> torch.Tensor:
 
 
 def _fake_entry(name: str, filename: str, arch: str = "unet", heads: int | None = None):  # noqa: ANN202
-    from gqtok.registry import Entry
+    from gqtok.zoo.registry import Entry
 
     return Entry(
         name=name, arch=arch, dim=16, bpp=0.25, repo="test/GQModel", filename=filename, heads=heads
@@ -237,8 +238,9 @@ def test_not_a_checkpoint_is_a_model_error(tmp_path: Path) -> None:
 def test_registry_name_converts_once_and_decodes_by_model_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gqtok import registry
-    from gqtok.cli_models import model_for_header
+    from gqtok.zoo import registry
+    from gqtok.zoo.hub import is_available
+    from gqtok.zoo.load import model_for_header
 
     entry = _fake_entry("fake_gq_0.25", "fake_gq_0.25.ckpt")
     monkeypatch.setitem(registry.ENTRIES, entry.name, entry)
@@ -252,7 +254,7 @@ def test_registry_name_converts_once_and_decodes_by_model_id(
     rgb = np.random.default_rng(1).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     enc = pack_tokens(model, encode_arrays(model, [rgb])[0])
     drop.unlink()  # later runs use the converted copy only
-    assert registry.is_available(entry.name)
+    assert is_available(entry.name)
     image, header = decode_bytes(enc.data, model_for_header)
     assert header.model_id == entry.name and image.size == (40, 24)
     direct = load_model(CKPT)  # checkpoint and conversion hash alike
@@ -260,12 +262,12 @@ def test_registry_name_converts_once_and_decodes_by_model_id(
 
 
 def test_header_quantizer_settings_follow_the_file(tmp_path: Path) -> None:
-    from gqtok.cli_models import load_model_with_options, model_for_header
     from gqtok.model import save_model
+    from gqtok.zoo.load import model_for_header
 
     base = load_model(CKPT)
     save_model(tmp_path / "small.safetensors", base.encoder, base.decoder, base.card)
-    g8 = load_model_with_options(str(CKPT), group=8)
+    g8 = load_model(CKPT, dim=8)
     assert g8.quant.dim == 8 and g8.groups == 2
     rgb = np.random.default_rng(2).integers(0, 256, (16, 24, 3), dtype=np.uint8)
     enc = pack_tokens(g8, encode_arrays(g8, [rgb])[0])
@@ -278,8 +280,8 @@ def test_header_quantizer_settings_follow_the_file(tmp_path: Path) -> None:
 def test_convert_command_writes_a_gqtok_model(tmp_path: Path) -> None:
     import typer
 
-    from gqtok.cli_models import register
-    from gqtok.model import read_card
+    from gqtok.cli.models import register
+    from gqtok.format.card import read_card
 
     app = typer.Typer()
 
@@ -302,7 +304,7 @@ def test_convert_command_writes_a_gqtok_model(tmp_path: Path) -> None:
 
 
 def test_models_table_lists_released_models() -> None:
-    from gqtok.cli_models import models_table
+    from gqtok.cli.models import models_table
 
     rows = {r["name"]: r for r in models_table()}
     for name in ("sd3unet_gq_0.25", "sd3unet_gq_1.00", "bsqvit_gq_0.50"):
@@ -369,12 +371,12 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[http.server.ThreadingHTTPSe
 def test_hub_download_offline_cache_and_offline_error(
     hub: http.server.ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gqtok import registry
+    from gqtok.zoo import load, registry
 
     entry = _fake_entry("hub_gq_0.25", "hub_gq_0.25.ckpt")
     monkeypatch.setitem(registry.ENTRIES, entry.name, entry)
     # Online: HEAD + GET through hf_hub_download into HF_HOME, then one conversion.
-    path = registry.ensure(entry.name)
+    path = load.ensure(entry.name)
     methods = [m for m, _ in hub.log]  # type: ignore[attr-defined]
     assert "GET" in methods and "HEAD" in methods
     blob = tmp_path / "hf" / "hub" / "models--test--GQModel" / "snapshots" / COMMIT
@@ -385,7 +387,7 @@ def test_hub_download_offline_cache_and_offline_error(
     path.unlink()
     hub.log.clear()  # type: ignore[attr-defined]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert registry.ensure(entry.name) == path and path.is_file()
+    assert load.ensure(entry.name) == path and path.is_file()
     assert hub.log == []  # type: ignore[attr-defined]
     # Offline, nothing cached: one line saying what to download and where to put it.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
@@ -401,25 +403,25 @@ def test_hub_download_offline_cache_and_offline_error(
 def test_hub_missing_file_is_a_model_error(
     hub: http.server.ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gqtok import registry
+    from gqtok.zoo import load, registry
 
     entry = _fake_entry("absent_gq", "absent_gq.ckpt")
     monkeypatch.setitem(registry.ENTRIES, entry.name, entry)
     with pytest.raises(ModelError, match="absent_gq.ckpt"):
-        registry.ensure(entry.name)
+        load.ensure(entry.name)
 
 
 def test_hub_revision_pin_is_requested(
     hub: http.server.ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gqtok import registry
+    from gqtok.zoo import load, registry
 
     pin = "0123456789abcdef0123456789abcdef01234567"
     hub.files[f"/test/GQModel/resolve/{pin}/pinned_gq.ckpt"] = CKPT.read_bytes()  # type: ignore[attr-defined]
     entry = _fake_entry("pinned_gq", "pinned_gq.ckpt")
     monkeypatch.setitem(registry.ENTRIES, entry.name, entry)
     monkeypatch.setenv("GQTOK_HF_REVISION", pin)
-    path = registry.ensure(entry.name)
+    path = load.ensure(entry.name)
     assert pin in path.name
     paths = [p for _, p in hub.log]  # type: ignore[attr-defined]
     assert paths and all(f"/resolve/{pin}/" in p for p in paths)

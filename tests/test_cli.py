@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from gqtok.cli import app
+from gqtok.cli.app import app
 from tests.conftest import DATA, REPO
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gqtok.codebooks import codebook, codebook_fingerprint, codebook_sha256
+from gqtok.quant.codebook import codebook, codebook_fingerprint, codebook_sha256
 from tests.conftest import FIXTURES
 
 BOOKS = json.loads((FIXTURES / "codebooks.json").read_text())["codebooks"]
@@ -32,7 +32,7 @@ def test_prefix_property() -> None:
 
 
 def test_default_dtype_float64_does_not_change_codebook() -> None:
-    from gqtok.codebooks import _codebook_cached
+    from gqtok.quant.codebook import _codebook_cached
 
     _codebook_cached.cache_clear()
     old = torch.get_default_dtype()

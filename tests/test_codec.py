@@ -14,10 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gqtok import container, load_model
+import gqtok
+from gqtok import load_model
 from gqtok.codec import decode_bytes, encode_file, encode_pictures, unpack_tokens
 from gqtok.errors import FormatError, ModelError
-from gqtok.imageio import read_image
+from gqtok.format import container
+from gqtok.io.images import read_image
 from tests.conftest import DATA, REPO
 
 
@@ -57,9 +59,9 @@ def test_photo_round_trip_odd_size(model, name: str) -> None:  # noqa: ANN001
 
 def test_model_level_api_tokens_round_trip(model) -> None:  # noqa: ANN001
     img = Image.open(DATA / "photo_b.png")
-    tokens = model.encode_image(img)
+    tokens = gqtok.encode(model, img)
     assert tokens.indices.shape == (1, -(-img.height // 8), -(-img.width // 8))
-    out = model.decode_image(tokens)
+    out = gqtok.decode(model, tokens)
     assert out.size == img.size
     x = torch.rand(2, 3, 16, 24) * 2 - 1
     idx, zhat = model.quantize(model.moments(x))

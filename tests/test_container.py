@@ -8,10 +8,10 @@ import zlib
 import numpy as np
 import pytest
 
-from gqtok import container
-from gqtok.codebooks import codebook_fingerprint
-from gqtok.entropy import from_counts, uniform
 from gqtok.errors import FormatError, UnsupportedVersionError
+from gqtok.format import container
+from gqtok.format.entropy import from_counts, uniform
+from gqtok.quant.codebook import codebook_fingerprint
 
 
 def _header(**kw: object) -> container.Header:

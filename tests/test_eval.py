@@ -13,12 +13,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import gqtok
-from gqtok.cli_eval import _rates, register
-from gqtok.compare import CSV_COLUMNS, compare, write_outputs
+from gqtok.cli.eval import _rates, register
 from gqtok.errors import EXIT_PARTIAL
-from gqtok.evaluate import collect_images, evaluate, preprocess
-from gqtok.imageio import read_image
-from gqtok.rdplot import nice_ticks, plot_rd
+from gqtok.eval.compare import CSV_COLUMNS, compare, write_outputs
+from gqtok.eval.evaluate import collect_images, evaluate, preprocess
+from gqtok.eval.rdplot import nice_ticks, plot_rd
+from gqtok.io.images import read_image
 
 DATA = Path(__file__).parent / "data"
 PIXEL = ["psnr", "ssim", "msssim"]

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from gqtok import export as ex
 from gqtok import load_model
-from gqtok.cli import app
+from gqtok.cli.app import app
 from gqtok.codec import Tokens, decode_bytes, decode_to_array, encode_arrays
 from gqtok.errors import OutputError
-from gqtok.evaluate import preprocess
-from gqtok.imageio import read_image
+from gqtok.eval.evaluate import preprocess
+from gqtok.io.images import read_image
 from tests.conftest import DATA, REPO
 
 runner = CliRunner()

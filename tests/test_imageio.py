@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from gqtok.errors import DecompressionBombError, InputError, OutputError
-from gqtok.fileio import atomic_write_bytes, read_input_bytes, same_file_guard
-from gqtok.imageio import (
+from gqtok.io.files import atomic_write_bytes, read_input_bytes, same_file_guard
+from gqtok.io.images import (
     Picture,
     crop,
     encode_image_bytes,

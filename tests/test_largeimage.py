@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gqtok import largeimage as li
 from gqtok import load_model
 from gqtok.codec import Tokens, decode_bytes, decode_to_array, encode_arrays, encode_pictures
+from gqtok.codec import budget as mem
+from gqtok.codec import windowed as li
 from gqtok.errors import InputError
-from gqtok.imageio import read_image
+from gqtok.io.images import read_image
 from tests.conftest import DATA, REPO
 
 SAMPLE = REPO / "examples" / "sample.jpg"
@@ -60,21 +61,21 @@ def border_mask(n_cells: int, starts: list[int], f: int) -> np.ndarray:
 
 
 def test_memory_sizes_and_plans(model) -> None:  # noqa: ANN001
-    assert li.parse_memory("600M") == 600_000_000
-    assert li.parse_memory("1.5GiB") == int(1.5 * 2**30)
-    assert li.parse_memory("4gb") == 4_000_000_000 == li.DEFAULT_MAX_MEMORY
+    assert mem.parse_memory("600M") == 600_000_000
+    assert mem.parse_memory("1.5GiB") == int(1.5 * 2**30)
+    assert mem.parse_memory("4gb") == 4_000_000_000 == mem.DEFAULT_MAX_MEMORY
     with pytest.raises(ValueError):
-        li.parse_memory("lots")
+        mem.parse_memory("lots")
     # 8000x6000 under the default budget: tiled, windows and statistics pass fit the budget
     h, w = 6000 // 8, 8000 // 8
-    assert li.needs_tiling(model, 6000, 8000, "decode", li.DEFAULT_MAX_MEMORY)
+    assert mem.needs_tiling(model, 6000, 8000, "decode", mem.DEFAULT_MAX_MEMORY)
     for kind in ("encode", "decode"):
-        plan = li.plan_tiles(model, h, w, kind, li.DEFAULT_MAX_MEMORY)
+        plan = li.plan_tiles(model, h, w, kind, mem.DEFAULT_MAX_MEMORY)
         assert li.MIN_SIDE <= plan.window_h <= li.MAX_SIDE and plan.stride >= 2
-        window = li.whole_image_bytes(model, plan.window_h * 8, plan.window_w * 8, kind)
-        calib = li.whole_image_bytes(model, 6000 // plan.stride, 8000 // plan.stride, kind)
-        assert max(window, calib) < li.DEFAULT_MAX_MEMORY
-    assert not li.needs_tiling(model, 512, 768, "decode", li.DEFAULT_MAX_MEMORY)
+        window = mem.whole_image_bytes(model, plan.window_h * 8, plan.window_w * 8, kind)
+        calib = mem.whole_image_bytes(model, 6000 // plan.stride, 8000 // plan.stride, kind)
+        assert max(window, calib) < mem.DEFAULT_MAX_MEMORY
+    assert not mem.needs_tiling(model, 512, 768, "decode", mem.DEFAULT_MAX_MEMORY)
     with pytest.raises(InputError, match="too small"):
         li.plan_tiles(model, h, w, "decode", 400_000_000)
     # windows cover the axis and neighbours overlap by at least the blend zone
@@ -152,7 +153,7 @@ def test_codec_switches_to_windows_under_a_small_budget(model, monkeypatch) -> N
     assert calls == ["encode_large", "decode_large"]
     # measured 40.7 dB with v3 (one subsampling phase instead of 2 x 2: 37.2)
     assert img.size == (317, 211) and psnr(np.asarray(img), np.asarray(ref)) > 40
-    monkeypatch.setenv(li.MEMORY_ENV, budget)
+    monkeypatch.setenv(mem.MEMORY_ENV, budget)
     img2, _ = decode_bytes(whole.data, model)  # budget from the environment; deterministic
     assert np.array_equal(np.asarray(img2), np.asarray(img))
     small = encode_arrays(model, [read_image(DATA / "photo_b.png").rgb], max_memory=budget)
@@ -164,7 +165,8 @@ import json, sys, time
 import torch
 torch.set_num_threads(2)
 from gqtok import load_model, read_image
-from gqtok import largeimage as li
+from gqtok.codec import budget as mem
+from gqtok.codec import windowed as li
 from gqtok.codec import decode_bytes, encode_pictures
 src, dst, budget = sys.argv[1], sys.argv[2], sys.argv[3]
 def peak_rss():
@@ -183,7 +185,7 @@ t2 = time.perf_counter()
 img.save(dst, compress_level=1)
 print(json.dumps({
     "peak_rss": peak_rss(),
-    "whole_image_bytes": li.whole_image_bytes(model, pic.height, pic.width, "decode"),
+    "whole_image_bytes": mem.whole_image_bytes(model, pic.height, pic.width, "decode"),
     "grid": [header.grid_h, header.grid_w], "encode_s": t1 - t, "decode_s": t2 - t1,
 }))
 """

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gqtok.metrics import MetricUnavailable, WeightsMismatch
-from gqtok.metrics import fidelity as px
-from gqtok.metrics import inception as inc
-from gqtok.metrics import lpips as lp
-from gqtok.metrics.usage import TokenCounter
+from gqtok.eval.metrics import MetricUnavailable, WeightsMismatch
+from gqtok.eval.metrics import fidelity as px
+from gqtok.eval.metrics import inception as inc
+from gqtok.eval.metrics import lpips as lp
+from gqtok.eval.metrics.usage import TokenCounter
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = ("photo_a.jpg", "photo_b.png", "photo_c.jpg")
@@ -195,7 +195,7 @@ def test_tampered_inception_weights_are_refused(tmp_path: Path) -> None:
 
 
 def test_tampered_stlpips_weights_are_refused(tmp_path: Path) -> None:
-    from gqtok import perceptual
+    from gqtok.nets import stlpips as perceptual
 
     if not perceptual.available("alex"):
         pytest.skip("stlpips-pytorch is not installed")
@@ -230,7 +230,7 @@ def test_lpips_checks_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     backbone = _fake_alexnet(tmp_path / lp.HUB_FILE)
     with pytest.raises(WeightsMismatch):  # not the published AlexNet
         lp.AlexNetLPIPS(backbone=backbone, linear=linear)
-    from gqtok.metrics.weights import sha256_file
+    from gqtok.eval.metrics.weights import sha256_file
 
     monkeypatch.setattr(lp, "HUB_SHA256_PREFIX", sha256_file(backbone))
     net = lp.AlexNetLPIPS(backbone=backbone, linear=linear)  # wiring with a stand-in backbone

@@ -7,8 +7,9 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from gqtok.network import Decoder, Encoder, UNetConfig
-from gqtok.quantizer import quantize
+from gqtok.nets.config import UNetConfig
+from gqtok.nets.unet import Decoder, Encoder
+from gqtok.quant.search import quantize
 from tests.conftest import FIXTURES
 
 U = load_file(str(FIXTURES / "unet_small.safetensors"))

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gqtok import quantizer
-from gqtok.codebooks import codebook
-from gqtok.quantizer import (
+from gqtok.quant import search as quantizer
+from gqtok.quant.codebook import codebook
+from gqtok.quant.search import (
     _exhaustive,
     _lower_bounds,
     _ranges,
@@ -180,7 +180,7 @@ def test_uneven_gemm_tiles_map_columns_back(monkeypatch: pytest.MonkeyPatch) -> 
 
 @pytest.mark.parametrize("env, expected", [("", "True"), ("system", "False")])
 def test_allocator_tuning_and_its_opt_out(env: str, expected: str) -> None:
-    code = "from gqtok.allocator import retain_freed_memory as r; print(r(), r())"
+    code = "from gqtok.io.allocator import retain_freed_memory as r; print(r(), r())"
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "GQTOK_MALLOC": env},

@@ -13,12 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gqtok import perceptual
-from gqtok.model import load_model
-from gqtok.network import UNetConfig
-from gqtok.quantizer import split_moments
-from gqtok.tdc import BITS_PER_NAT, TargetDivergence, kl_bits_from_moments, kl_bits_per_token
-from gqtok.train import (
+from gqtok.nets import stlpips as perceptual
+from gqtok.nets.config import UNetConfig
+from gqtok.quant.search import split_moments
+from gqtok.quant.tdc import BITS_PER_NAT, TargetDivergence, kl_bits_from_moments, kl_bits_per_token
+from gqtok.train.loop import (
     CropSampler,
     Prefetcher,
     PyramidSampler,
@@ -28,6 +27,7 @@ from gqtok.train import (
     load_checkpoint,
     run,
 )
+from gqtok.zoo.load import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_NET = UNetConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(),
@@ -378,8 +378,8 @@ def test_training_does_not_import_constriction(data_dir: Path, tmp_path: Path) -
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "import gqtok.train as t\n"
-        "from gqtok.network import UNetConfig\n"
+        "import gqtok.train.loop as t\n"
+        "from gqtok.nets.config import UNetConfig\n"
         "net = UNetConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=())\n"
         f"cfg = t.TrainConfig(data=Path({str(data_dir)!r}), out=Path({str(tmp_path)!r}),"
         " network=net, crop=32, batch=2, steps=2, eval_every=1, eval_crop=32, eval_images=1,"

@@ -1,0 +1,208 @@
+"""Pictures <-> .gq bytes: the engine's tokens, entropy-coded, with the alpha plane, in a container.
+
+This is the Python API that the CLI wraps. ``encode_pictures`` batches images of equal padded
+size through the network (gqtok.codec.engine); every other step works per image. Decoding
+verifies that the model, codebook and entropy model named in the file are exactly the ones at
+hand before producing pixels, so a mismatch is an error instead of a silently wrong image.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gqtok.codec.engine import decode_to_array, encode_arrays
+from gqtok.codec.tokens import Tokens
+from gqtok.errors import FormatError, ModelError
+from gqtok.format import container
+from gqtok.format import entropy as ent
+from gqtok.io.images import Picture, picture_to_pil, read_image
+from gqtok.model import Model
+from gqtok.quant.codebook import codebook_fingerprint
+
+
+@dataclass
+class Encoded:
+    """One encoded image: the .gq bytes and what a user wants to know about them."""
+
+    data: bytes
+    header: container.Header
+    tokens: Tokens
+    token_bytes: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def bits_per_token(self) -> float:
+        """Achieved entropy-coded size of the token payload per token."""
+        return self.token_bytes * 8 / max(1, self.header.num_tokens)
+
+    @property
+    def bpp(self) -> float:
+        return len(self.data) * 8 / (self.header.width * self.header.height)
+
+
+def _alpha_bytes(alpha: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(alpha, mode="L").save(buf, format="PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def _header_for(model: Model, tok: Tokens, picture: Picture | None) -> container.Header:
+    q = model.quant
+    ng, gh, gw = tok.indices.shape
+    return container.Header(
+        model_id=model.name,
+        weights_hash=model.weights_fingerprint,
+        dim=q.dim,
+        size=q.size,
+        seed=q.seed,
+        beta=q.beta,
+        codebook_fingerprint=codebook_fingerprint(q.dim, q.size, q.seed),
+        width=tok.width,
+        height=tok.height,
+        groups=ng,
+        grid_h=gh,
+        grid_w=gw,
+        entropy_kind=model.entropy.kind,
+        entropy_fingerprint=model.entropy.fingerprint,
+        layout=model.layout,
+        pad_mode=tok.pad_mode,
+        has_alpha=picture is not None and picture.alpha is not None,
+        grayscale=picture is not None and picture.mode in ("L", "LA"),
+    )
+
+
+def pack_tokens(model: Model, tok: Tokens, picture: Picture | None = None) -> Encoded:
+    """Entropy-code a token grid (and the picture's alpha plane) into .gq bytes."""
+    header = _header_for(model, tok, picture)
+    payload = model.entropy.encode(tok.indices.numpy().reshape(-1))
+    alpha = (
+        _alpha_bytes(picture.alpha) if picture is not None and picture.alpha is not None else b""
+    )
+    return Encoded(container.pack(header, payload, alpha), header, tok, len(payload))
+
+
+def encode_pictures(
+    model: Model,
+    pictures: Sequence[Picture],
+    pad_mode: str = "replicate",
+    batch_size: int = 4,
+    max_memory: int | str | None = None,
+) -> list[Encoded]:
+    """Encode decoded input images to .gq bytes (batched through the network)."""
+    timings: dict[str, float] = {}
+    rgbs = [p.rgb for p in pictures]
+    toks = encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory)
+    share = 1.0 / max(1, len(pictures))
+    out = []
+    for pic, tok in zip(pictures, toks, strict=True):
+        t0 = time.perf_counter()
+        enc = pack_tokens(model, tok, pic)
+        enc.timings = {k: v * share for k, v in timings.items()}
+        enc.timings["entropy"] = time.perf_counter() - t0
+        out.append(enc)
+    return out
+
+
+def encode_file(
+    model: Model, source: str | bytes, name: str | None = None, **kw: object
+) -> Encoded:
+    """Read an image file (or bytes) and encode it."""
+    pic = read_image(source, name=name, **kw)  # type: ignore[arg-type]
+    return encode_pictures(model, [pic])[0]
+
+
+def check_compatible(model: Model, header: container.Header, name: str | None = None) -> None:
+    """Refuse to decode a file with a model, codebook or entropy table it was not written with."""
+    if header.weights_hash != model.weights_fingerprint:
+        raise ModelError(
+            f"file was written with model {header.model_id!r}"
+            f" (weights {header.weights_hash.hex()}),"
+            f" not with {model.name!r} (weights {model.weights_fingerprint.hex()})",
+            name,
+        )
+    q = model.quant
+    if (header.dim, header.size, header.seed) != (
+        q.dim,
+        q.size,
+        q.seed,
+    ) or header.beta != np.float32(q.beta):
+        raise ModelError(
+            f"file codebook (dim {header.dim}, K {header.size}, seed {header.seed}) differs from"
+            f" the model's (dim {q.dim}, K {q.size}, seed {q.seed})",
+            name,
+        )
+    if codebook_fingerprint(header.dim, header.size, header.seed) != header.codebook_fingerprint:
+        raise FormatError(
+            "rebuilt codebook does not match the file's codebook fingerprint"
+            " (different torch Sobol implementation?)",
+            name,
+        )
+    if header.layout != model.layout:
+        raise ModelError(f"file token layout {header.layout} differs from the model's", name)
+    em = model.entropy if header.entropy_kind == model.entropy.kind else None
+    if header.entropy_kind == "uniform":
+        em = ent.uniform(q.size)
+    if em is None or em.fingerprint != header.entropy_fingerprint:
+        raise ModelError("file's entropy model does not match the model's entropy table", name)
+    f = model.downsample
+    want = ((header.height + f - 1) // f, (header.width + f - 1) // f)
+    if (header.grid_h, header.grid_w) != want or header.groups != model.groups:
+        raise FormatError(
+            f"token grid {header.groups}x{header.grid_h}x{header.grid_w} does not fit a"
+            f" {header.width}x{header.height} image for this model",
+            name,
+        )
+
+
+def unpack_tokens(
+    model: Model, data: bytes, name: str | None = None
+) -> tuple[container.Header, Tokens, np.ndarray | None]:
+    """Parse, verify and entropy-decode a .gq file into its token grid and alpha plane."""
+    header, payload, alpha_bytes = container.unpack(data, name)
+    check_compatible(model, header, name)
+    em = model.entropy if header.entropy_kind == model.entropy.kind else ent.uniform(header.size)
+    try:
+        flat = em.decode(payload, header.num_tokens)
+    except ValueError as exc:
+        raise FormatError(str(exc), name) from None
+    indices = torch.from_numpy(flat).reshape(header.groups, header.grid_h, header.grid_w)
+    alpha = None
+    if header.has_alpha:
+        try:
+            with Image.open(io.BytesIO(alpha_bytes)) as im:
+                if im.format != "PNG" or im.mode != "L" or im.size != (header.width, header.height):
+                    raise FormatError("alpha plane does not match the image", name)
+                alpha = np.asarray(im.copy())
+        except FormatError:
+            raise
+        except Exception:
+            raise FormatError("alpha plane is corrupt", name) from None
+    return header, Tokens(indices, header.width, header.height, header.pad_mode), alpha
+
+
+def decode_bytes(
+    data: bytes,
+    model: Model | Callable[[container.Header], Model],
+    name: str | None = None,
+    max_memory: int | str | None = None,
+) -> tuple[Image.Image, container.Header]:
+    """Decode .gq bytes to a PIL image in the original mode (RGB, L, RGBA or LA)."""
+    if not isinstance(model, Model):
+        header, _, _ = container.unpack(data, name)
+        model = model(header)
+    header, tokens, alpha = unpack_tokens(model, data, name)
+    rgb = decode_to_array(model, tokens, max_memory)
+    mode = (
+        ("LA" if alpha is not None else "L")
+        if header.grayscale
+        else ("RGBA" if alpha is not None else "RGB")
+    )
+    pic = Picture(rgb=rgb, alpha=alpha, mode=mode, source_format="GQ", bit_depth=8)
+    return picture_to_pil(pic), header

@@ -1,0 +1,100 @@
+"""The whole-image engine: pixels -> network -> GQ tokens, and tokens -> network -> pixels.
+
+Equal-size images share network batches under the memory budget; an image whose whole-image
+pass would exceed the budget goes through gqtok.codec.windowed instead. No file format here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gqtok.codec import budget as mem
+from gqtok.codec import windowed
+from gqtok.codec.tokens import Tokens
+from gqtok.io.images import crop, from_tensor, pad_to_multiple, to_tensor
+from gqtok.model import Model
+
+
+def _prepare(model: Model, rgb: np.ndarray, pad_mode: str) -> torch.Tensor:
+    x = to_tensor(rgb)
+    padded, _ = pad_to_multiple(x, model.downsample, pad_mode)
+    return padded
+
+
+def encode_pil(
+    model: Model,
+    image: Image.Image,
+    pad_mode: str = "replicate",
+    max_memory: int | str | None = None,
+) -> Tokens:
+    """Token grid of a PIL image (converted to RGB; alpha is not part of the tokens)."""
+    rgb = np.asarray(image.convert("RGB"))
+    return encode_arrays(model, [rgb], pad_mode, max_memory=max_memory)[0]
+
+
+def encode_arrays(
+    model: Model,
+    images: Sequence[np.ndarray],
+    pad_mode: str = "replicate",
+    batch_size: int = 4,
+    timings: dict[str, float] | None = None,
+    max_memory: int | str | None = None,
+) -> list[Tokens]:
+    """Token grids of (H, W, 3) uint8 images; equal-size images share network batches.
+
+    Batches are kept under the memory budget (default $GQTOK_MEMORY_BUDGET or 4 GB); an image
+    whose whole-image pass would exceed it is encoded window by window (gqtok.codec.windowed).
+    """
+    out: list[Tokens | None] = [None] * len(images)
+    groups: dict[tuple[int, int], list[int]] = {}
+    budget = mem.resolve_budget(max_memory)
+    t = timings if timings is not None else {}
+    prepared: dict[int, torch.Tensor] = {}
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        if mem.needs_tiling(model, h, w, "encode", budget):
+            idx_large = windowed.encode_large(model, im, pad_mode, budget, timings=t)
+            out[i] = Tokens(idx_large, w, h, pad_mode)
+            continue
+        x = prepared[i] = _prepare(model, im, pad_mode)
+        groups.setdefault((x.shape[2], x.shape[3]), []).append(i)
+    for (ph, pw), members in groups.items():
+        step = min(batch_size, mem.fit_batch(model, ph, pw, "encode", budget))
+        for b0 in range(0, len(members), step):
+            idx = members[b0 : b0 + step]
+            batch = torch.cat([prepared[i] for i in idx])
+            t0 = time.perf_counter()
+            moments = model.moments(batch)
+            t1 = time.perf_counter()
+            indices, _ = model.quantize(moments.cpu())
+            t2 = time.perf_counter()
+            t["network"] = t.get("network", 0.0) + t1 - t0
+            t["search"] = t.get("search", 0.0) + t2 - t1
+            for j, i in enumerate(idx):
+                h, w = images[i].shape[:2]
+                out[i] = Tokens(indices[j].cpu(), w, h, pad_mode)
+    return [o for o in out if o is not None]
+
+
+def decode_tokens(model: Model, tokens: Tokens, max_memory: int | str | None = None) -> Image.Image:
+    """RGB PIL image for a token grid."""
+    return Image.fromarray(decode_to_array(model, tokens, max_memory))
+
+
+def decode_to_array(
+    model: Model, tokens: Tokens, max_memory: int | str | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8 pixels; window by window when a whole-image pass exceeds the budget."""
+    _, gh, gw = tokens.indices.shape
+    f = model.downsample
+    budget = mem.resolve_budget(max_memory)
+    if mem.needs_tiling(model, gh * f, gw * f, "decode", budget):
+        return windowed.decode_large(model, tokens.indices, tokens.height, tokens.width, budget)
+    x = model.decode_indices(tokens.indices.unsqueeze(0))
+    x = crop(x.cpu(), tokens.height, tokens.width)
+    return from_tensor(x)

@@ -1,0 +1,317 @@
+"""``gqtok eval``: quality of gqtok's real round trip (image -> .gq bytes -> image) over a set.
+
+Every number comes from the path a user gets: the image is encoded to a complete .gq file, the
+rate is that file's size (header and alpha plane included) over the pixel count, and the
+metrics compare the original with the image decoded from those bytes. Metrics whose weights
+are not installed are reported as unavailable (None), never approximated by something else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gqtok.errors import GqtokError, InputError
+from gqtok.eval.metrics import ALL_METRICS, MetricUnavailable
+from gqtok.eval.metrics import fidelity as fid_px
+from gqtok.eval.metrics.usage import TokenCounter, UsageSummary
+from gqtok.io.images import DEFAULT_MAX_PIXELS, Picture, read_image
+from gqtok.model import Model
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+PER_IMAGE = ("psnr", "ssim", "msssim", "stlpips_alex", "stlpips_vgg", "lpips")
+PERCEPTUAL = ("stlpips_alex", "stlpips_vgg", "lpips")
+
+
+@dataclass
+class ImageRow:
+    """Per-image result; a metric is None when not requested, unavailable or undefined."""
+
+    path: str
+    width: int
+    height: int
+    bytes: int
+    bpp: float
+    psnr: float | None = None
+    ssim: float | None = None
+    msssim: float | None = None
+    msssim_scales: int | None = None
+    stlpips_alex: float | None = None
+    stlpips_vgg: float | None = None
+    lpips: float | None = None
+
+
+@dataclass
+class Stat:
+    mean: float | None
+    std: float | None
+    n: int
+
+
+@dataclass
+class EvalReport:
+    model: str
+    metrics: list[str]
+    protocol: dict[str, Any]
+    rows: list[ImageRow] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    summary: dict[str, Stat] = field(default_factory=dict)
+    bpp_aggregate: float | None = None  # total bits / total pixels
+    fid: float | None = None
+    kid: dict[str, float | int] | None = None
+    feature_images: int = 0  # images behind FID/KID
+    usage: UsageSummary | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (non-finite floats become None)."""
+        out = {
+            "model": self.model,
+            "metrics": self.metrics,
+            "protocol": self.protocol,
+            "images": len(self.rows),
+            "failed": [{"path": p, "error": e} for p, e in self.failures],
+            "summary": {k: asdict(v) for k, v in self.summary.items()},
+            "bpp_aggregate": self.bpp_aggregate,
+            "fid": self.fid,
+            "kid": self.kid,
+            "fid_kid_images": self.feature_images,
+            "codebook": self.usage.to_dict() if self.usage else None,
+            "unavailable": self.unavailable,
+            "notes": self.notes,
+            "per_image": [asdict(r) for r in self.rows],
+        }
+        return json_safe(out)
+
+
+def json_safe(x: Any) -> Any:
+    """Replace non-finite floats (JSON has no inf/NaN) by None, recursively."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    return x
+
+
+def collect_images(inputs: Iterable[str | Path], recursive: bool = False) -> list[Path]:
+    """Files as given, plus the images inside folders (sorted; hidden files skipped)."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.glob("*")
+            found.extend(
+                sorted(
+                    f
+                    for f in it
+                    if f.is_file() and f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")
+                )
+            )
+        else:
+            found.append(p)
+    return found
+
+
+def preprocess(rgb: np.ndarray, resize: int | None, center_crop: int | None) -> np.ndarray:
+    """The paper's protocol: shorter side to ``resize`` (Pillow bilinear, antialiased when
+    shrinking, long side truncated like torchvision's Resize), then a centred square crop."""
+    h, w = rgb.shape[:2]
+    if resize:
+        if h <= w:
+            size = (int(resize * w / h), resize)
+        else:
+            size = (resize, int(resize * h / w))
+        if size != (w, h):
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+        h, w = rgb.shape[:2]
+    if center_crop:
+        if h < center_crop or w < center_crop:
+            raise InputError(f"{w}x{h} is smaller than the {center_crop} px centre crop")
+        top = int(round((h - center_crop) / 2.0))
+        left = int(round((w - center_crop) / 2.0))
+        rgb = rgb[top : top + center_crop, left : left + center_crop]
+    return np.ascontiguousarray(rgb)
+
+
+def roundtrip(model: Model, pic: Picture) -> tuple[np.ndarray, int, np.ndarray]:
+    """(decoded RGB, .gq file size in bytes, token indices) through the real byte path."""
+    from gqtok.codec import decode_bytes, encode_pictures
+
+    enc = encode_pictures(model, [pic])[0]
+    image, _ = decode_bytes(enc.data, model)
+    return np.asarray(image.convert("RGB")), len(enc.data), enc.tokens.indices.numpy()
+
+
+def pixel_metrics(a: np.ndarray, b: np.ndarray, wanted: Sequence[str]) -> dict[str, Any]:
+    """PSNR / SSIM / MS-SSIM values for the names in ``wanted``."""
+    out: dict[str, Any] = {}
+    if "psnr" in wanted:
+        out["psnr"] = fid_px.psnr(a, b)
+    if "ssim" in wanted:
+        out["ssim"] = fid_px.ssim(a, b)
+    if "msssim" in wanted:
+        out["msssim"], out["msssim_scales"] = fid_px.ms_ssim(a, b)
+    return out
+
+
+def load_perceptual(
+    names: Sequence[str], device: str, unavailable: dict[str, str]
+) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+    """The requested perceptual distances that can run here; the others go to ``unavailable``.
+
+    Weight files that exist but fail their hash check raise (WeightsMismatch): a tampered
+    network must stop the evaluation, not quietly drop a column.
+    """
+    from gqtok.eval.metrics.lpips import load_distance
+
+    nets = {}
+    for name in names:
+        if name not in PERCEPTUAL:
+            continue
+        try:
+            nets[name] = load_distance(name, device)
+        except MetricUnavailable as e:
+            unavailable[name] = f"not available offline ({e})"
+    return nets
+
+
+def _stat(values: list[float]) -> Stat:
+    if not values:
+        return Stat(None, None, 0)
+    a = np.asarray(values, dtype=np.float64)
+    return Stat(float(a.mean()), float(a.std()), len(values))
+
+
+def evaluate(
+    model: Model,
+    paths: Sequence[str | Path],
+    metrics: Sequence[str] = ALL_METRICS,
+    resize: int | None = None,
+    center_crop: int | None = None,
+    device: str = "cpu",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_image: Callable[[str, str | None], None] | None = None,
+) -> EvalReport:
+    """Round-trip every image through .gq bytes and measure it; failures are recorded, not fatal.
+
+    ``on_image(path, error)`` is called after each image (error None on success).
+    """
+    wanted = [m for m in ALL_METRICS if m in metrics]
+    unknown = sorted(set(metrics) - set(ALL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown} (choose from {list(ALL_METRICS)})")
+    report = EvalReport(
+        model.name, wanted, {"resize": resize, "center_crop": center_crop, "color": "RGB"}
+    )
+    nets = load_perceptual(wanted, device, report.unavailable)
+    inception = None
+    if "fid" in wanted or "kid" in wanted:
+        from gqtok.eval.metrics.inception import InceptionFeatures
+
+        try:
+            inception = InceptionFeatures(device=device)
+        except MetricUnavailable as e:
+            for m in ("fid", "kid"):
+                if m in wanted:
+                    report.unavailable[m] = f"not available offline ({e})"
+    counter = TokenCounter(model.quant.size)
+    feats_a: list[np.ndarray] = []
+    feats_b: list[np.ndarray] = []
+    bits = pixels = 0
+    for path in paths:
+        name = str(path)
+        try:
+            pic = read_image(path, max_pixels=max_pixels, name=name)
+            if resize or center_crop:
+                rgb = preprocess(pic.rgb, resize, center_crop)
+                pic = Picture(rgb, None, "RGB", pic.source_format, 8)
+            rec, nbytes, indices = roundtrip(model, pic)
+        except (GqtokError, RuntimeError, MemoryError) as e:
+            if isinstance(e, GqtokError):
+                msg = str(e) if e.path else f"{name}: {e}"
+            else:
+                msg = f"{name}: {type(e).__name__}: {e}"
+            report.failures.append((name, msg))
+            if on_image:
+                on_image(name, msg)
+            continue
+        h, w = pic.rgb.shape[:2]
+        row = ImageRow(name, w, h, nbytes, nbytes * 8 / (w * h))
+        for key, value in pixel_metrics(pic.rgb, rec, wanted).items():
+            setattr(row, key, value)
+        for key, dist in nets.items():
+            setattr(row, key, dist(pic.rgb, rec))
+        if inception is not None:
+            feats_a.append(inception([pic.rgb]))
+            feats_b.append(inception([rec]))
+        counter.add(indices)
+        bits += nbytes * 8
+        pixels += w * h
+        report.rows.append(row)
+        if on_image:
+            on_image(name, None)
+    _summarise(report, wanted, feats_a, feats_b, counter, bits, pixels)
+    return report
+
+
+def _summarise(
+    report: EvalReport,
+    wanted: list[str],
+    feats_a: list[np.ndarray],
+    feats_b: list[np.ndarray],
+    counter: TokenCounter,
+    bits: int,
+    pixels: int,
+) -> None:
+    from gqtok.eval.metrics import inception as inc
+
+    rows = report.rows
+    report.summary["bpp"] = _stat([r.bpp for r in rows])
+    report.bpp_aggregate = bits / pixels if pixels else None
+    for m in PER_IMAGE:
+        if m in report.unavailable:
+            report.summary[m] = Stat(None, None, 0)  # shown as null, never as a number
+        elif m in wanted:
+            vals = [getattr(r, m) for r in rows if getattr(r, m) is not None]
+            report.summary[m] = _stat(vals)
+            if len(vals) < len(rows):
+                report.notes.append(
+                    f"{m}: undefined for {len(rows) - len(vals)} image(s) smaller than 11 px"
+                )
+    if "psnr" in report.summary and any(r.psnr == math.inf for r in rows):
+        report.notes.append("psnr: some reconstructions are exact (inf dB); the mean is inf")
+    partial = [r.path for r in rows if r.msssim_scales is not None and 0 < r.msssim_scales < 5]
+    if partial:
+        report.notes.append(
+            f"msssim: {len(partial)} image(s) under 176 px use fewer than 5 scales (renormalised)"
+        )
+    if rows:
+        report.usage = counter.summary()
+    n = len(feats_a)
+    report.feature_images = n
+    if n:  # features exist only when the Inception network loaded
+        a, b = np.concatenate(feats_a), np.concatenate(feats_b)
+        if "fid" in wanted:
+            if n >= 2:
+                report.fid = inc.frechet_distance(a, b)
+            else:
+                report.notes.append("fid: needs at least 2 images")
+            if n < inc.FID_MIN_IMAGES:
+                report.notes.append(
+                    f"fid: based on only {n} images; FID is biased and unstable below"
+                    f" ~{inc.FID_MIN_IMAGES} (the paper uses ~50k): compare KID instead"
+                )
+        if "kid" in wanted:
+            if n >= 4:
+                report.kid = asdict(inc.kernel_inception_distance(a, b))
+            else:
+                report.notes.append("kid: needs at least 4 images")

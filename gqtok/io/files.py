@@ -1,0 +1,104 @@
+"""File input and output that never leaves a half-written result behind.
+
+Outputs appear all at once (temp file + rename), so an interrupted batch cannot leave a
+truncated .gq or image that later looks valid; every OS failure becomes a one-line error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from gqtok.errors import InputError, OutputError
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
+def read_input_bytes(path_or_dash: str | os.PathLike[str]) -> bytes:
+    """Read a whole input ("-" is stdin) with OS errors turned into InputError."""
+    if os.fspath(path_or_dash) == "-":
+        try:
+            return sys.stdin.buffer.read()
+        except OSError as e:
+            raise InputError(f"cannot read ({_reason(e)})", "<stdin>") from None
+    name = os.fspath(path_or_dash)
+    try:
+        return Path(name).read_bytes()
+    except FileNotFoundError:
+        raise InputError("no such file", name) from None
+    except IsADirectoryError:
+        raise InputError("is a folder, not a file", name) from None
+    except PermissionError:
+        raise InputError("permission denied", name) from None
+    except OSError as e:
+        raise InputError(f"cannot read ({_reason(e)})", name) from None
+
+
+def same_file_guard(inp: Path, out: Path) -> None:
+    """Refuse an output that is the input itself (also via symlinks or hard links)."""
+    try:
+        same = os.path.samefile(inp, out)
+    except OSError:  # one of them does not exist: they cannot be the same file
+        return
+    if same:
+        raise OutputError("would overwrite the input", str(out))
+
+
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """Open a fresh hidden temp file; os.open with 0o666 lets the umask set normal permissions."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name in {folder}")
+
+
+def _sync_folder(folder: Path) -> None:
+    """Persist the rename itself; not possible everywhere (Windows), so best effort."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write data so that path holds either its old content or all of the new, never a part."""
+    path = Path(path)
+    name = str(path)
+    if path.is_dir():
+        raise OutputError("is a folder", name)
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise OutputError("exists (use --overwrite)", name)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(folder, path.name)
+    except OSError as e:
+        raise OutputError(f"cannot create a file in {str(folder)!r} ({_reason(e)})", name) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write ({_reason(e)})", name) from None
+        raise
+    _sync_folder(folder)

@@ -1,0 +1,1 @@
+"""Training a GQ model with the target divergence constraint, and exporting it."""
