@@ -19,8 +19,7 @@ from gqtok.errors import (
     OutputError,
     UnsupportedVersionError,
 )
-
-__version__ = "0.1.0"
+from gqtok.version import __version__
 
 _LAZY = {
     "codebook": "quant.codebook",

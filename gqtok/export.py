@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from gqtok import __version__
 from gqtok.errors import GqtokError, InputError, OutputError
 from gqtok.format.shards import (  # noqa: F401 - re-exported: readers are found here too
     FORMAT_NAME,
@@ -31,7 +30,6 @@ from gqtok.format.shards import (  # noqa: F401 - re-exported: readers are found
     Entry,
     Shard,
     iter_entries,
-    model_record,
     npy_bytes,
     npy_names,
     read_manifest,
@@ -46,8 +44,31 @@ from gqtok.io.files import atomic_write_bytes
 from gqtok.io.images import DEFAULT_MAX_PIXELS, read_image
 from gqtok.io.pipeline import batched, default_io_workers, prefetch
 from gqtok.model import Model
+from gqtok.quant.codebook import codebook_fingerprint
+from gqtok.version import __version__
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def model_record(model: Model) -> dict[str, Any]:
+    """What the manifest and every shard say about the model and codebook."""
+    q = model.quant
+    return {
+        "model": {
+            "id": model.name,
+            "weights_sha256": model.weights_sha256,
+            "arch": model.arch,
+            "layout": model.layout,
+            "downsample": model.downsample,
+            "groups": model.groups,
+        },
+        "codebook": {
+            **q.to_dict(),
+            "fingerprint": codebook_fingerprint(q.dim, q.size, q.seed).hex(),
+        },
+        "dtype": token_dtype(q.size).name,
+    }
+
 
 
 @dataclass(frozen=True)

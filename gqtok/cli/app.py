@@ -23,7 +23,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gqtok import __version__
 from gqtok.cli.common import (
     BetaOpt,
     Device,
@@ -45,6 +44,7 @@ from gqtok.cli.common import (
     setup_device,
 )
 from gqtok.errors import EXIT_PARTIAL, GqtokError, OutputError
+from gqtok.version import __version__
 
 app = typer.Typer(
     name="gqtok",

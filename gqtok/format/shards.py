@@ -13,14 +13,11 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from gqtok.errors import InputError
-
-if TYPE_CHECKING:  # torch is not needed to read shards
-    from gqtok.model import Model
 
 FORMAT_NAME = "gqtok-tokens"
 FORMAT_VERSION = 1
@@ -52,28 +49,6 @@ def checksum(tensors: dict[str, np.ndarray]) -> str:
         h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
-
-
-def model_record(model: Model) -> dict[str, Any]:
-    """What the manifest and every shard say about the model and codebook."""
-    from gqtok.quant.codebook import codebook_fingerprint
-
-    q = model.quant
-    return {
-        "model": {
-            "id": model.name,
-            "weights_sha256": model.weights_sha256,
-            "arch": model.arch,
-            "layout": model.layout,
-            "downsample": model.downsample,
-            "groups": model.groups,
-        },
-        "codebook": {
-            **q.to_dict(),
-            "fingerprint": codebook_fingerprint(q.dim, q.size, q.seed).hex(),
-        },
-        "dtype": token_dtype(q.size).name,
-    }
 
 
 @dataclass
