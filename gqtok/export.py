@@ -40,14 +40,12 @@ from gqtok.format.shards import (  # noqa: F401 - re-exported: readers are found
     shard_name,
     token_dtype,
 )
-from gqtok.io.files import atomic_write_bytes
+from gqtok.io.files import IMAGE_EXTS, atomic_write_bytes
 from gqtok.io.images import DEFAULT_MAX_PIXELS, read_image
 from gqtok.io.pipeline import batched, default_io_workers, prefetch
 from gqtok.model import Model
 from gqtok.quant.codebook import codebook_fingerprint
 from gqtok.version import __version__
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 def model_record(model: Model) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from gqtok.errors import ModelError
 from gqtok.format import entropy as ent
 from gqtok.format.card import CARD_KEY, CARD_VERSION, DEFAULT_LAYOUT, read_card, with_quantizer
 from gqtok.io.allocator import retain_freed_memory
+from gqtok.io.files import atomic_write, atomic_write_bytes
 from gqtok.nets.config import UNetConfig, ViTConfig
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.nets.vit import ViTDecoder, ViTEncoder
@@ -299,10 +300,8 @@ def save_model(
             ).fingerprint.hex(),
         }
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata={CARD_KEY: json.dumps(card, sort_keys=True)})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out)
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    meta = {CARD_KEY: json.dumps(card, sort_keys=True)}
+    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=meta), overwrite=True)
+    sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)
     return card

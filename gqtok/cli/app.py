@@ -44,6 +44,7 @@ from gqtok.cli.common import (
     setup_device,
 )
 from gqtok.errors import EXIT_PARTIAL, GqtokError, OutputError
+from gqtok.io.files import IMAGE_EXTS
 from gqtok.version import __version__
 
 app = typer.Typer(
@@ -55,7 +56,6 @@ app = typer.Typer(
 )
 err = Console(stderr=True, highlight=False)
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif"}
 
 

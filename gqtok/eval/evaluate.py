@@ -21,10 +21,10 @@ from gqtok.errors import GqtokError, InputError
 from gqtok.eval.metrics import ALL_METRICS, MetricUnavailable
 from gqtok.eval.metrics import fidelity as fid_px
 from gqtok.eval.metrics.usage import TokenCounter, UsageSummary
+from gqtok.io.files import IMAGE_EXTS
 from gqtok.io.images import DEFAULT_MAX_PIXELS, Picture, read_image
 from gqtok.model import Model
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 PER_IMAGE = ("psnr", "ssim", "msssim", "stlpips_alex", "stlpips_vgg", "lpips")
 PERCEPTUAL = ("stlpips_alex", "stlpips_vgg", "lpips")
 

@@ -7,12 +7,17 @@ truncated .gq or image that later looks valid; every OS failure becomes a one-li
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gqtok.errors import InputError, OutputError
+
+# File name endings that folder inputs (batch encode, eval, export, training data) pick up.
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
 def _reason(e: OSError) -> str:
@@ -75,8 +80,31 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> None:
-    """Write data so that path holds either its old content or all of the new, never a part."""
+def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move a finished temp file to its name. Without ``overwrite`` a hard link publishes it,
+    which fails if the name exists, so two writers racing for one name cannot both win."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputError("exists (use --overwrite)", str(path)) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        if path.exists() or path.is_symlink():  # no hard links here (FAT, some mounts)
+            raise OutputError("exists (use --overwrite)", str(path)) from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def atomic_write(
+    path: Path, write: Callable[[Path], None], *, overwrite: bool = False
+) -> None:
+    """Have ``write`` fill a temp file beside ``path``, then publish it under that name: the
+    name holds its old content or all of the new, never a part, and no temp file is left."""
     path = Path(path)
     name = str(path)
     if path.is_dir():
@@ -87,14 +115,14 @@ def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> N
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(folder, path.name)
+        os.close(fd)
     except OSError as e:
         raise OutputError(f"cannot create a file in {str(folder)!r} ({_reason(e)})", name) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path, overwrite)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -102,3 +130,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> N
             raise OutputError(f"cannot write ({_reason(e)})", name) from None
         raise
     _sync_folder(folder)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, overwrite: bool = False) -> None:
+    """Write data so that path holds either its old content or all of the new, never a part."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), overwrite=overwrite)

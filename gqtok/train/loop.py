@@ -36,13 +36,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gqtok.io.files import IMAGE_EXTS
 from gqtok.model import save_model
 from gqtok.nets.config import UNetConfig
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.search import LOGVAR_MAX, LOGVAR_MIN, quantize
 from gqtok.quant.tdc import TargetDivergence, kl_bits_from_moments, kl_bits_per_token
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 CHECKPOINT = "last.pt"
 METRICS = "metrics.csv"
 METRIC_COLUMNS = (
@@ -118,7 +118,7 @@ def list_images(folder: Path) -> list[Path]:
     """Image files below folder, recursively, in a stable order."""
     if not folder.is_dir():
         return []
-    found = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     return sorted(p for p in found if p.is_file())
 
 
