@@ -19,14 +19,20 @@ codebook sorted by that coordinate. docs/search.md has the argument and the meas
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 import torch
 
 from gqtok.quant.codebook import codebook_view
+from gqtok.quant.layout import (  # noqa: F401 - LOGVAR_* re-exported: the training loss uses them
+    LOGVAR_MAX,
+    LOGVAR_MIN,
+    Layout,
+    grid_from_tokens,
+    latent_from_codewords,
+    split_moments,
+    to_blc,
+)
 
-Layout = Literal["bchw", "blc"]
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 _F32_EPS = 2.0**-24  # unit roundoff of float32
 _SHORTLIST_CAP = 4096  # codewords; longer shortlists are searched exhaustively
 _ROW_CHUNK = 256  # tokens per GEMM block: score block 256 x K floats (64 MB at K=2^16); fewer,
@@ -399,38 +405,6 @@ def search_naive(
     return out
 
 
-def _to_blc(moments: torch.Tensor, layout: Layout) -> torch.Tensor:
-    if layout == "bchw":
-        if moments.dim() != 4:
-            raise ValueError(f"bchw moments must be 4-D (B, 2C, h, w), got {tuple(moments.shape)}")
-        b, c2, h, w = moments.shape
-        return moments.permute(0, 2, 3, 1).reshape(b, h * w, c2)
-    if layout == "blc":
-        if moments.dim() != 3:
-            raise ValueError(f"blc moments must be 3-D (B, L, 2C), got {tuple(moments.shape)}")
-        return moments
-    raise ValueError(f"layout must be 'bchw' or 'blc', got {layout!r}")
-
-
-def split_moments(
-    moments: torch.Tensor, dim: int, layout: Layout = "bchw"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens (N, dim) of posterior means and stds, in the reference's strided token order."""
-    x = _to_blc(moments, layout).float()
-    b, n_pos, c2 = x.shape
-    if c2 % 2 or (c2 // 2) % dim:
-        raise ValueError(f"moments have {c2} channels: need 2*C with C divisible by dim={dim}")
-    c = c2 // 2
-    ng = c // dim
-    mu, logvar = x[..., :c], x[..., c:]
-    std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-
-    def tokens(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(b, n_pos, dim, ng).permute(0, 1, 3, 2).reshape(-1, dim).contiguous()
-
-    return tokens(mu), tokens(std)
-
-
 def quantize(
     moments: torch.Tensor,
     dim: int,
@@ -444,19 +418,13 @@ def quantize(
     bchw: moments (B, 2C, h, w) -> indices (B, NG, h, w), zhat (B, C, h, w)
     blc:  moments (B, L, 2C)    -> indices (B, L, NG),    zhat (B, L, C)
     """
-    x = _to_blc(moments, layout)
+    x = to_blc(moments, layout)
     if not torch.isfinite(x).all():
         raise ValueError("moments contain NaN or infinity")
     with torch.inference_mode():
         mu, std = split_moments(moments.detach().cpu(), dim, layout)
         flat = search(mu, std, dim, size, seed, beta)
-    b, n_pos, c2 = x.shape
-    ng = c2 // 2 // dim
-    idx = flat.reshape(b, n_pos, ng)
-    if layout == "bchw":
-        h, w = moments.shape[2], moments.shape[3]
-        idx = idx.reshape(b, h, w, ng).permute(0, 3, 1, 2).contiguous()
-    idx = idx.to(moments.device)
+    idx = grid_from_tokens(flat, moments.shape, dim, layout).to(moments.device)
     return idx, dequantize(idx, dim, size, seed, layout)
 
 
@@ -468,17 +436,4 @@ def dequantize(
     idx = indices.long().cpu()
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
         raise ValueError(f"indices must lie in [0, {size})")
-    if layout == "bchw":
-        if idx.dim() != 4:
-            raise ValueError(f"bchw indices must be 4-D (B, NG, h, w), got {tuple(idx.shape)}")
-        b, ng, h, w = idx.shape
-        vec = cb[idx.permute(0, 2, 3, 1)]  # (B, h, w, NG, G)
-        z = vec.transpose(-1, -2).reshape(b, h, w, dim * ng).permute(0, 3, 1, 2)
-    elif layout == "blc":
-        if idx.dim() != 3:
-            raise ValueError(f"blc indices must be 3-D (B, L, NG), got {tuple(idx.shape)}")
-        b, n_pos, ng = idx.shape
-        z = cb[idx].transpose(-1, -2).reshape(b, n_pos, dim * ng)
-    else:
-        raise ValueError(f"layout must be 'bchw' or 'blc', got {layout!r}")
-    return z.contiguous().to(indices.device)
+    return latent_from_codewords(cb, idx, layout).to(indices.device)
