@@ -24,16 +24,18 @@ def _reason(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
 
-def read_input_bytes(path_or_dash: str | os.PathLike[str]) -> bytes:
-    """Read a whole input ("-" is stdin) with OS errors turned into InputError."""
+def read_input_bytes(path_or_dash: str | os.PathLike[str], name: str | None = None) -> bytes:
+    """Read a whole input ("-" is stdin) with OS errors turned into InputError naming
+    ``name`` (default: the path)."""
     if os.fspath(path_or_dash) == "-":
         try:
             return sys.stdin.buffer.read()
         except OSError as e:
-            raise InputError(f"cannot read ({_reason(e)})", "<stdin>") from None
-    name = os.fspath(path_or_dash)
+            raise InputError(f"cannot read ({_reason(e)})", name or "<stdin>") from None
+    path = os.fspath(path_or_dash)
+    name = name or path
     try:
-        return Path(name).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError("no such file", name) from None
     except IsADirectoryError:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, features
 
 from gqtok.errors import DecompressionBombError, InputError, OutputError, first_line
+from gqtok.io.files import read_input_bytes
 
 DEFAULT_MAX_PIXELS = 200_000_000
 
@@ -108,18 +109,8 @@ def _open_source(
             raise InputError("empty file", name)
         return io.BytesIO(data), name
     if isinstance(source, str | os.PathLike):
-        path = os.fspath(source)
-        name = name or path
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise InputError("no such file", name) from None
-        except IsADirectoryError:
-            raise InputError("is a folder, not an image file", name) from None
-        except PermissionError:
-            raise InputError("permission denied", name) from None
-        except OSError as e:
-            raise InputError(f"cannot read ({e.strerror or e})", name) from None
+        name = name or os.fspath(source)
+        data = read_input_bytes(source, name)
         if not data:
             raise InputError("empty file", name)
         return io.BytesIO(data), name
