@@ -65,6 +65,20 @@ def configure_threads(threads: int | None = None) -> int:
     return n
 
 
+def pick_device(name: str) -> str:
+    """"cpu" or "cuda" for a user's ``auto``/``cpu``/``cuda``; ValueError for anything else
+    or for CUDA on a machine without it. One rule for every command that runs a network."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA is not available on this machine")
+    return name
+
+
 def prefetch(
     fn: Callable[[T], R], items: Iterable[T], workers: int = 1, ahead: int = 8
 ) -> Iterator[tuple[T, R | BaseException]]:
