@@ -1,26 +1,19 @@
 """Held-out quality during training and at export: what the model card's numbers mean.
 
-PSNR is measured after rounding to 8 bits (what a decoder writes).
+PSNR is the one `gqtok eval` reports (eval.metrics.fidelity: 8-bit images, float64 MSE), so a
+run's val PSNR and an evaluation of its model follow one convention.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
+from gqtok.eval.metrics.fidelity import psnr
+from gqtok.io.images import from_tensor
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.search import quantize
 from gqtok.quant.tdc import kl_bits_from_moments
-
-
-def psnr_8bit(x: torch.Tensor, y: torch.Tensor) -> float:
-    """PSNR in dB after rounding both [-1, 1] images to 8 bits (what a decoder would output)."""
-    a = ((x.float().clamp(-1, 1) + 1) * 127.5).round()
-    b = ((y.float().clamp(-1, 1) + 1) * 127.5).round()
-    mse = float((a - b).pow(2).mean())
-    return 100.0 if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 @torch.no_grad()
@@ -38,12 +31,13 @@ def evaluate(
     try:
         for x in images:
             x = x.to(device)
+            photo = from_tensor(x)  # the 8-bit crop the reconstructions are compared with
             moments = encoder(x).float()
             bits.append(kl_bits_from_moments(moments, dim).flatten().cpu())
             _, zhat = quantize(moments, dim, size, seed)
             mu = moments[:, : moments.shape[1] // 2]
-            psnr_q.append(psnr_8bit(decoder(zhat.to(device)), x))
-            psnr_m.append(psnr_8bit(decoder(mu), x))
+            psnr_q.append(psnr(from_tensor(decoder(zhat.to(device))), photo))
+            psnr_m.append(psnr(from_tensor(decoder(mu)), photo))
     finally:
         encoder.train(was[0])
         decoder.train(was[1])
