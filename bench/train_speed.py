@@ -1,8 +1,8 @@
 """Training step speed of the default network: crops per second on this machine.
 
-Times full optimiser steps of `gqtok train` (train.step_losses: encoder, reparameterised
-sample, decoder, L1 + TDC loss; bf16 autocast on CUDA; then Adam) on random crops, without
-the perceptual term and data loading. Used to size a training run to a time budget
+Times full optimiser steps of `gqtok train` (gqtok.train.losses.step_losses: encoder,
+reparameterised sample, decoder, L1 + TDC loss; bf16 autocast on CUDA; then Adam) on random
+crops, without the perceptual term and data loading. Used to size a training run to a time budget
 (`--budget-s` prints the steps that fit in it).
 """
 
@@ -16,7 +16,8 @@ import torch
 
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.tdc import TargetDivergence
-from gqtok.train.loop import TrainConfig, step_losses
+from gqtok.train.config import TrainConfig
+from gqtok.train.losses import step_losses
 
 
 def main() -> None:

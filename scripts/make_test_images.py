@@ -10,7 +10,7 @@ All come from licence-clean originals listed in scripts/photo_manifest.json:
 
 Each is converted to sRGB RGB like fetch_data.py does, then centre-cropped to the target aspect
 ratio and resized with Lanczos. The originals
-are taken from data/raw/ (fetched with scripts/fetch_data.py's own code if missing) and checked
+are taken from data/raw/ (fetched with scripts/fetchdata's own code if missing) and checked
 against the manifest's SHA-256, so the outputs are reproducible with the same Pillow.
 
 Usage: .venv/bin/python scripts/make_test_images.py [--check]
@@ -27,9 +27,12 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fetch_data  # noqa: E402  (a sibling script, not a package)
+from fetchdata.common import MANIFEST, ROOT, sha256_file  # noqa: E402  (scripts/ is no package)
+from fetchdata.download import Downloader  # noqa: E402
+from fetchdata.extract import extract_photos  # noqa: E402
+from fetchdata.manifest import load_manifest  # noqa: E402
+from fetchdata.normalise import to_rgb, to_srgb  # noqa: E402
 
-ROOT = fetch_data.ROOT
 RAW = ROOT / "data" / "raw"
 
 # (output, package, path inside the package, size, format, JPEG quality)
@@ -48,17 +51,17 @@ MAX_TEST_BYTES = 150_000
 
 def original(package: str, path: str) -> Path:
     """The original file under data/raw/, fetched and checked against the manifest."""
-    pkgs = {p.package: p for p in fetch_data.load_manifest(fetch_data.MANIFEST)}
+    pkgs = {p.package: p for p in load_manifest(MANIFEST)}
     pkg = pkgs[package]
     photo = next(ph for ph in pkg.photos if ph.path == path)
     dest = RAW / package / path
     if not dest.is_file():
-        downloader = fetch_data.Downloader(ROOT / "data" / "downloads", allow_download=True)
+        downloader = Downloader(ROOT / "data" / "downloads", allow_download=True)
         archive = downloader.get(pkg)
-        missing = fetch_data.extract_photos(archive, {path: dest})
+        missing = extract_photos(archive, {path: dest})
         if missing:
             raise SystemExit(f"{path} is not in {archive.name}")
-    if photo.sha256 and fetch_data.sha256_file(dest) != photo.sha256:
+    if photo.sha256 and sha256_file(dest) != photo.sha256:
         raise SystemExit(f"{dest}: checksum differs from scripts/photo_manifest.json")
     return dest
 
@@ -79,7 +82,7 @@ def center_crop_resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 def render(package: str, path: str, size: tuple[int, int], fmt: str, quality: int | None) -> bytes:
     with Image.open(original(package, path)) as im:
         icc = im.info.get("icc_profile")
-        img = fetch_data._to_srgb(fetch_data._to_rgb(ImageOps.exif_transpose(im)), icc)
+        img = to_srgb(to_rgb(ImageOps.exif_transpose(im)), icc)
     out = center_crop_resize(img, size)
     buf = io.BytesIO()
     if fmt == "JPEG":

@@ -17,16 +17,11 @@ from gqtok.nets import stlpips as perceptual
 from gqtok.nets.config import UNetConfig
 from gqtok.quant.search import split_moments
 from gqtok.quant.tdc import BITS_PER_NAT, TargetDivergence, kl_bits_from_moments, kl_bits_per_token
-from gqtok.train.loop import (
-    CropSampler,
-    Prefetcher,
-    PyramidSampler,
-    TrainConfig,
-    export,
-    learning_rate,
-    load_checkpoint,
-    run,
-)
+from gqtok.train.checkpoints import load_checkpoint
+from gqtok.train.config import TrainConfig
+from gqtok.train.data import CropSampler, Prefetcher, PyramidSampler
+from gqtok.train.export_model import export
+from gqtok.train.loop import learning_rate, run
 from gqtok.zoo.load import load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -378,7 +373,7 @@ def test_training_does_not_import_constriction(data_dir: Path, tmp_path: Path) -
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "import gqtok.train.loop as t\n"
+        "import gqtok.train as t\n"
         "from gqtok.nets.config import UNetConfig\n"
         "net = UNetConfig(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=())\n"
         f"cfg = t.TrainConfig(data=Path({str(data_dir)!r}), out=Path({str(tmp_path)!r}),"

@@ -535,7 +535,7 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def train(ctx: typer.Context) -> None:
     """Train a GQ-VAE with the target divergence constraint (options: gqtok train --help)."""
-    from gqtok.train.loop import main as train_main
+    from gqtok.train import main as train_main
 
     train_main(["train", *ctx.args])
 
@@ -543,7 +543,7 @@ def train(ctx: typer.Context) -> None:
 @app.command("export-model", context_settings=_PASS_THROUGH, add_help_option=False)
 def export_model(ctx: typer.Context) -> None:
     """Export a training run as a gqtok model file (options: gqtok export-model --help)."""
-    from gqtok.train.loop import main as train_main
+    from gqtok.train import main as train_main
 
     train_main(["export", *ctx.args])
 

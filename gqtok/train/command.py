@@ -1,0 +1,24 @@
+"""`python -m gqtok.train`; `gqtok train` and `gqtok export-model` hand their arguments here."""
+
+from __future__ import annotations
+
+from gqtok.errors import GqtokError
+from gqtok.train.config import config_from_args, parser
+from gqtok.train.export_model import export
+from gqtok.train.loop import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the `train` or `export` sub-command; user errors end in one `error:` line."""
+    ap = parser()
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "export":
+            export(args.source, args.model, args.name, args.token_stats_images,
+                   args.token_stats_side, args.data, args.half, trust_pickle=args.trust_pickle)
+            return
+        run(config_from_args(args), trust_pickle=args.trust_pickle)
+    except GqtokError as exc:  # an unsafe or unreadable checkpoint, an unwritable out dir
+        ap.exit(exc.exit_code, f"error: {exc}\n")
+    except (FileExistsError, FileNotFoundError, ValueError) as exc:
+        ap.exit(2, f"error: {exc}\n")

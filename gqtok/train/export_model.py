@@ -1,0 +1,123 @@
+"""A finished run as a gqtok model file (`gqtok export-model`).
+
+The file is the networks plus a card that records how the model was trained and how well it
+does on the run's held-out photos, and a token frequency table for the entropy coder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gqtok.model import save_model
+from gqtok.nets.unet import Decoder, Encoder
+from gqtok.quant.search import quantize
+from gqtok.train.checkpoints import checkpoint_path, load_checkpoint
+from gqtok.train.config import TrainConfig
+from gqtok.train.data import crop_tensor, eval_images, list_images, load_photo, load_photos
+from gqtok.train.progress import Log
+from gqtok.train.validation import evaluate
+
+
+@torch.no_grad()
+def token_counts(
+    encoder: Encoder, photos: list[np.ndarray], dim: int, size: int, seed: int,
+    multiple: int, max_side: int, device: torch.device,
+) -> tuple[np.ndarray, int]:
+    """GQ token frequencies over centre crops (at most max_side square) of photos."""
+    encoder.eval()
+    counts = np.zeros(size, dtype=np.int64)
+    for p in photos:
+        x = crop_tensor(p, max_side, multiple).to(device)
+        idx, _ = quantize(encoder(x).float(), dim, size, seed)
+        counts += np.bincount(idx.flatten().cpu().numpy(), minlength=size)
+    return counts, int(counts.sum())
+
+
+def stats_photos(train_dir: Path, count: int, max_side: int) -> list[np.ndarray]:
+    """Up to count training photos spread evenly over the sorted list (each once)."""
+    paths = list_images(train_dir)
+    if not paths:
+        raise FileNotFoundError(f"no training images under {train_dir}")
+    n = min(count, len(paths))
+    picks = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, n).round()] if n else []
+    return [load_photo(p, max_side) for p in dict.fromkeys(picks)]
+
+
+def model_card(
+    name: str, cfg: TrainConfig, state: dict[str, Any], quality: dict[str, Any],
+    photos: int, tokens: int, token_stats_side: int,
+) -> dict[str, Any]:
+    """The card stored with the weights: architecture, GQ settings, training provenance."""
+    return {
+        "name": name,
+        "arch": "unet",
+        "layout": "bchw",
+        "network": cfg.network.to_dict(),
+        "quantizer": {"dim": cfg.dim, "size": cfg.codebook_size, "seed": cfg.codebook_seed,
+                      "beta": 1.0},
+        "entropy": {"kind": "frequency", "smoothing": 0.5},
+        "training": {
+            "steps": state["step"], "images_seen": state["images_seen"], "crop": cfg.crop,
+            "batch": cfg.batch, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
+            "lr_min": cfg.lr_min, "kl_weight": cfg.kl_weight,
+            "perceptual": cfg.perceptual, "perceptual_weight": cfg.perceptual_weight,
+            "scale_range": [cfg.scale_min, cfg.scale_max], "flip": cfg.flip,
+            "scale_levels": cfg.scale_levels, "warmup_steps": cfg.warmup_steps,
+            "wall_time_s": round(float(state["wall_time_s"]), 1),
+            "hardware": state.get("hardware", ""), "data": state.get("data", {}),
+            "tdc": state["tdc"],
+            **({"init": state["init"]} if state.get("init") else {}),
+        },
+        "quality": quality,
+        "token_stats": {"photos": photos, "tokens": tokens, "max_side": token_stats_side},
+    }
+
+
+def export(
+    source: Path,
+    model_path: Path,
+    name: str,
+    token_stats_images: int = 64,
+    token_stats_side: int = 512,
+    data: Path | None = None,
+    half: bool = False,
+    console: Any | None = None,
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
+    """Write a gqtok model file from a run directory or checkpoint; returns the stored card.
+
+    The frequency table comes from GQ-quantizing centre crops (<= token_stats_side) of up to
+    token_stats_images training photos, spread evenly over the sorted list; val quality is
+    measured afresh on the run's eval set.
+    """
+    log = Log(console)
+    state = load_checkpoint(checkpoint_path(source), trust_pickle)
+    cfg = TrainConfig.from_dict(state["config"])
+    data_dir = Path(data) if data is not None else cfg.data
+    net = cfg.network
+    device = torch.device("cpu")
+    encoder, decoder = Encoder(net), Decoder(net)
+    encoder.load_state_dict(state["encoder"])
+    decoder.load_state_dict(state["decoder"])
+    encoder.eval()
+    decoder.eval()
+
+    photos = stats_photos(data_dir / "train", token_stats_images, cfg.max_side)
+    counts, tokens = token_counts(encoder, photos, cfg.dim, cfg.codebook_size, cfg.codebook_seed,
+                                  net.downsample, token_stats_side, device)
+    log(f"token statistics: {tokens} tokens from {len(photos)} photos, "
+        f"{int((counts > 0).sum())} distinct codewords")
+    val_photos = load_photos(data_dir / "val", cfg.max_side)
+    val_set = eval_images(val_photos, cfg.eval_crop, net.downsample, cfg.eval_images)
+    quality = evaluate(encoder, decoder, val_set, cfg.dim, cfg.codebook_size, cfg.codebook_seed,
+                       device)
+    quality.update({"val_images": len(val_set), "val_crop": cfg.eval_crop})
+    card = model_card(name, cfg, state, quality, len(photos), tokens, token_stats_side)
+    stored = save_model(model_path, encoder, decoder, card, counts, half=half)
+    log(f"wrote {model_path}: val PSNR {quality.get('val_psnr_q', float('nan')):.2f} dB "
+        f"quantized, {quality.get('val_psnr', float('nan')):.2f} dB unquantized")
+    return stored

@@ -1,0 +1,121 @@
+"""What a run reports while it trains: console lines and metrics.csv rows.
+
+Training must not need rich, so the console falls back to print; the CSV is rewritten on
+resume so it never holds rows from steps the resumed run will take again.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.csv"
+METRIC_COLUMNS = (
+    "kind", "step", "images", "wall_s", "loss", "l1", "perceptual", "kl_loss", "bits_mean",
+    "bits_min", "bits_max", "lam", "lam_min", "lam_max", "img_per_s", "lr", "val_psnr_q",
+    "val_psnr", "val_bits_mean", "val_bits_min", "val_bits_max",
+)
+
+
+class Log:
+    """rich when available, plain print otherwise (training must not need rich)."""
+
+    def __init__(self, console: Any | None) -> None:
+        if console is None:
+            try:
+                from rich.console import Console
+
+                console = Console(highlight=False)
+            except ImportError:
+                console = None
+        self.console = console
+
+    def __call__(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(msg, flush=True)
+
+
+class MetricsFile:
+    """Appends rows to out/metrics.csv; a resumed run first drops rows past its checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        rows: list[dict[str, Any]] = []
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self._write(rows, "w")
+
+    def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
+        with self.path.open(mode, newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            if mode == "w":
+                w.writeheader()
+            w.writerows(rows)
+
+    def add(self, row: dict[str, Any]) -> None:
+        fmt = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        self._write([fmt], "a")
+
+
+@dataclass
+class Window:
+    """Running sums of the steps since the last log line; averaged into one train row."""
+
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    loss: float = 0.0
+    l1: float = 0.0  # per pixel
+    perceptual: float = 0.0
+    kl_loss: float = 0.0
+    bits_mean: float = 0.0
+    bits_min: float = math.inf
+    bits_max: float = -math.inf
+
+    def add(self, images: int, seconds: float, losses: tuple[float, float, float, float],
+            pixels: int, tdc: dict[str, float]) -> None:
+        """One step: its batch size, time, (loss, L1, perceptual, TDC term) and TDC stats."""
+        loss, l1, perceptual, kl_loss = losses
+        self.steps += 1
+        self.images += images
+        self.seconds += seconds
+        self.loss += loss
+        self.l1 += l1 / pixels
+        self.perceptual += perceptual
+        self.kl_loss += kl_loss
+        self.bits_mean += tdc["bits_mean"]
+        self.bits_min = min(self.bits_min, tdc["bits_min"])
+        self.bits_max = max(self.bits_max, tdc["bits_max"])
+
+    def row(self, step: int, images_seen: int, wall_s: float, tdc: dict[str, float],
+            lr: float) -> dict[str, Any]:
+        """The metrics.csv train row; the TDC multipliers are those after the last step."""
+        n = self.steps
+        return {
+            "kind": "train", "step": step, "images": images_seen, "wall_s": wall_s,
+            "loss": self.loss / n, "l1": self.l1 / n, "perceptual": self.perceptual / n,
+            "kl_loss": self.kl_loss / n, "bits_mean": self.bits_mean / n,
+            "bits_min": self.bits_min, "bits_max": self.bits_max, "lam": tdc["lam"],
+            "lam_min": tdc["lam_min"], "lam_max": tdc["lam_max"],
+            "img_per_s": self.images / max(self.seconds, 1e-9), "lr": lr,
+        }
+
+
+def train_line(row: dict[str, Any]) -> str:
+    return (f"step {row['step']:>7} | loss {row['loss']:9.1f} | L1 {row['l1']:.4f} | "
+            f"lpips {row['perceptual']:.4f} | bits {row['bits_mean']:6.2f} "
+            f"[{row['bits_min']:5.2f}, {row['bits_max']:5.2f}] | lam {row['lam']:.3g} "
+            f"min {row['lam_min']:.3g} max {row['lam_max']:.3g} | "
+            f"{row['img_per_s']:.2f} img/s")
+
+
+def eval_line(step: int, ev: dict[str, float]) -> str:
+    return (f"eval {step:>7} | PSNR quantized {ev['val_psnr_q']:.2f} dB | "
+            f"unquantized {ev['val_psnr']:.2f} dB | bits {ev['val_bits_mean']:.2f} "
+            f"[{ev['val_bits_min']:.2f}, {ev['val_bits_max']:.2f}]")
