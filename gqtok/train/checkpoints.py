@@ -25,7 +25,7 @@ from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.tdc import TargetDivergence
 from gqtok.train.config import TrainConfig
 from gqtok.train.data import CropSampler, Prefetcher
-from gqtok.zoo.convert import _torch_load
+from gqtok.zoo.convert import load_torch_file
 
 CHECKPOINT = "last.pt"
 KEYS = ("encoder", "decoder", "optimizer", "tdc", "sampler", "rng", "step", "images_seen",
@@ -66,7 +66,7 @@ def load_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
-    state = _torch_load(path, trust_pickle)
+    state = load_torch_file(path, trust_pickle)
     missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
     if missing:
         raise ModelError(f"not a gqtok training checkpoint (no {', '.join(missing)})", str(path))

@@ -1,4 +1,4 @@
-"""Where a run trains: the torch device it asked for, and a description for the model card."""
+"""Where a run trained, described for the model card."""
 
 from __future__ import annotations
 
@@ -6,16 +6,6 @@ import platform
 from pathlib import Path
 
 import torch
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but CUDA is not available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def hardware_string(device: torch.device) -> str:

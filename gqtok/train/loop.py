@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gqtok.io.pipeline import pick_device
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.tdc import TargetDivergence
 from gqtok.train.checkpoints import (
@@ -34,7 +35,7 @@ from gqtok.train.checkpoints import (
 )
 from gqtok.train.config import TrainConfig
 from gqtok.train.data import batch_to_device, batches, load_training_data, make_sampler
-from gqtok.train.hardware import hardware_string, pick_device
+from gqtok.train.hardware import hardware_string
 from gqtok.train.losses import build_perceptual, step_losses
 from gqtok.train.progress import METRICS, Log, MetricsFile, Window, eval_line, train_line
 from gqtok.train.validation import evaluate
@@ -61,7 +62,7 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
     log = Log(console)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = torch.device(pick_device(cfg.device))
     cfg.check()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

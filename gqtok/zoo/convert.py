@@ -39,7 +39,7 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def _torch_load(path: Path, trust_pickle: bool) -> Any:
+def load_torch_file(path: Path, trust_pickle: bool) -> Any:
     """torch.load restricted to tensors and plain containers unless the user trusts the file."""
     mmap = zipfile.is_zipfile(path)  # maps big checkpoints instead of reading them into memory
     try:
@@ -107,7 +107,7 @@ def read_state(path: str | os.PathLike[str], trust_pickle: bool = False) -> dict
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"cannot read safetensors ({first_line(exc)})", str(p)) from None
     else:
-        obj = _torch_load(p, trust_pickle)
+        obj = load_torch_file(p, trust_pickle)
     return network_tensors(obj, str(p))
 
 
