@@ -1,18 +1,20 @@
-"""Pieces every gqtok command module shares: common options, device set-up, error exit, budget.
-
-Kept free of the Typer app so cli.py and the modules that register commands on it
-(cli_eval, cli_export, cli_models) can all import it without an import cycle.
-"""
+"""Options shared by several commands (defined once), device set-up and the model loading
+every network command starts with."""
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gqtok.errors import GqtokError
+from gqtok.errors import ModelError
+
+if TYPE_CHECKING:
+    from gqtok.model import Model
+    from gqtok.quant.config import ModelOptions
+
+MAX_PIXELS = 200_000_000  # default --max-pixels, as gqtok.io.images.DEFAULT_MAX_PIXELS
 
 
 class Device(StrEnum):
@@ -26,6 +28,18 @@ class PadMode(StrEnum):
     reflect = "reflect"
 
 
+def parse_budget(text: str | None) -> int | None:
+    """--memory-budget as bytes (None: the library default); a bad value is a usage error."""
+    from gqtok.codec.budget import parse_memory
+
+    if text is None:
+        return None
+    try:
+        return parse_memory(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--memory-budget") from None
+
+
 # Options with the same meaning in every command that has them.
 ModelOpt = Annotated[
     str | None,
@@ -33,23 +47,33 @@ ModelOpt = Annotated[
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the network runs.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the networks run.")]
 ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores).")
+    int | None,
+    typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores)."),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary output.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, table or summary.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")]
 TrustOpt = Annotated[
     bool,
     typer.Option("--trust-pickle", help="Allow checkpoints that need unpickling (runs code)."),
 ]
 GroupOpt = Annotated[
     int | None,
-    typer.Option("--group", min=1, help="GQ group size G (16/8/4: 0.25/0.5/1 bpp at f=16)."),
+    typer.Option(
+        "--group",
+        min=1,
+        help="GQ group size G (16/8/4: 0.25/0.5/1 bpp at f=16).",
+    ),
 ]
 SizeOpt = Annotated[
-    int | None, typer.Option("--codebook-size", min=2, help="Codebook size K (default: model's).")
+    int | None,
+    typer.Option("--codebook-size", min=2, help="Codebook size K (default: model's)."),
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Codebook seed (default: model's).")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", min=0, help="Codebook seed (default: model's)."),
+]
 BetaOpt = Annotated[float | None, typer.Option("--beta", help="GQ prior weight beta.")]
 MemoryOpt = Annotated[
     str | None,
@@ -61,7 +85,24 @@ MemoryOpt = Annotated[
 ]
 PadOpt = Annotated[PadMode, typer.Option("--pad", help="How to fill up to the token grid.")]
 MaxPixelsOpt = Annotated[
-    int, typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
+    int,
+    typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs)."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per network batch.")]
+QualityOpt = Annotated[
+    int | None, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")
+]
+ResizeOpt = Annotated[
+    int | None,
+    typer.Option("--resize", min=1, help="Shorter side to N px first (paper protocol: 256)."),
+]
+CropOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--center-crop",
+        min=1,
+        help="Then a centred N x N crop (paper protocol: 256).",
+    ),
 ]
 
 
@@ -87,20 +128,14 @@ def setup_device(device: Device, threads: int | None, *, pipelined: bool = False
     return device.value
 
 
-def fail(e: GqtokError) -> typer.Exit:
-    """One grep-able line on stderr, and the error's documented exit code."""
-    sys.stderr.write(f"error: {e}\n")
-    sys.stderr.flush()
-    return typer.Exit(e.exit_code)
+def load_or_exit(name: str | None, opts: ModelOptions | None = None, device: str = "cpu") -> Model:
+    """The model for --model (default model if None) on ``device``; any failure ends the command
+    with one line and exit code 5."""
+    from gqtok.cli.ui import fail
+    from gqtok.zoo.load import load_with_options
+    from gqtok.zoo.paths import DEFAULT_MODEL
 
-
-def parse_budget(text: str | None) -> int | None:
-    """--memory-budget as bytes (None: the library default); a bad value is a usage error."""
-    from gqtok.codec.budget import parse_memory
-
-    if text is None:
-        return None
     try:
-        return parse_memory(text)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--memory-budget") from None
+        return load_with_options(name, opts).to(device)
+    except Exception as e:  # noqa: BLE001 - a corrupt model file raises anything
+        raise fail(e, name or DEFAULT_MODEL, ModelError, "cannot load the model") from None
