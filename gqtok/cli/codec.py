@@ -36,12 +36,13 @@ from gqtok.cli.common import (
     SizeOpt,
     ThreadsOpt,
     TrustOpt,
+    check_group,
     load_or_exit,
     parse_budget,
     setup_device,
 )
 from gqtok.cli.outputs import check_output, emit, write_output
-from gqtok.cli.ui import Bar, Failures, fail, warn
+from gqtok.cli.ui import Bar, Failures, clean, fail, say, show, warn
 from gqtok.errors import FormatError, GqtokError, InputError, ModelError, OutputError
 
 if TYPE_CHECKING:
@@ -188,6 +189,7 @@ def encode(
 
     jobs = plan(inputs, output, IMAGE_EXTS, recursive, ".gq")
     budget = parse_budget(memory_budget)
+    check_group(model, group)
     dev = setup_device(device, threads)
 
     def load(job: Job) -> Any:
@@ -247,8 +249,6 @@ def encode(
                     )
     if not quiet and not as_json and totals["files"] and not to_stderr:
         bpp = totals["out_bytes"] * 8 / max(1, totals["pixels"])
-        from gqtok.cli.ui import say
-
         say(
             f"encoded {totals['files']} file(s): {totals['out_bytes']} bytes, {bpp:.4f} bpp,"
             f" {totals['seconds']:.2f} s"
@@ -397,13 +397,11 @@ def info(
         return
     from rich.table import Table
 
-    from gqtok.cli.ui import show
-
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     for k, v in rec.items():
-        table.add_row(k, str(v))
+        table.add_row(k, clean(v))
     show(table)
 
 

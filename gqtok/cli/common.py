@@ -1,20 +1,34 @@
-"""Options shared by several commands (defined once), device set-up and the model loading
-every network command starts with."""
+"""Options shared by several commands (defined once, validated at parse time), device set-up
+and the model loading every network command starts with.
+
+A value outside what gqtok can store or compute is a usage error (exit 2) before any work:
+the bounds are those of the .gq header (docs/format.md) and of the codebook builder.
+"""
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gqtok.errors import ModelError
+from gqtok.format.container import MAX_SIDE
 
 if TYPE_CHECKING:
     from gqtok.model import Model
     from gqtok.quant.config import ModelOptions
 
+SEED_MAX = 2**64 - 1  # u64 in the .gq header
+SIZE_MAX = 2**24  # the codebook sizes gqtok.quant.codebook builds (u32 in the header)
+GROUP_MAX = 21201  # SobolEngine's dimension limit (gqtok.quant.codebook.MAX_DIM; u16 in the header)
+FLOAT32_MAX = 3.4028234663852886e38  # beta is a float32 in the header
+PIXELS_MAX = MAX_SIDE * MAX_SIDE  # the largest image a .gq header describes
 MAX_PIXELS = 200_000_000  # default --max-pixels, as gqtok.io.images.DEFAULT_MAX_PIXELS
+THREADS_MAX = 1024
+BATCH_MAX = 4096
 
 
 class Device(StrEnum):
@@ -28,6 +42,19 @@ class PadMode(StrEnum):
     reflect = "reflect"
 
 
+def _beta(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0.0 <= value <= FLOAT32_MAX):
+        raise typer.BadParameter(f"must be finite, from 0 to {FLOAT32_MAX:.4g}; got {value}")
+    return value
+
+
+def _budget(value: str | None) -> str | None:
+    """--memory-budget checked while parsing; the command parses it again into bytes."""
+    if value is not None:
+        parse_budget(value)
+    return value
+
+
 def parse_budget(text: str | None) -> int | None:
     """--memory-budget as bytes (None: the library default); a bad value is a usage error."""
     from gqtok.codec.budget import parse_memory
@@ -35,9 +62,12 @@ def parse_budget(text: str | None) -> int | None:
     if text is None:
         return None
     try:
-        return parse_memory(text)
+        value = parse_memory(text)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--memory-budget") from None
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r} is not a positive size", param_hint="--memory-budget")
+    return value
 
 
 # Options with the same meaning in every command that has them.
@@ -50,9 +80,13 @@ RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend i
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the networks run.")]
 ThreadsOpt = Annotated[
     int | None,
-    typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores)."),
+    typer.Option(
+        "--threads", min=1, max=THREADS_MAX, help="CPU threads for torch (default: all cores)."
+    ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, table or summary.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar, table or summary.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")]
 TrustOpt = Annotated[
     bool,
@@ -63,22 +97,28 @@ GroupOpt = Annotated[
     typer.Option(
         "--group",
         min=1,
-        help="GQ group size G (16/8/4: 0.25/0.5/1 bpp at f=16).",
+        max=GROUP_MAX,
+        help="GQ group size G, a divisor of the latent channels (16/8/4: 0.25/0.5/1 bpp at f=16).",
     ),
 ]
 SizeOpt = Annotated[
     int | None,
-    typer.Option("--codebook-size", min=2, help="Codebook size K (default: model's)."),
+    typer.Option(
+        "--codebook-size", min=2, max=SIZE_MAX, help="Codebook size K (default: model's)."
+    ),
 ]
 SeedOpt = Annotated[
     int | None,
-    typer.Option("--seed", min=0, help="Codebook seed (default: model's)."),
+    typer.Option("--seed", min=0, max=SEED_MAX, help="Codebook seed (default: model's)."),
 ]
-BetaOpt = Annotated[float | None, typer.Option("--beta", help="GQ prior weight beta.")]
+BetaOpt = Annotated[
+    float | None, typer.Option("--beta", callback=_beta, help="GQ prior weight beta (>= 0).")
+]
 MemoryOpt = Annotated[
     str | None,
     typer.Option(
         "--memory-budget",
+        callback=_budget,
         help="Peak memory for the network, e.g. 2GB (default $GQTOK_MEMORY_BUDGET, else 4GB);"
         " larger images run in overlapping windows.",
     ),
@@ -86,21 +126,28 @@ MemoryOpt = Annotated[
 PadOpt = Annotated[PadMode, typer.Option("--pad", help="How to fill up to the token grid.")]
 MaxPixelsOpt = Annotated[
     int,
-    typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs)."),
+    typer.Option(
+        "--max-pixels", min=1, max=PIXELS_MAX, help="Refuse larger images (decompression bombs)."
+    ),
 ]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per network batch.")]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, max=BATCH_MAX, help="Images per network batch.")
+]
 QualityOpt = Annotated[
     int | None, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")
 ]
 ResizeOpt = Annotated[
     int | None,
-    typer.Option("--resize", min=1, help="Shorter side to N px first (paper protocol: 256)."),
+    typer.Option(
+        "--resize", min=1, max=MAX_SIDE, help="Shorter side to N px first (paper protocol: 256)."
+    ),
 ]
 CropOpt = Annotated[
     int | None,
     typer.Option(
         "--center-crop",
         min=1,
+        max=MAX_SIDE,
         help="Then a centred N x N crop (paper protocol: 256).",
     ),
 ]
@@ -126,6 +173,36 @@ def setup_device(device: Device, threads: int | None, *, pipelined: bool = False
     if device == Device.cuda and not torch.cuda.is_available():
         raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
     return device.value
+
+
+def _latent_channels(name: str) -> int | None:
+    """Latent channels C of a model file or local model name, from its card (no weights)."""
+    from gqtok.format.card import read_card
+    from gqtok.nets.config import CONFIGS
+    from gqtok.zoo.paths import weights_dirs
+
+    for path in [Path(name), *(d / f"{name}.safetensors" for d in weights_dirs())]:
+        if path.suffix == ".safetensors" and path.is_file():
+            try:
+                card = read_card(path)
+                network = CONFIGS[str(card.get("arch", "unet"))].from_dict(card["network"])
+                return int(network.z_channels)
+            except Exception:  # noqa: BLE001 - the loader reports an unreadable model
+                return None
+    return None
+
+
+def check_group(model: str | None, group: int | None) -> None:
+    """--group must divide the model's latent channels: a usage error, told before loading."""
+    from gqtok.zoo.paths import DEFAULT_MODEL
+
+    channels = _latent_channels(model or DEFAULT_MODEL) if group else None
+    if group and channels and channels % group:
+        fits = ", ".join(str(d) for d in range(1, channels + 1) if channels % d == 0)
+        raise typer.BadParameter(
+            f"{group} does not divide the model's {channels} latent channels (use {fits})",
+            param_hint="--group",
+        )
 
 
 def load_or_exit(name: str | None, opts: ModelOptions | None = None, device: str = "cpu") -> Model:

@@ -34,8 +34,8 @@ from gqtok.cli.common import (
     load_or_exit,
     setup_device,
 )
-from gqtok.cli.outputs import check_output, write_output
-from gqtok.cli.ui import Bar, Failures, fail, say, show
+from gqtok.cli.outputs import check_folder, check_output, write_output
+from gqtok.cli.ui import Bar, Failures, clean, fail, say, show
 from gqtok.errors import EXIT_USAGE, GqtokError, OutputError
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def _eval_table(rep: EvalReport) -> Table:
         if proto["resize"] or proto["center_crop"]
         else "native resolution"
     )
-    table = Table(title=f"gqtok eval: {rep.model}, {len(rep.rows)} image(s), {how}")
+    table = Table(title=f"gqtok eval: {clean(rep.model)}, {len(rep.rows)} image(s), {how}")
     for col in ("metric", "mean", "std", "images"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     digits = {"bpp": 4, "psnr": 2}
@@ -130,8 +130,8 @@ def _compare_table(rep: CompareReport) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     for row in rep.summary:
         table.add_row(
-            row["target"],
-            row["codec"],
+            clean(row["target"]),
+            clean(row["codec"]),
             f"{row['images']}/{row['images'] + row['excluded']}",
             _fmt(row["bpp"]),
             _fmt(row["psnr"], 2),
@@ -184,8 +184,8 @@ def _rates(bpp: list[str] | None, inputs: list[str]) -> tuple[list[float], list[
         rates = [float(v) for v in _split(bpp)] + rates
     except ValueError:
         raise typer.BadParameter("rates must be numbers, e.g. --bpp 0.25 0.5 1.0") from None
-    if any(r <= 0 for r in rates):
-        raise typer.BadParameter("rates must be positive", param_hint="--bpp")
+    if any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise typer.BadParameter("rates must be positive numbers", param_hint="--bpp")
     return sorted(set(rates or [0.25, 0.5, 1.0])), rest
 
 
@@ -200,10 +200,12 @@ def _images(inputs: list[str], recursive: bool) -> list[Path]:
 
 
 def _check_reports(dests: list[str | Path], overwrite: bool, paths: list[Path]) -> None:
-    """Refuse report files that exist (without --overwrite) or are input images, up front."""
+    """Refuse report files that exist (without --overwrite), are input images or cannot be
+    written, before the run."""
     try:
         for dest in dests:
             check_output(dest, overwrite, paths)
+            check_folder(dest)
     except OutputError as e:
         raise fail(e) from None
 
@@ -224,8 +226,8 @@ def _measure(
 
         try:
             return run(paths, on_image), failures
-        except GqtokError as e:
-            raise fail(e) from None
+        except Exception as e:  # noqa: BLE001 - a failure outside one image's step
+            raise fail(e, None, GqtokError, "stopped") from None
 
 
 InputsArg = Annotated[list[str], typer.Argument(help="Images and/or folders of images.")]

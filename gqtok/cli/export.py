@@ -38,6 +38,7 @@ from gqtok.cli.common import (
     SizeOpt,
     ThreadsOpt,
     TrustOpt,
+    check_group,
     load_or_exit,
     parse_budget,
     setup_device,
@@ -164,7 +165,7 @@ def export_cmd(
         typer.Option("--flip", help="Also store tokens of the horizontally flipped image."),
     ] = False,
     shard_size: Annotated[
-        int, typer.Option("--shard-size", min=1, help="Images per shard.")
+        int, typer.Option("--shard-size", min=1, max=1 << 20, help="Images per shard.")
     ] = 1024,
     npy: Annotated[
         bool, typer.Option("--npy", help="Also write each shard's arrays as .npy files.")
@@ -173,7 +174,7 @@ def export_cmd(
     workers: Annotated[
         int | None,
         typer.Option(
-            "--workers", min=0, help="Image reading threads (default: 1 on 2 cores)."
+            "--workers", min=0, max=256, help="Image reading threads (default: 1 on 2 cores)."
         ),
     ] = None,
     recursive: Annotated[
@@ -198,6 +199,7 @@ def export_cmd(
     from gqtok.quant.config import ModelOptions
 
     budget = parse_budget(memory_budget)
+    check_group(model, group)
     dev = setup_device(device, threads, pipelined=True)
     opts = ModelOptions(group, codebook_size, seed, beta, trust_pickle=trust_pickle)
     net = load_or_exit(model, opts, dev)

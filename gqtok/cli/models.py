@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from gqtok.cli.common import BetaOpt, GroupOpt, JsonOpt, OverwriteOpt, SeedOpt, SizeOpt, TrustOpt
-from gqtok.cli.ui import fail, say, show
+from gqtok.cli.ui import clean, fail, say, show
 from gqtok.errors import ModelError, OutputError
 
 __all__ = ["convert", "models", "models_table", "register"]
@@ -46,7 +46,7 @@ def models(as_json: JsonOpt = False) -> None:
         cost = r["est_cpu_s_256"]
         cells = (r["name"], r["kind"], r["arch"], r["dim"], r["codebook_size"], r["bpp_nominal"])
         table.add_row(
-            *(str(c) for c in cells),
+            *(clean(c) for c in cells),
             "yes" if r["available"] else "no",
             "" if cost is None else f"{cost:.2f}",
         )
@@ -74,7 +74,7 @@ def convert(
     beta: BetaOpt = None,
     heads: Annotated[
         int | None,
-        typer.Option("--heads", min=1, help="ViT attention heads (default: width / 64)."),
+        typer.Option("--heads", min=1, max=1024, help="ViT attention heads (default: width / 64)."),
     ] = None,
     name: Annotated[
         str | None, typer.Option("--name", help="Model name stored in .gq files.")

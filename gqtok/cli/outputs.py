@@ -11,26 +11,25 @@ Every refusal or failure is an OutputError (exit code 6) that names the output.
 
 from __future__ import annotations
 
+import errno
 import json
-import sys
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from gqtok.cli import stdio
 from gqtok.errors import OutputError
 
 Content = bytes | str | Callable[[Path], None]  # a callable fills the temp file it is given
 
 
-def _stdout(data: str | bytes) -> None:
-    stream = sys.stdout.buffer if isinstance(data, bytes) else sys.stdout
-    stream.write(data)
-    stream.flush()
-
-
 def check_output(dst: str | Path, overwrite: bool, inputs: Iterable[str | Path] = ()) -> None:
     """Refuse ``dst`` now, before any work, if writing it later would be refused."""
     if str(dst) == "-":
+        if stdio.stdout_closed():
+            raise OutputError(os.strerror(errno.EBADF), "<stdout>")
         return
     path = Path(dst)
     if path.is_dir():
@@ -46,6 +45,21 @@ def check_output(dst: str | Path, overwrite: bool, inputs: Iterable[str | Path] 
         raise OutputError("exists (use --overwrite)", str(dst))
 
 
+def check_folder(dst: str | Path) -> None:
+    """Refuse now an output whose folder cannot be created or written in, for commands that
+    write only after a long run; creates the folder."""
+    if str(dst) == "-":
+        return
+    folder = Path(dst).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise OutputError(f"cannot write in {str(folder)!r} ({reason})", str(dst)) from None
+
+
 def write_output(
     dst: str | Path, content: Content, overwrite: bool, inputs: Iterable[str | Path] = ()
 ) -> None:
@@ -53,7 +67,7 @@ def write_output(
     if str(dst) == "-":
         if callable(content):
             raise ValueError("a file-filling callback cannot write to stdout")
-        _stdout(content)
+        stdio.write(content)
         return
     from gqtok.io.files import atomic_write, atomic_write_bytes
 
@@ -73,4 +87,4 @@ def emit(record: dict[str, Any], to_stderr: bool = False) -> None:
 
         say(line.rstrip("\n"))
     else:
-        _stdout(line)
+        stdio.write(line)

@@ -1,11 +1,15 @@
-"""What the CLI shows people: one-line errors, the progress bar, tables on stdout.
+"""What the CLI shows people: safe text, one-line errors, the progress bar, tables on stdout.
 
-Each failure is one line: ``error: <file>: <problem>``.
+Text that comes from files or paths (model ids, card names, file names) goes through
+``clean`` before it reaches rich or the terminal: control characters (newline, ESC, ...)
+become visible escapes, so a name cannot break a line, a table or the terminal's colours, and
+rich markup in it (``[/]``) is escaped. Each failure is one line: ``error: <file>: <problem>``.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 from types import TracebackType
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from gqtok.errors import EXIT_PARTIAL, GqtokError, first_line
 
@@ -21,20 +26,36 @@ if TYPE_CHECKING:
 
 err = Console(stderr=True, highlight=False)
 
+# C0 and C1 controls, DEL, Unicode line/paragraph separators and bidirectional overrides
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _live: Progress | None = None  # the bar on screen, if any: lines are printed above it
+
+
+def _visible(match: re.Match[str]) -> str:
+    c = match.group()
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def clean(value: object, markup: bool = True) -> str:
+    """``value`` as text that is safe to print: control characters as visible escapes and,
+    for rich (``markup``), square brackets escaped."""
+    text = _UNSAFE.sub(_visible, str(value))
+    return escape(text) if markup else text
 
 
 def say(text: str) -> None:
     """One plain line on stderr (above the progress bar while one is shown)."""
+    line = clean(text, markup=False)
     if _live is not None:
-        _live.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        _live.console.print(line, markup=False, highlight=False, soft_wrap=True)
     else:
-        sys.stderr.write(text + "\n")
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
 
 def warn(text: str) -> None:
-    err.print(f"[yellow]warning:[/] {text}")
+    err.print(f"[yellow]warning:[/] {clean(text)}", soft_wrap=True)
 
 
 def show(renderable: Any, *lines: str) -> None:
@@ -42,7 +63,7 @@ def show(renderable: Any, *lines: str) -> None:
     out = Console(highlight=False)
     out.print(renderable)
     for line in lines:
-        out.print(line, markup=False, soft_wrap=True)
+        out.print(clean(line), soft_wrap=True)
 
 
 def file_error(
@@ -127,7 +148,7 @@ class Bar:
             )
 
             self._prog = Progress(
-                TextColumn(f"[bold]{label}"),
+                TextColumn(f"[bold]{clean(label)}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
@@ -154,7 +175,7 @@ class Bar:
 
     def advance(self, name: str = "", n: int = 1) -> None:
         if self._prog is not None:
-            self._prog.update(self._task, advance=n, name=Path(name).name)
+            self._prog.update(self._task, advance=n, name=clean(Path(name).name))
 
     def to(self, done: int, total: int) -> None:
         if self._prog is not None:
