@@ -20,13 +20,21 @@ from tests.conftest import DATA, REPO
 runner = CliRunner()
 
 
-def gq(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+def gq(
+    *args: str,
+    input: bytes | None = None,  # noqa: A002
+    env: dict[str, str] | None = None,
+    text: bool = False,
+) -> subprocess.CompletedProcess:
+    """``python -m gqtok ARGS`` in the repository, with extra environment variables."""
     return subprocess.run(
         [sys.executable, "-m", "gqtok", *args],
         input=input,
         capture_output=True,
         cwd=REPO,
         timeout=300,
+        env={**os.environ, **(env or {})},
+        text=text,
     )
 
 

@@ -1,18 +1,34 @@
-"""Pieces every gqtok command module shares: common options, device set-up, error exit, budget.
+"""Options shared by several commands (defined once, validated at parse time), device set-up
+and the model loading every network command starts with.
 
-Kept free of the Typer app so cli.py and the modules that register commands on it
-(cli_eval, cli_export, cli_models) can all import it without an import cycle.
+A value outside what gqtok can store or compute is a usage error (exit 2) before any work:
+the bounds are those of the .gq header (docs/format.md) and of the codebook builder.
 """
 
 from __future__ import annotations
 
-import sys
+import math
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gqtok.errors import GqtokError
+from gqtok.errors import ModelError
+from gqtok.format.container import MAX_SIDE
+
+if TYPE_CHECKING:
+    from gqtok.model import Model
+    from gqtok.quant.config import ModelOptions
+
+SEED_MAX = 2**64 - 1  # u64 in the .gq header
+SIZE_MAX = 2**24  # the codebook sizes gqtok.quant.codebook builds (u32 in the header)
+GROUP_MAX = 21201  # SobolEngine's dimension limit (gqtok.quant.codebook.MAX_DIM; u16 in the header)
+FLOAT32_MAX = 3.4028234663852886e38  # beta is a float32 in the header
+PIXELS_MAX = MAX_SIDE * MAX_SIDE  # the largest image a .gq header describes
+MAX_PIXELS = 200_000_000  # default --max-pixels, as gqtok.io.images.DEFAULT_MAX_PIXELS
+THREADS_MAX = 1024
+BATCH_MAX = 4096
 
 
 class Device(StrEnum):
@@ -26,6 +42,34 @@ class PadMode(StrEnum):
     reflect = "reflect"
 
 
+def _beta(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0.0 <= value <= FLOAT32_MAX):
+        raise typer.BadParameter(f"must be finite, from 0 to {FLOAT32_MAX:.4g}; got {value}")
+    return value
+
+
+def _budget(value: str | None) -> str | None:
+    """--memory-budget checked while parsing; the command parses it again into bytes."""
+    if value is not None:
+        parse_budget(value)
+    return value
+
+
+def parse_budget(text: str | None) -> int | None:
+    """--memory-budget as bytes (None: the library default); a bad value is a usage error."""
+    from gqtok.codec.budget import parse_memory
+
+    if text is None:
+        return None
+    try:
+        value = parse_memory(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--memory-budget") from None
+    if value <= 0:
+        raise typer.BadParameter(f"{text!r} is not a positive size", param_hint="--memory-budget")
+    return value
+
+
 # Options with the same meaning in every command that has them.
 ModelOpt = Annotated[
     str | None,
@@ -33,35 +77,79 @@ ModelOpt = Annotated[
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the network runs.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the networks run.")]
 ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: all cores).")
+    int | None,
+    typer.Option(
+        "--threads", min=1, max=THREADS_MAX, help="CPU threads for torch (default: all cores)."
+    ),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary output.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar, table or summary.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")]
 TrustOpt = Annotated[
     bool,
     typer.Option("--trust-pickle", help="Allow checkpoints that need unpickling (runs code)."),
 ]
 GroupOpt = Annotated[
     int | None,
-    typer.Option("--group", min=1, help="GQ group size G (16/8/4: 0.25/0.5/1 bpp at f=16)."),
+    typer.Option(
+        "--group",
+        min=1,
+        max=GROUP_MAX,
+        help="GQ group size G, a divisor of the latent channels (16/8/4: 0.25/0.5/1 bpp at f=16).",
+    ),
 ]
 SizeOpt = Annotated[
-    int | None, typer.Option("--codebook-size", min=2, help="Codebook size K (default: model's).")
+    int | None,
+    typer.Option(
+        "--codebook-size", min=2, max=SIZE_MAX, help="Codebook size K (default: model's)."
+    ),
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Codebook seed (default: model's).")]
-BetaOpt = Annotated[float | None, typer.Option("--beta", help="GQ prior weight beta.")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", min=0, max=SEED_MAX, help="Codebook seed (default: model's)."),
+]
+BetaOpt = Annotated[
+    float | None, typer.Option("--beta", callback=_beta, help="GQ prior weight beta (>= 0).")
+]
 MemoryOpt = Annotated[
     str | None,
     typer.Option(
         "--memory-budget",
+        callback=_budget,
         help="Peak memory for the network, e.g. 2GB (default $GQTOK_MEMORY_BUDGET, else 4GB);"
         " larger images run in overlapping windows.",
     ),
 ]
 PadOpt = Annotated[PadMode, typer.Option("--pad", help="How to fill up to the token grid.")]
 MaxPixelsOpt = Annotated[
-    int, typer.Option("--max-pixels", min=1, help="Refuse larger images (decompression bombs).")
+    int,
+    typer.Option(
+        "--max-pixels", min=1, max=PIXELS_MAX, help="Refuse larger images (decompression bombs)."
+    ),
+]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, max=BATCH_MAX, help="Images per network batch.")
+]
+QualityOpt = Annotated[
+    int | None, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")
+]
+ResizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--resize", min=1, max=MAX_SIDE, help="Shorter side to N px first (paper protocol: 256)."
+    ),
+]
+CropOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--center-crop",
+        min=1,
+        max=MAX_SIDE,
+        help="Then a centred N x N crop (paper protocol: 256).",
+    ),
 ]
 
 
@@ -87,20 +175,44 @@ def setup_device(device: Device, threads: int | None, *, pipelined: bool = False
     return device.value
 
 
-def fail(e: GqtokError) -> typer.Exit:
-    """One grep-able line on stderr, and the error's documented exit code."""
-    sys.stderr.write(f"error: {e}\n")
-    sys.stderr.flush()
-    return typer.Exit(e.exit_code)
+def _latent_channels(name: str) -> int | None:
+    """Latent channels C of a model file or local model name, from its card (no weights)."""
+    from gqtok.format.card import read_card
+    from gqtok.nets.config import CONFIGS
+    from gqtok.zoo.paths import weights_dirs
+
+    for path in [Path(name), *(d / f"{name}.safetensors" for d in weights_dirs())]:
+        if path.suffix == ".safetensors" and path.is_file():
+            try:
+                card = read_card(path)
+                network = CONFIGS[str(card.get("arch", "unet"))].from_dict(card["network"])
+                return int(network.z_channels)
+            except Exception:  # noqa: BLE001 - the loader reports an unreadable model
+                return None
+    return None
 
 
-def parse_budget(text: str | None) -> int | None:
-    """--memory-budget as bytes (None: the library default); a bad value is a usage error."""
-    from gqtok.codec.budget import parse_memory
+def check_group(model: str | None, group: int | None) -> None:
+    """--group must divide the model's latent channels: a usage error, told before loading."""
+    from gqtok.zoo.paths import DEFAULT_MODEL
 
-    if text is None:
-        return None
+    channels = _latent_channels(model or DEFAULT_MODEL) if group else None
+    if group and channels and channels % group:
+        fits = ", ".join(str(d) for d in range(1, channels + 1) if channels % d == 0)
+        raise typer.BadParameter(
+            f"{group} does not divide the model's {channels} latent channels (use {fits})",
+            param_hint="--group",
+        )
+
+
+def load_or_exit(name: str | None, opts: ModelOptions | None = None, device: str = "cpu") -> Model:
+    """The model for --model (default model if None) on ``device``; any failure ends the command
+    with one line and exit code 5."""
+    from gqtok.cli.ui import fail
+    from gqtok.zoo.load import load_with_options
+    from gqtok.zoo.paths import DEFAULT_MODEL
+
     try:
-        return parse_memory(text)
-    except ValueError as e:
-        raise typer.BadParameter(str(e), param_hint="--memory-budget") from None
+        return load_with_options(name, opts).to(device)
+    except Exception as e:  # noqa: BLE001 - a corrupt model file raises anything
+        raise fail(e, name or DEFAULT_MODEL, ModelError, "cannot load the model") from None

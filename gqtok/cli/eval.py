@@ -1,37 +1,50 @@
 """``gqtok eval`` and ``gqtok compare``: quality numbers on the command line.
 
-Kept apart from gqtok.cli so the big command module does not grow; ``register(app)`` adds the
-commands. Human output is a rich table on stdout; ``--json -`` makes stdout pure JSON for
-scripts. Unreadable images are reported one line each on stderr and the run carries on; the
-exit code is then 1 (EXIT_PARTIAL).
+Human output is a rich table on stdout; ``--json -`` makes stdout pure JSON for scripts.
+Images that fail are reported one line each on stderr and the run carries on; the exit code is
+then 1 (EXIT_PARTIAL). Report files follow the output rules of gqtok.cli.outputs.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import sys
+import tempfile
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from gqtok.cli.common import Device, MaxPixelsOpt, RecursiveOpt, ThreadsOpt, fail, setup_device
-from gqtok.errors import EXIT_PARTIAL, EXIT_USAGE, GqtokError
+from gqtok.cli.common import (
+    MAX_PIXELS,
+    CropOpt,
+    Device,
+    DeviceOpt,
+    MaxPixelsOpt,
+    ModelOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RecursiveOpt,
+    ResizeOpt,
+    ThreadsOpt,
+    load_or_exit,
+    setup_device,
+)
+from gqtok.cli.outputs import check_folder, check_output, write_output
+from gqtok.cli.ui import Bar, Failures, clean, fail, say, show
+from gqtok.errors import EXIT_USAGE, GqtokError, OutputError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from gqtok.eval.compare import CompareReport
     from gqtok.eval.evaluate import EvalReport
     from gqtok.model import Model
 
-err = Console(stderr=True, highlight=False)
 LABELS = {
     "bpp": "bpp (.gq file)",
     "psnr": "PSNR (dB)",
@@ -50,44 +63,6 @@ def _split(values: list[str] | None) -> list[str]:
     return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
 
 
-def _load_models(names: list[str], device: str) -> list[Model]:
-    from gqtok.zoo.load import load_model
-    from gqtok.zoo.paths import DEFAULT_MODEL
-
-    try:
-        return [load_model(n).to(device) for n in names or [DEFAULT_MODEL]]
-    except GqtokError as e:
-        raise fail(e) from None
-
-
-def _progress(total: int, quiet: bool) -> tuple[AbstractContextManager[Any], Callable[..., None]]:
-    """A transient progress bar on stderr (only on a terminal) and its per-image callback."""
-    if quiet or total < 2 or not err.is_terminal:
-
-        def report_only(name: str, error: str | None) -> None:
-            if error and not quiet:
-                sys.stderr.write(f"error: {error}\n")
-
-        return nullcontext(), report_only
-    prog = Progress(
-        TextColumn("[bold]measuring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[name]}"),
-        console=err,
-        transient=True,
-    )
-    task = prog.add_task("eval", total=total, name="")
-
-    def advance(name: str, error: str | None) -> None:
-        if error:
-            prog.console.print(f"error: {error}", markup=False, highlight=False)
-        prog.update(task, advance=1, name=Path(name).name)
-
-    return prog, advance
-
-
 def _fmt(v: float | None, digits: int = 4) -> str:
     if v is None:
         return "—"
@@ -96,23 +71,16 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}f}"
 
 
-def _write_text(dest: str, text: str) -> None:
-    from gqtok.errors import OutputError
-
-    try:
-        Path(dest).write_text(text)
-    except OSError as e:
-        raise OutputError(f"cannot write ({e.strerror or e})", dest) from None
-
-
 def _eval_table(rep: EvalReport) -> Table:
+    from rich.table import Table
+
     proto = rep.protocol
     how = (
         f"resize {proto['resize']}, centre crop {proto['center_crop']}"
         if proto["resize"] or proto["center_crop"]
         else "native resolution"
     )
-    table = Table(title=f"gqtok eval: {rep.model}, {len(rep.rows)} image(s), {how}")
+    table = Table(title=f"gqtok eval: {clean(rep.model)}, {len(rep.rows)} image(s), {how}")
     for col in ("metric", "mean", "std", "images"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     digits = {"bpp": 4, "psnr": 2}
@@ -139,31 +107,22 @@ def _eval_table(rep: EvalReport) -> Table:
     return table
 
 
-def _per_image_csv(rep: EvalReport, dest: str) -> None:
+def _per_image_csv(rep: EvalReport) -> str:
     from gqtok.eval.evaluate import ImageRow
 
     cols = list(ImageRow.__dataclass_fields__)
-    rows = []
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
     for r in rep.rows:
         d = asdict(r)
-        rows.append({k: "" if d[k] is None else d[k] for k in cols})
-    if dest == "-":
-        w = csv.DictWriter(sys.stdout, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-        return
-    try:
-        with open(dest, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
-    except OSError as e:
-        from gqtok.errors import OutputError
-
-        raise OutputError(f"cannot write ({e.strerror or e})", dest) from None
+        w.writerow({k: "" if d[k] is None else d[k] for k in cols})
+    return text.getvalue()
 
 
 def _compare_table(rep: CompareReport) -> Table:
+    from rich.table import Table
+
     table = Table(title="gqtok compare: metrics interpolated at matched bpp")
     table.add_column("target", overflow="fold")
     table.add_column("codec", overflow="fold")
@@ -171,8 +130,8 @@ def _compare_table(rep: CompareReport) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     for row in rep.summary:
         table.add_row(
-            row["target"],
-            row["codec"],
+            clean(row["target"]),
+            clean(row["codec"]),
             f"{row['images']}/{row['images'] + row['excluded']}",
             _fmt(row["bpp"]),
             _fmt(row["psnr"], 2),
@@ -180,6 +139,32 @@ def _compare_table(rep: CompareReport) -> Table:
             _fmt(row["stlpips_alex"]),
         )
     return table
+
+
+REPORTS = ("rd_points.csv", "rd.json", "rd_plot.png")
+
+
+def _compare_files(rep: CompareReport) -> dict[str, Callable[[Path], None]]:
+    """rd_points.csv, rd.json and rd_plot.png, each as a callback that fills a file."""
+    from gqtok.eval.compare import CSV_COLUMNS
+    from gqtok.eval.rdplot import plot_rd
+
+    def points(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for p in rep.points:
+                w.writerow({k: ("" if p.get(k) is None else p.get(k)) for k in CSV_COLUMNS})
+
+    def report(path: Path) -> None:
+        path.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+
+    def plot(path: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:  # the plotter picks its format by suffix
+            plot_rd(rep.summary, Path(tmp) / "rd_plot.png")
+            path.write_bytes((Path(tmp) / "rd_plot.png").read_bytes())
+
+    return dict(zip(REPORTS, (points, report, plot), strict=True))
 
 
 def _rates(bpp: list[str] | None, inputs: list[str]) -> tuple[list[float], list[str]]:
@@ -199,165 +184,180 @@ def _rates(bpp: list[str] | None, inputs: list[str]) -> tuple[list[float], list[
         rates = [float(v) for v in _split(bpp)] + rates
     except ValueError:
         raise typer.BadParameter("rates must be numbers, e.g. --bpp 0.25 0.5 1.0") from None
-    if any(r <= 0 for r in rates):
-        raise typer.BadParameter("rates must be positive", param_hint="--bpp")
+    if any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise typer.BadParameter("rates must be positive numbers", param_hint="--bpp")
     return sorted(set(rates or [0.25, 0.5, 1.0])), rest
 
 
-ModelsOpt = Annotated[
-    list[str] | None,
-    typer.Option("--model", "-m", help="Model name or file (default: the default model)."),
-]
-ResizeOpt = Annotated[
-    int | None,
-    typer.Option("--resize", min=1, help="Shorter side to N px first (paper protocol: 256)."),
-]
-CropOpt = Annotated[
-    int | None,
-    typer.Option("--center-crop", min=1, help="Then a centred NxN crop (paper protocol: 256)."),
-]
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the networks run.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+def _images(inputs: list[str], recursive: bool) -> list[Path]:
+    from gqtok.eval.evaluate import collect_images
+
+    paths = collect_images(inputs, recursive)
+    if not paths:
+        say("no images found" + ("" if recursive else " (try --recursive)"))
+        raise typer.Exit(EXIT_USAGE)
+    return paths
+
+
+def _check_reports(dests: list[str | Path], overwrite: bool, paths: list[Path]) -> None:
+    """Refuse report files that exist (without --overwrite), are input images or cannot be
+    written, before the run."""
+    try:
+        for dest in dests:
+            check_output(dest, overwrite, paths)
+            check_folder(dest)
+    except OutputError as e:
+        raise fail(e) from None
+
+
+def _measure(
+    paths: list[Path],
+    quiet: bool,
+    run: Callable[[list[Path], Callable[[str, str | None], None]], Any],
+) -> tuple[Any, Failures]:
+    """``run(paths, on_image)`` under the progress bar, one error line per failed image."""
+    failures = Failures(quiet)
+    with Bar("measuring", len(paths), not quiet) as bar:
+
+        def on_image(name: str, error: str | None) -> None:
+            if error:
+                failures.add(GqtokError(error), name)
+            bar.advance(name)
+
+        try:
+            return run(paths, on_image), failures
+        except Exception as e:  # noqa: BLE001 - a failure outside one image's step
+            raise fail(e, None, GqtokError, "stopped") from None
+
+
 InputsArg = Annotated[list[str], typer.Argument(help="Images and/or folders of images.")]
+
+
+def eval_cmd(
+    inputs: InputsArg,
+    model: ModelOpt = None,
+    metrics: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metrics",
+            help="Comma-separated subset of: psnr, ssim, msssim, stlpips_alex, stlpips_vgg,"
+            " lpips, fid, kid (default: all).",
+        ),
+    ] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the report as JSON ('-' = stdout).")
+    ] = None,
+    per_image: Annotated[
+        str | None, typer.Option("--per-image", help="Write per-image rows as CSV ('-' = stdout).")
+    ] = None,
+    resize: ResizeOpt = None,
+    center_crop: CropOpt = None,
+    recursive: RecursiveOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    max_pixels: MaxPixelsOpt = MAX_PIXELS,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure gqtok's real round trip (image -> .gq -> image) over a set of images."""
+    from gqtok.eval.evaluate import evaluate
+    from gqtok.eval.metrics import ALL_METRICS
+
+    wanted = _split(metrics) or list(ALL_METRICS)
+    bad = sorted(set(wanted) - set(ALL_METRICS))
+    if bad:
+        raise typer.BadParameter(f"unknown {bad}; choose from {', '.join(ALL_METRICS)}")
+    reports = [d for d in (json_out, per_image) if d is not None]
+    paths = _images(inputs, recursive)
+    _check_reports(reports, overwrite, paths)
+    dev = setup_device(device, threads)
+    net = load_or_exit(model, None, dev)
+    rep, failures = _measure(
+        paths, quiet,
+        lambda paths, on_image: evaluate(
+            net, paths, wanted, resize, center_crop, dev, max_pixels, on_image=on_image
+        ),
+    )  # fmt: skip
+    try:
+        if per_image:
+            write_output(per_image, _per_image_csv(rep), overwrite, paths)
+        if json_out:
+            write_output(json_out, json.dumps(rep.to_dict(), indent=2) + "\n", overwrite, paths)
+    except GqtokError as e:
+        raise fail(e) from None
+    if not quiet and "-" not in reports:
+        notes = [f"{LABELS.get(n, n)}: {why}" for n, why in rep.unavailable.items()]
+        show(_eval_table(rep), *notes, *(f"note: {note}" for note in rep.notes))
+    failures.exit(len(paths), "image(s)")
+
+
+def compare_cmd(
+    inputs: InputsArg,
+    bpp: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--bpp", help="Target rates: --bpp 0.25 0.5 1.0 (or 0.25,0.5,1.0); default those."
+        ),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Model name or file (default: the default model)."),
+    ] = None,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for rd_points.csv, rd.json, rd_plot.png."),
+    ] = Path("gqtok-compare"),
+    codecs: Annotated[
+        list[str] | None,
+        typer.Option("--codecs", help="Comma-separated subset of jpeg, webp, avif."),
+    ] = None,
+    json_stdout: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON on stdout.")
+    ] = False,
+    resize: ResizeOpt = None,
+    center_crop: CropOpt = None,
+    recursive: RecursiveOpt = False,
+    overwrite: OverwriteOpt = False,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    max_pixels: MaxPixelsOpt = MAX_PIXELS,
+    quiet: QuietOpt = False,
+) -> None:
+    """Rate-distortion of gqtok against JPEG, WebP and AVIF at matched bpp."""
+    from gqtok.eval.compare import CODECS, compare
+    from gqtok.zoo.paths import DEFAULT_MODEL
+
+    rates, rest = _rates(bpp, inputs)
+    chosen = _split(codecs) or None
+    if chosen and set(chosen) - set(CODECS):
+        raise typer.BadParameter(f"choose codecs from {', '.join(CODECS)}", param_hint="--codecs")
+    paths = _images(rest, recursive)
+    _check_reports([out / name for name in REPORTS], overwrite, paths)
+    dev = setup_device(device, threads)
+    models: list[Model] = [load_or_exit(m, None, dev) for m in model or [DEFAULT_MODEL]]
+    rep, failures = _measure(
+        paths, quiet,
+        lambda paths, on_image: compare(
+            paths, rates, models, chosen, resize, center_crop, dev, max_pixels, on_image
+        ),
+    )  # fmt: skip
+    written = []
+    try:
+        for name, fill in _compare_files(rep).items():
+            write_output(out / name, fill, overwrite, paths)
+            written.append(str(out / name))
+    except GqtokError as e:
+        raise fail(e) from None
+    if json_stdout:
+        write_output("-", json.dumps(rep.to_dict(), indent=2) + "\n", overwrite=True)
+    elif not quiet:
+        show(_compare_table(rep), *(f"note: {note}" for note in rep.notes))
+    if not quiet:
+        say("wrote " + ", ".join(written))
+    failures.exit(len(paths), "image(s)")
 
 
 def register(app: typer.Typer) -> None:
     """Add ``eval`` and ``compare`` to the gqtok Typer app."""
-
-    @app.command("eval")
-    def eval_cmd(
-        inputs: InputsArg,
-        model: Annotated[
-            str | None, typer.Option("--model", "-m", help="Model name or file.")
-        ] = None,
-        metrics: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--metrics",
-                help="Comma-separated subset of: psnr, ssim, msssim, stlpips_alex, stlpips_vgg,"
-                " lpips, fid, kid (default: all).",
-            ),
-        ] = None,
-        json_out: Annotated[
-            str | None, typer.Option("--json", help="Write the report as JSON ('-' = stdout).")
-        ] = None,
-        per_image: Annotated[
-            str | None, typer.Option("--per-image", help="Write per-image rows as CSV.")
-        ] = None,
-        resize: ResizeOpt = None,
-        center_crop: CropOpt = None,
-        recursive: RecursiveOpt = False,
-        device: DeviceOpt = Device.auto,
-        threads: ThreadsOpt = None,
-        max_pixels: MaxPixelsOpt = 200_000_000,
-        quiet: QuietOpt = False,
-    ) -> None:
-        """Measure gqtok's real round trip (image -> .gq -> image) over a set of images."""
-        from gqtok.eval.evaluate import collect_images, evaluate
-        from gqtok.eval.metrics import ALL_METRICS
-
-        wanted = _split(metrics) or list(ALL_METRICS)
-        bad = sorted(set(wanted) - set(ALL_METRICS))
-        if bad:
-            raise typer.BadParameter(f"unknown {bad}; choose from {', '.join(ALL_METRICS)}")
-        paths = collect_images(inputs, recursive)
-        if not paths:
-            err.print("no images found" + ("" if recursive else " (try --recursive)"))
-            raise typer.Exit(EXIT_USAGE)
-        dev = setup_device(device, threads)
-        net = _load_models([model] if model else [], dev)[0]
-        ctx, on_image = _progress(len(paths), quiet)
-        try:
-            with ctx:
-                rep = evaluate(
-                    net, paths, wanted, resize, center_crop, dev, max_pixels, on_image=on_image
-                )
-            if per_image:
-                _per_image_csv(rep, per_image)
-            if json_out:
-                text = json.dumps(rep.to_dict(), indent=2) + "\n"
-                if json_out == "-":
-                    sys.stdout.write(text)
-                else:
-                    _write_text(json_out, text)
-        except GqtokError as e:
-            raise fail(e) from None
-        if not quiet and json_out != "-":
-            out = Console(highlight=False)
-            out.print(_eval_table(rep))
-            for name, why in rep.unavailable.items():
-                out.print(f"{LABELS.get(name, name)}: {why}", markup=False, soft_wrap=True)
-            for note in rep.notes:
-                out.print(f"note: {note}", markup=False, soft_wrap=True)
-        if rep.failures:
-            if not quiet:
-                err.print(f"{len(rep.failures)} of {len(paths)} image(s) failed", markup=False)
-            raise typer.Exit(EXIT_PARTIAL)
-
-    @app.command("compare")
-    def compare_cmd(
-        inputs: InputsArg,
-        bpp: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--bpp", help="Target rates: --bpp 0.25 0.5 1.0 (or 0.25,0.5,1.0); default those."
-            ),
-        ] = None,
-        model: ModelsOpt = None,
-        out: Annotated[
-            Path,
-            typer.Option("--out", "-o", help="Folder for rd_points.csv, rd.json, rd_plot.png."),
-        ] = Path("gqtok-compare"),
-        codecs: Annotated[
-            list[str] | None,
-            typer.Option("--codecs", help="Comma-separated subset of jpeg, webp, avif."),
-        ] = None,
-        json_stdout: Annotated[
-            bool, typer.Option("--json", help="Print the report as JSON on stdout.")
-        ] = False,
-        resize: ResizeOpt = None,
-        center_crop: CropOpt = None,
-        recursive: RecursiveOpt = False,
-        device: DeviceOpt = Device.auto,
-        threads: ThreadsOpt = None,
-        max_pixels: MaxPixelsOpt = 200_000_000,
-        quiet: QuietOpt = False,
-    ) -> None:
-        """Rate-distortion of gqtok against JPEG, WebP and AVIF at matched bpp."""
-        from gqtok.eval.compare import CODECS, compare, write_outputs
-        from gqtok.eval.evaluate import collect_images
-
-        rates, rest = _rates(bpp, inputs)
-        chosen = _split(codecs) or None
-        if chosen and set(chosen) - set(CODECS):
-            raise typer.BadParameter(
-                f"choose codecs from {', '.join(CODECS)}", param_hint="--codecs"
-            )
-        paths = collect_images(rest, recursive)
-        if not paths:
-            err.print("no images found" + ("" if recursive else " (try --recursive)"))
-            raise typer.Exit(EXIT_USAGE)
-        dev = setup_device(device, threads)
-        models = _load_models(model or [], dev)
-        ctx, on_image = _progress(len(paths), quiet)
-        try:
-            with ctx:
-                rep = compare(
-                    paths, rates, models, chosen, resize, center_crop, dev, max_pixels, on_image
-                )
-            files = write_outputs(rep, out)
-        except GqtokError as e:
-            raise fail(e) from None
-        if json_stdout:
-            sys.stdout.write(json.dumps(rep.to_dict(), indent=2) + "\n")
-        elif not quiet:
-            con = Console(highlight=False)
-            con.print(_compare_table(rep))
-            for note in rep.notes:
-                con.print(f"note: {note}", markup=False, soft_wrap=True)
-        if not quiet:
-            err.print("wrote " + ", ".join(str(p) for p in files.values()), markup=False)
-        if rep.failures:
-            if not quiet:
-                err.print(f"{len(rep.failures)} of {len(paths)} image(s) failed", markup=False)
-            raise typer.Exit(EXIT_PARTIAL)
+    app.command("eval")(eval_cmd)
+    app.command("compare")(compare_cmd)

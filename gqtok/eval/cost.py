@@ -4,20 +4,30 @@ Counted, not timed: floating-point operations of one encode + decode of a 256x25
 (network FLOPs from torch's FLOP counter on meta tensors, which allocates nothing, plus the
 GQ search GEMM), divided by an assumed float32 throughput per CPU thread. Timing the released
 networks would take tens of seconds per model; a count is instant and scales with image area.
+
+torch is imported only to count a network that is not in the precounted table, so listing the
+shipped and released models (``gqtok models``) needs no torch.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from functools import lru_cache
 from typing import Any
-
-import torch
 
 GFLOPS_PER_THREAD = 20.0  # assumed sustained float32 rate of one modern x86 core in torch
 SIDE = 256
 
-# Counted once with network_gflops() for the released configs (they take ~1 s to count).
+# Counted once with _count() for the released configs (~1 s each) and the bundled default
+# model (weights/default.json); other networks are counted on first use, which needs torch.
 _KNOWN = {
+    (
+        "unet",
+        '{"attn_resolutions": [], "ch": 32, "ch_mult": [2, 2, 4], "double_z": true,'
+        ' "in_channels": 3, "num_res_blocks": 1, "out_ch": 3, "resolution": 256, "stem": 2,'
+        ' "z_channels": 16}',
+    ): 16.232,
     (
         "unet",
         '{"attn_resolutions": [32], "ch": 128, "ch_mult": [1, 2, 4, 4], "double_z": true,'
@@ -45,6 +55,7 @@ def _key(arch: str, network: dict[str, Any]) -> tuple[str, str]:
 def _count(arch: str, network_json: str, side: int) -> float:
     import json
 
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from gqtok.model import ARCHS
@@ -78,13 +89,25 @@ def search_gflops(network: dict[str, Any], quantizer: dict[str, Any], side: int 
     return 2.0 * tokens * int(quantizer.get("size", 65536)) * 2 * dim / 1e9
 
 
+def default_threads() -> int:
+    """torch's thread count if torch is loaded, else the CPUs this process may run on (what
+    torch would use on most machines), so an estimate does not load torch for one number."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return int(torch.get_num_threads())
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def estimate(card: dict[str, Any], threads: int | None = None, side: int = SIDE) -> dict[str, Any]:
     """{"gflops", "cpu_seconds", "threads"} for encode + decode of one image (an estimate)."""
     arch = str(card.get("arch", "unet"))
     gflops = network_gflops(arch, card["network"], side) + search_gflops(
         card["network"], card.get("quantizer", {}), side
     )
-    n = threads or torch.get_num_threads()
+    n = threads or default_threads()
     return {
         "gflops": round(gflops, 1),
         "cpu_seconds": round(gflops / (GFLOPS_PER_THREAD * n), 1),
