@@ -159,7 +159,7 @@ def setup_device(device: Device, threads: int | None, *, pipelined: bool = False
     ``pipelined`` commands (export/import) overlap I/O threads with the network, so they also
     pin torch to one inter-op thread and all available cores (pipeline.configure_threads).
     """
-    from gqtok.io.pipeline import configure_threads, passive_openmp
+    from gqtok.io.pipeline import configure_threads, passive_openmp, pick_device
 
     passive_openmp()  # spinning OpenMP threads beside other jobs were 3x slower on 2 cores
     import torch
@@ -168,11 +168,10 @@ def setup_device(device: Device, threads: int | None, *, pipelined: bool = False
         configure_threads(threads)
     elif threads:
         torch.set_num_threads(threads)
-    if device == Device.auto:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == Device.cuda and not torch.cuda.is_available():
-        raise typer.BadParameter("CUDA is not available on this machine", param_hint="--device")
-    return device.value
+    try:
+        return pick_device(device.value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from None
 
 
 def _latent_channels(name: str) -> int | None:
