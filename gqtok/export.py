@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gqtok.errors import GqtokError, InputError, OutputError
+from gqtok.errors import GqtokError, InputError, OutputError, first_line
 from gqtok.format.shards import (  # noqa: F401 - re-exported: readers are found here too
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -231,8 +231,6 @@ class _Exporter:
             self.result.timings[key] = self.result.timings.get(key, 0.0) + dt
 
     def encode_shard(self, start: int, paths: list[str]) -> tuple[list[Entry], list[dict]]:
-        from gqtok.codec import encode_arrays
-
         entries: list[Entry] = []
         skipped: list[dict[str, Any]] = []
         items = list(enumerate(paths, start))
@@ -246,27 +244,40 @@ class _Exporter:
                     self.result.skipped.append((rel, msg))
                 else:
                     good.append((i, rel, rgb))
-            arrays = [rgb for _, _, rgb in good]
-            if self.protocol.flip:
-                arrays += [np.ascontiguousarray(rgb[:, ::-1]) for rgb in arrays]
-            timings: dict[str, float] = {}
-            toks = encode_arrays(
-                self.model,
-                arrays,
-                self.protocol.pad_mode,
-                self.batch_size,
-                timings,
-                self.max_memory,
-            )
-            with self.lock:
-                for key, v in timings.items():
-                    self.result.timings[key] = self.result.timings.get(key, 0.0) + v
-            for k, (i, rel, _) in enumerate(good):
-                tok = toks[k]
-                flip = toks[k + len(good)].indices.numpy() if self.protocol.flip else None
-                entries.append(Entry(i, rel, tok.indices.numpy(), tok.width, tok.height, flip))
+            try:
+                entries += self.encode_batch(good)
+            except Exception:  # noqa: BLE001 - find the image(s) at fault, keep the others
+                for one in good:
+                    try:
+                        entries += self.encode_batch([one])
+                    except Exception as e:  # noqa: BLE001 - recorded as a skip, not fatal
+                        i, rel, _ = one
+                        msg = str(e) if isinstance(e, GqtokError) else f"{rel}: {first_line(e)}"
+                        skipped.append({"index": i, "path": rel, "error": msg})
+                        self.result.skipped.append((rel, msg))
             self.advance(len(batch))
         return entries, skipped
+
+    def encode_batch(self, good: list[tuple[int, str, np.ndarray]]) -> list[Entry]:
+        """Entries of loaded images (and their mirror images under the flip protocol)."""
+        from gqtok.codec import encode_arrays
+
+        arrays = [rgb for _, _, rgb in good]
+        if self.protocol.flip:
+            arrays += [np.ascontiguousarray(rgb[:, ::-1]) for rgb in arrays]
+        timings: dict[str, float] = {}
+        toks = encode_arrays(
+            self.model, arrays, self.protocol.pad_mode, self.batch_size, timings, self.max_memory
+        )
+        with self.lock:
+            for key, v in timings.items():
+                self.result.timings[key] = self.result.timings.get(key, 0.0) + v
+        out = []
+        for k, (i, rel, _) in enumerate(good):
+            tok = toks[k]
+            flip = toks[k + len(good)].indices.numpy() if self.protocol.flip else None
+            out.append(Entry(i, rel, tok.indices.numpy(), tok.width, tok.height, flip))
+        return out
 
     def advance(self, n: int) -> None:
         self.done += n

@@ -167,3 +167,27 @@ def test_pillow_plot_fallback(tmp_path: Path) -> None:
         arr = np.asarray(im.convert("RGB"))
     assert arr.shape[1] == 1500 and (arr < 250).any()
     assert nice_ticks(0.0, 1.05) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
+
+
+def test_any_failure_of_one_image_is_recorded_and_the_run_goes_on(
+    model: gqtok.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only gqtok's own errors: an exception of any type in one image's round trip is that
+    image's failure line, and the other images are measured."""
+    import gqtok.eval.evaluate as ev
+
+    real = ev.roundtrip
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.open(DATA / "photo_a.jpg").crop((0, 0, 64, 48)).save(a)
+    Image.open(DATA / "photo_a.jpg").crop((0, 0, 48, 64)).save(b)
+
+    def failing(m, pic):  # noqa: ANN001, ANN202
+        if pic.rgb.shape[1] == 64:
+            raise ZeroDivisionError("simulated")
+        return real(m, pic)
+
+    monkeypatch.setattr(ev, "roundtrip", failing)
+    rep = evaluate(model, [a, b], metrics=("psnr",))
+    assert [name for name, _ in rep.failures] == [str(a)]
+    assert rep.failures[0][1] == f"{a}: ZeroDivisionError: simulated"
+    assert [row.path for row in rep.rows] == [str(b)]

@@ -207,3 +207,25 @@ def test_import_a_bare_npy_grid(model, tmp_path) -> None:  # noqa: ANN001
     assert np.array_equal(np.asarray(Image.open(out)), decode_to_array(model, tok))
     res = runner.invoke(app, ["import", str(grid), "-o", str(out), "--size", "300x97", "-q"])
     assert res.exit_code == 3 and "cannot be" in res.output
+
+
+def test_a_network_failure_skips_that_image_only(model, src, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A batch whose network pass fails is retried image by image: the image at fault is
+    recorded as skipped, every other image of the batch is exported."""
+    import gqtok.codec as codec
+
+    real = codec.encode_arrays
+    bad_width = Image.open(DATA / "photo_c.jpg").width
+
+    def failing(m, arrays, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if any(x.shape[1] == bad_width for x in arrays):
+            raise RuntimeError("simulated network failure")
+        return real(m, arrays, *a, **k)
+
+    monkeypatch.setattr(codec, "encode_arrays", failing)
+    res = ex.export_tokens(model, src, tmp_path / "tokens", batch_size=4, workers=0)
+    skipped = dict(res.skipped)
+    assert set(skipped) == {"broken.jpg", "c.jpg"}
+    assert skipped["c.jpg"] == "c.jpg: simulated network failure"
+    paths = [e.path for e in ex.iter_entries(tmp_path / "tokens")]
+    assert paths == [p for p in PATHS if p not in ("broken.jpg", "c.jpg")]
