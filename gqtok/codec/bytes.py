@@ -19,7 +19,7 @@ from PIL import Image
 
 from gqtok.codec.engine import decode_to_array, encode_arrays
 from gqtok.codec.tokens import Tokens
-from gqtok.errors import FormatError, ModelError
+from gqtok.errors import FormatError, GqtokError, ModelError
 from gqtok.format import container
 from gqtok.format import entropy as ent
 from gqtok.io.images import (  # _pillow_limit: the alpha plane is read under our limit
@@ -241,7 +241,12 @@ def decode_bytes(
     header, payload, alpha_bytes = container.unpack(data, name)
     container.check_pixels(header, max_pixels, name)
     if not isinstance(model, Model):
-        model = model(header)
+        try:
+            model = model(header)
+        except GqtokError as e:  # "model ... not available": say which file needs it
+            if e.path is None and name is not None:
+                raise type(e)(str(e), name) from None
+            raise
     header, tokens, alpha = _decode_parts(model, header, payload, alpha_bytes, name, max_pixels)
     rgb = decode_to_array(model, tokens, max_memory)
     mode = (

@@ -60,6 +60,7 @@ MAX_CODEBOOK_DIM = 21201  # gqtok.quant.codebook.MAX_DIM, not imported: that wou
 MAX_CODEBOOK_VALUES = 1 << 24
 MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _CRC.size
 _CHUNK = 1 << 20  # read_header streams the payload through the CRC in pieces of this size
+_TRAILING_COUNTED = 1 << 24  # trailing bytes of a stream counted for the message, at most
 
 
 @dataclass(frozen=True)
@@ -423,8 +424,14 @@ def _read_header(f: IO[bytes], name: str | None, file_size: int | None) -> FileI
     stored = rest + _read_upto(f, _CRC.size - len(rest)) if len(rest) < _CRC.size else rest
     if len(stored) < _CRC.size:
         raise _size_error(seen + len(stored), expected, name)
-    if len(stored) > _CRC.size or f.read(1):
+    trailing = len(stored) - _CRC.size or len(f.read(1))
+    if trailing:
+        if file_size is None:  # a stream: count what follows (up to a bound) for the message
+            more = _read_upto(f, _TRAILING_COUNTED)
+            if len(more) < _TRAILING_COUNTED:
+                file_size = expected + trailing + len(more)
         raise _size_error(file_size, expected, name)
+    stored = stored[: _CRC.size]
     if crc & 0xFFFFFFFF != _CRC.unpack(stored)[0]:
         raise FormatError("corrupt .gq file (checksum mismatch)", name)
     _check_fields(header, token_len, alpha_len, name)
