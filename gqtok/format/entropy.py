@@ -75,6 +75,14 @@ def trailing_zeros(symbols: np.ndarray) -> int:
     return int(symbols.size - (nz[-1] + 1 if nz.size else 0))
 
 
+def _long_tail(symbols: np.ndarray, limit: int) -> int | None:
+    """The length of the trailing index-0 run if it exceeds ``limit``, else None (looking at
+    the last limit + 1 symbols only, unless it does)."""
+    if symbols.size <= limit or symbols[symbols.size - limit - 1 :].any():
+        return None
+    return trailing_zeros(symbols)
+
+
 @dataclass(frozen=True)
 class EntropyModel:
     """A stationary categorical model over ``size`` symbols."""
@@ -157,8 +165,8 @@ class EntropyModel:
         sym = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
         if sym.size and (sym.min() < 0 or sym.max() >= self.size):
             raise ValueError(f"symbols must lie in [0, {self.size})")
-        tail = trailing_zeros(sym)
-        if tail > self.free_tail:
+        tail = _long_tail(sym, self.free_tail)
+        if tail is not None:
             raise FormatError(
                 f"token grid ends in {tail} index-0 tokens, more than the {self.free_tail} a"
                 " .gq payload can hold (docs/format.md#tokens)"
@@ -199,8 +207,8 @@ class EntropyModel:
         if not coder.is_empty():
             raise ValueError("token stream has trailing data")
         symbols = np.asarray(out, dtype=np.int64)
-        tail = trailing_zeros(symbols)
-        if tail > self.free_tail:
+        tail = _long_tail(symbols, self.free_tail)
+        if tail is not None:
             raise ValueError(
                 f"token payload ran out {tail} tokens before the end (truncated, or the header"
                 " claims more tokens than the payload holds)"
