@@ -23,7 +23,14 @@ from safetensors.torch import save_file
 
 from gqtok.errors import ModelError
 from gqtok.format import entropy as ent
-from gqtok.format.card import CARD_KEY, CARD_VERSION, DEFAULT_LAYOUT, read_card, with_quantizer
+from gqtok.format.card import (
+    CARD_KEY,
+    CARD_VERSION,
+    DEFAULT_LAYOUT,
+    check_card,
+    read_card,
+    with_quantizer,
+)
 from gqtok.io.allocator import retain_freed_memory
 from gqtok.io.files import atomic_write, atomic_write_bytes
 from gqtok.nets.config import UNetConfig, ViTConfig
@@ -175,10 +182,10 @@ def build_from_state(
     source: str = "",
     counts: np.ndarray | None = None,
 ) -> Model:
-    """Make a Model from network tensors and a card; missing or unexpected keys are errors."""
+    """Make a Model from network tensors and a card; missing or unexpected keys are errors,
+    and so is a card outside the schema of gqtok.format.card (ModelError naming the field)."""
+    card = check_card(card, source or None)
     arch = card.get("arch", "unet")
-    if arch not in ARCHS:
-        raise ModelError(f"unsupported architecture {arch!r}", source or None)
     config_cls, encoder_cls, decoder_cls = ARCHS[arch]
     try:
         cfg = config_cls.from_dict(card["network"])
@@ -224,11 +231,10 @@ def build_from_state(
             ) from None
     ecard = card.get("entropy", {"kind": "uniform"})
     if ecard.get("kind") == "frequency" and counts is not None:
+        counts = _checked_counts(counts, quant.size, source)
         emodel = ent.from_counts(counts, float(ecard.get("smoothing", 0.5)))
     else:
         emodel = ent.uniform(quant.size)
-    if emodel.size != quant.size:
-        raise ModelError("entropy table size differs from the codebook size", source)
     clamp = card.get("clamp", [-1.0, 1.0] if arch == "vit" else None)
     return Model(
         encoder,
@@ -243,6 +249,23 @@ def build_from_state(
     )
 
 
+MAX_COUNT = 1 << 53  # token counts stay exact in the float64 probabilities
+
+
+def _checked_counts(counts: np.ndarray, size: int, source: str) -> np.ndarray:
+    """The frequency table as int64 if it can be one: K non-negative integers below 2^53."""
+    c = np.asarray(counts)
+    if c.dtype.kind not in "iu":
+        raise ModelError(f"entropy.counts must be an integer tensor, got {c.dtype}", source)
+    if c.shape != (size,):
+        raise ModelError(
+            f"entropy table size differs from the codebook size ({c.shape} for K={size})", source
+        )
+    if c.size and (int(c.min()) < 0 or int(c.max()) >= MAX_COUNT):
+        raise ModelError("entropy.counts must lie in 0..2^53-1", source)
+    return c.astype(np.int64)
+
+
 def load_model_file(path: Path, opts: ModelOptions | None = None) -> Model:
     """A gqtok model file (safetensors + card), under ``opts``' quantizer overrides."""
     retain_freed_memory()  # fewer page faults per image: see gqtok.io.allocator
@@ -254,7 +277,7 @@ def load_model_file(path: Path, opts: ModelOptions | None = None) -> Model:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 if key == "entropy.counts":
-                    counts = f.get_tensor(key).numpy().astype(np.int64)
+                    counts = f.get_tensor(key).numpy()
                 else:
                     state[key] = f.get_tensor(key)
     except ModelError:
@@ -272,7 +295,10 @@ def save_model(
     counts: np.ndarray | None = None,
     half: bool = False,
 ) -> dict[str, Any]:
-    """Write a model file (+ JSON sidecar); returns the card as stored (with weights hash)."""
+    """Write a model file (+ JSON sidecar); returns the card as stored (with weights hash).
+    ModelError for a card outside the schema (a name .gq files cannot store, say)."""
+    out = Path(path)
+    check_card(card, str(out))
     state: dict[str, torch.Tensor] = {}
     for prefix, module in (("encoder.", encoder), ("decoder.", decoder)):
         for k, v in module.state_dict().items():
@@ -299,7 +325,7 @@ def save_model(
                 int(card.get("quantizer", {}).get("size", 65536))
             ).fingerprint.hex(),
         }
-    out = Path(path)
+    check_card(card, str(out))
     meta = {CARD_KEY: json.dumps(card, sort_keys=True)}
     atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=meta), overwrite=True)
     sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()

@@ -19,10 +19,16 @@ from PIL import Image
 
 from gqtok.codec.engine import decode_to_array, encode_arrays
 from gqtok.codec.tokens import Tokens
-from gqtok.errors import FormatError, ModelError
+from gqtok.errors import FormatError, GqtokError, ModelError
 from gqtok.format import container
 from gqtok.format import entropy as ent
-from gqtok.io.images import Picture, picture_to_pil, read_image
+from gqtok.io.images import (  # _pillow_limit: the alpha plane is read under our limit
+    DEFAULT_MAX_PIXELS,
+    Picture,
+    _pillow_limit,
+    picture_to_pil,
+    read_image,
+)
 from gqtok.model import Model
 from gqtok.quant.codebook import codebook_fingerprint
 
@@ -119,7 +125,11 @@ def encode_file(
 
 
 def check_compatible(model: Model, header: container.Header, name: str | None = None) -> None:
-    """Refuse to decode a file with a model, codebook or entropy table it was not written with."""
+    """Refuse to decode a file with a model, codebook or entropy table it was not written with.
+
+    Cheap checks come first and the codebook is rebuilt (K x G values) only once everything
+    else agrees, so a crafted header cannot make the decoder build a codebook it does not use.
+    """
     if header.weights_hash != model.weights_fingerprint:
         raise ModelError(
             f"file was written with model {header.model_id!r}"
@@ -138,19 +148,8 @@ def check_compatible(model: Model, header: container.Header, name: str | None = 
             f" the model's (dim {q.dim}, K {q.size}, seed {q.seed})",
             name,
         )
-    if codebook_fingerprint(header.dim, header.size, header.seed) != header.codebook_fingerprint:
-        raise FormatError(
-            "rebuilt codebook does not match the file's codebook fingerprint"
-            " (different torch Sobol implementation?)",
-            name,
-        )
     if header.layout != model.layout:
         raise ModelError(f"file token layout {header.layout} differs from the model's", name)
-    em = model.entropy if header.entropy_kind == model.entropy.kind else None
-    if header.entropy_kind == "uniform":
-        em = ent.uniform(q.size)
-    if em is None or em.fingerprint != header.entropy_fingerprint:
-        raise ModelError("file's entropy model does not match the model's entropy table", name)
     f = model.downsample
     want = ((header.height + f - 1) // f, (header.width + f - 1) // f)
     if (header.grid_h, header.grid_w) != want or header.groups != model.groups:
@@ -159,13 +158,44 @@ def check_compatible(model: Model, header: container.Header, name: str | None = 
             f" {header.width}x{header.height} image for this model",
             name,
         )
+    em = model.entropy if header.entropy_kind == model.entropy.kind else None
+    if header.entropy_kind == "uniform":
+        em = ent.uniform(q.size)
+    if em is None or em.fingerprint != header.entropy_fingerprint:
+        raise ModelError("file's entropy model does not match the model's entropy table", name)
+    if codebook_fingerprint(header.dim, header.size, header.seed) != header.codebook_fingerprint:
+        raise FormatError(
+            "rebuilt codebook does not match the file's codebook fingerprint"
+            " (different torch Sobol implementation?)",
+            name,
+        )
 
 
 def unpack_tokens(
-    model: Model, data: bytes, name: str | None = None
+    model: Model,
+    data: bytes,
+    name: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[container.Header, Tokens, np.ndarray | None]:
-    """Parse, verify and entropy-decode a .gq file into its token grid and alpha plane."""
+    """Parse, verify and entropy-decode a .gq file into its token grid and alpha plane.
+
+    An image over ``max_pixels`` is refused (DecompressionBombError) from its header alone,
+    before the model is checked or anything is decoded.
+    """
     header, payload, alpha_bytes = container.unpack(data, name)
+    container.check_pixels(header, max_pixels, name)
+    return _decode_parts(model, header, payload, alpha_bytes, name, max_pixels)
+
+
+def _decode_parts(
+    model: Model,
+    header: container.Header,
+    payload: bytes,
+    alpha_bytes: bytes,
+    name: str | None,
+    max_pixels: int,
+) -> tuple[container.Header, Tokens, np.ndarray | None]:
     check_compatible(model, header, name)
     em = model.entropy if header.entropy_kind == model.entropy.kind else ent.uniform(header.size)
     try:
@@ -173,18 +203,25 @@ def unpack_tokens(
     except ValueError as exc:
         raise FormatError(str(exc), name) from None
     indices = torch.from_numpy(flat).reshape(header.groups, header.grid_h, header.grid_w)
-    alpha = None
-    if header.has_alpha:
-        try:
-            with Image.open(io.BytesIO(alpha_bytes)) as im:
-                if im.format != "PNG" or im.mode != "L" or im.size != (header.width, header.height):
-                    raise FormatError("alpha plane does not match the image", name)
-                alpha = np.asarray(im.copy())
-        except FormatError:
-            raise
-        except Exception:
-            raise FormatError("alpha plane is corrupt", name) from None
+    alpha = _alpha_plane(alpha_bytes, header, name, max_pixels) if header.has_alpha else None
     return header, Tokens(indices, header.width, header.height, header.pad_mode), alpha
+
+
+def _alpha_plane(
+    data: bytes, header: container.Header, name: str | None, max_pixels: int
+) -> np.ndarray:
+    """The alpha payload as an (H, W) array: a PNG of exactly the header's size, mode L.
+    Pillow's own bomb limit is ours here (the header already passed it), so a large image
+    that was allowed is not refused by Pillow's smaller default."""
+    try:
+        with _pillow_limit(max(max_pixels, header.pixels)), Image.open(io.BytesIO(data)) as im:
+            if im.format != "PNG" or im.mode != "L" or im.size != (header.width, header.height):
+                raise FormatError("alpha plane does not match the image", name)
+            return np.asarray(im.copy())
+    except FormatError:
+        raise
+    except Exception:
+        raise FormatError("alpha plane is corrupt", name) from None
 
 
 def decode_bytes(
@@ -192,12 +229,25 @@ def decode_bytes(
     model: Model | Callable[[container.Header], Model],
     name: str | None = None,
     max_memory: int | str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[Image.Image, container.Header]:
-    """Decode .gq bytes to a PIL image in the original mode (RGB, L, RGBA or LA)."""
+    """Decode .gq bytes to a PIL image in the original mode (RGB, L, RGBA or LA).
+
+    ``model`` may be a callable that picks the model from the header; it is called only
+    after the file has been verified and its size checked against ``max_pixels``
+    (DecompressionBombError, exit 3, as when encoding).
+    """
+    header, payload, alpha_bytes = container.unpack(data, name)
+    container.check_pixels(header, max_pixels, name)
     if not isinstance(model, Model):
-        header, _, _ = container.unpack(data, name)
-        model = model(header)
-    header, tokens, alpha = unpack_tokens(model, data, name)
+        try:
+            model = model(header)
+        except GqtokError as e:  # "model ... not available": say which file needs it
+            if e.path is None and name is not None:
+                raise type(e)(str(e), name) from None
+            raise
+    header, tokens, alpha = _decode_parts(model, header, payload, alpha_bytes, name, max_pixels)
     rgb = decode_to_array(model, tokens, max_memory)
     mode = (
         ("LA" if alpha is not None else "L")

@@ -10,18 +10,28 @@ Layout of format version 1 (all integers little-endian; see docs/format.md for t
     token_len u32 | alpha_len u32
     token payload | alpha payload | crc32 u32 (over everything before it)
 
-Parsing validates every field and length before anything is allocated, so corrupt or hostile
-files end in a FormatError, never in a crash or a huge allocation.
+Parsing validates every field against the limits of docs/format.md before anything is
+allocated, so corrupt or hostile files end in a FormatError, never in a crash or a huge
+allocation. ``read_header`` checks a file on disk (or a stream) without holding its payload.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import struct
+import unicodedata
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import IO, Any
 
-from gqtok.errors import FormatError, UnsupportedVersionError
+from gqtok.errors import (
+    DecompressionBombError,
+    FormatError,
+    InputError,
+    UnsupportedVersionError,
+)
+from gqtok.format import entropy
 
 MAGIC = b"GQTK"
 FORMAT_VERSION = 1
@@ -37,7 +47,20 @@ ENTROPY_KINDS = ("uniform", "frequency")
 
 _PRE = struct.Struct("<4sBBBBB")  # magic, version, flags, layout, pad_mode, model_id_len
 _MID = struct.Struct("<8sHIQf8sIIHIIB8sII")
-MAX_SIDE = 1 << 20  # a million pixels per side: far beyond any real image
+_CRC = struct.Struct("<I")
+
+# Limits of docs/format.md. Sides: a million pixels, far beyond any real image. Codebook: K
+# as far as the 24-bit ANS coder can code it, G as far as torch's Sobol engine draws, and at
+# most 2^24 values (a 64 MiB float32 table), so a header cannot make a decoder build a huge one.
+MAX_SIDE = 1 << 20
+MAX_ID_BYTES = 255
+MIN_CODEBOOK_SIZE = entropy.MIN_SIZE
+MAX_CODEBOOK_SIZE = entropy.MAX_SIZE
+MAX_CODEBOOK_DIM = 21201  # gqtok.quant.codebook.MAX_DIM, not imported: that would load torch
+MAX_CODEBOOK_VALUES = 1 << 24
+MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _CRC.size
+_CHUNK = 1 << 20  # read_header streams the payload through the CRC in pieces of this size
+_TRAILING_COUNTED = 1 << 24  # trailing bytes of a stream counted for the message, at most
 
 
 @dataclass(frozen=True)
@@ -68,6 +91,10 @@ class Header:
     def num_tokens(self) -> int:
         return self.groups * self.grid_h * self.grid_w
 
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("weights_hash", "codebook_fingerprint", "entropy_fingerprint"):
@@ -75,13 +102,151 @@ class Header:
         return d
 
 
+@dataclass(frozen=True)
+class FileInfo:
+    """A checked .gq file as ``read_header`` sees it: the header and the sizes of its parts."""
+
+    header: Header
+    file_bytes: int
+    token_bytes: int
+    alpha_bytes: int
+
+    @property
+    def header_bytes(self) -> int:
+        """Everything but the two payloads: fixed fields, model id and CRC."""
+        return self.file_bytes - self.token_bytes - self.alpha_bytes
+
+
+# ----------------------------------------------------------------------------------------------
+# Field checks, shared by pack, unpack, read_header, model cards and the model loader
+
+
+def check_model_id(model_id: str) -> str:
+    """``model_id`` if a .gq header can store it: 1..255 bytes of UTF-8 without control
+    characters (it is printed in one-line messages); ValueError saying why otherwise."""
+    if not isinstance(model_id, str):
+        raise ValueError(f"model id must be a string, got {type(model_id).__name__}")
+    try:
+        n = len(model_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("model id is not valid Unicode (lone surrogate)") from None
+    if not 1 <= n <= MAX_ID_BYTES:
+        raise ValueError(f"model id must be 1..{MAX_ID_BYTES} bytes of UTF-8, got {n}")
+    if any(unicodedata.category(c) == "Cc" for c in model_id):
+        raise ValueError("model id contains a control character")
+    return model_id
+
+
+def check_codebook(dim: int, size: int) -> None:
+    """ValueError unless G and K are within the limits every gqtok can code and rebuild."""
+    if not 1 <= dim <= MAX_CODEBOOK_DIM:
+        raise ValueError(f"codebook dim G={dim} outside 1..{MAX_CODEBOOK_DIM}")
+    if not MIN_CODEBOOK_SIZE <= size <= MAX_CODEBOOK_SIZE:
+        raise ValueError(f"codebook size K={size} outside {MIN_CODEBOOK_SIZE}..{MAX_CODEBOOK_SIZE}")
+    if dim * size > MAX_CODEBOOK_VALUES:
+        raise ValueError(f"codebook of K={size} x G={dim} exceeds {MAX_CODEBOOK_VALUES} values")
+
+
+def _scale_range(side: int, cells: int) -> tuple[int, float]:
+    """The downsampling factors f with ceil(side / f) == cells, as [low, high]."""
+    low = -(-side // cells)
+    high = math.inf if cells == 1 else (side - 1) // (cells - 1)
+    return low, high
+
+
+def grid_fits(width: int, height: int, grid_h: int, grid_w: int) -> bool:
+    """True if one factor f gives grid_h = ceil(height / f) and grid_w = ceil(width / f)."""
+    if not (1 <= grid_h <= height and 1 <= grid_w <= width):
+        return False
+    lo_h, hi_h = _scale_range(height, grid_h)
+    lo_w, hi_w = _scale_range(width, grid_w)
+    return max(lo_h, lo_w) <= min(hi_h, hi_w)
+
+
+def alpha_limit(width: int, height: int) -> int:
+    """Most bytes an alpha payload may take: twice the filtered 8-bit plane plus 64 KiB (a PNG
+    of incompressible data stays far below that)."""
+    return 2 * height * (width + 1) + (1 << 16)
+
+
+def check_header(h: Header) -> None:
+    """ValueError naming the first field of ``h`` outside the limits of docs/format.md."""
+    check_model_id(h.model_id)
+    for key in ("weights_hash", "codebook_fingerprint", "entropy_fingerprint"):
+        if not isinstance(getattr(h, key), bytes) or len(getattr(h, key)) != 8:
+            raise ValueError(f"{key} must be 8 bytes")
+    if h.layout not in LAYOUTS or h.pad_mode not in PAD_MODES:
+        raise ValueError("unknown layout or padding")
+    if h.entropy_kind not in ENTROPY_KINDS:
+        raise ValueError(f"unknown entropy model {h.entropy_kind!r}")
+    check_codebook(h.dim, h.size)
+    if not 0 <= h.seed < 1 << 64:
+        raise ValueError(f"codebook seed {h.seed} outside 0..2^64-1")
+    if not math.isfinite(h.beta):
+        raise ValueError(f"beta {h.beta} is not finite")
+    if not (0 < h.width <= MAX_SIDE and 0 < h.height <= MAX_SIDE):
+        raise ValueError(f"image size {h.width}x{h.height} outside 1..{MAX_SIDE} per side")
+    if not 1 <= h.groups <= 0xFFFF:
+        raise ValueError(f"token groups {h.groups} outside 1..65535")
+    if not grid_fits(h.width, h.height, h.grid_h, h.grid_w):
+        raise ValueError(
+            f"token grid {h.grid_h}x{h.grid_w} is not ceil(size / f) of a {h.width}x{h.height}"
+            " image for any f"
+        )
+
+
+def check_payloads(h: Header, token_bytes: int, alpha_bytes: int) -> None:
+    """ValueError unless the payload lengths can be those of the header's tokens and alpha.
+
+    A token costs at most 24 bits (plus rounding), so the payload is bounded by the token
+    count; under a uniform model a token costs at least about log2 K bits, so the token count
+    is bounded by the payload (frequency models are bounded when decoding, with their table).
+    """
+    n = h.num_tokens
+    if token_bytes % 4:
+        raise ValueError("token payload length is not a multiple of 4")
+    if token_bytes > entropy.payload_limit(n):
+        raise ValueError(f"token payload of {token_bytes} bytes is too long for {n} tokens")
+    if h.entropy_kind == "uniform":
+        bound = entropy.quantized_max(1.0 / h.size, h.size)
+        limit = entropy.token_limit(token_bytes, h.size, 1.0 / h.size, bound)
+        if limit is not None and n > limit:
+            raise ValueError(
+                f"token payload of {token_bytes} bytes cannot hold {n} tokens of K={h.size}"
+            )
+    if h.has_alpha != (alpha_bytes > 0):
+        raise ValueError("alpha flag and alpha payload disagree")
+    if alpha_bytes > alpha_limit(h.width, h.height):
+        raise ValueError(f"alpha payload of {alpha_bytes} bytes is too long for the image")
+
+
+def check_pixels(h: Header, max_pixels: int, name: str | None = None) -> None:
+    """DecompressionBombError (exit 3) if the image has more pixels than ``max_pixels``: the
+    same limit, class and message as reading an image to encode (--max-pixels)."""
+    if max_pixels < 1:
+        raise ValueError("max_pixels must be at least 1")
+    if h.pixels > max_pixels:
+        raise DecompressionBombError(
+            f"image has {h.pixels} pixels, over the limit of {max_pixels}"
+            " (raise it with --max-pixels)",
+            name,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing and reading
+
+
 def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
-    """Serialise a header and its payloads into the bytes of a .gq file."""
-    model_id = header.model_id.encode("utf-8")
-    if not 1 <= len(model_id) <= 255:
-        raise ValueError("model id must be 1..255 bytes of UTF-8")
+    """Serialise a header and its payloads into the bytes of a .gq file.
+
+    Only what the layout itself needs is checked (ValueError): tests forge headers with it.
+    The encoder's headers come from a loaded model, whose card passed the same limits.
+    """
+    check_model_id(header.model_id)
     if bool(alpha) != header.has_alpha:
         raise ValueError("alpha payload present iff header.has_alpha")
+    model_id = header.model_id.encode("utf-8")
     flags = (FLAG_ALPHA if header.has_alpha else 0) | (FLAG_GRAY if header.grayscale else 0)
     out = bytearray(
         _PRE.pack(
@@ -113,21 +278,23 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
     )
     out += tokens
     out += alpha
-    out += struct.pack("<I", zlib.crc32(out) & 0xFFFFFFFF)
+    out += _CRC.pack(zlib.crc32(out) & 0xFFFFFFFF)
     return bytes(out)
 
 
-def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
-    """Parse and verify a .gq file; returns (header, token payload, alpha payload)."""
+def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
+    """(header, offset of the token payload, token_len, alpha_len) from the first bytes of a
+    file (at least the whole header, or all of a shorter file). Checks magic, version, codes
+    and the model id, not yet the other fields: those wait until the CRC has been checked."""
 
     def bad(msg: str) -> FormatError:
         return FormatError(msg, name)
 
-    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+    if len(head) < len(MAGIC) or head[: len(MAGIC)] != MAGIC:
         raise bad("not a .gq file (bad magic bytes)")
-    if len(data) < _PRE.size:
+    if len(head) < _PRE.size:
         raise bad("truncated .gq file (header incomplete)")
-    _, version, flags, layout, pad_mode, id_len = _PRE.unpack_from(data, 0)
+    _, version, flags, layout, pad_mode, id_len = _PRE.unpack_from(head, 0)
     if version not in SUPPORTED_VERSIONS:
         raise UnsupportedVersionError(
             f"unsupported .gq format version {version} (this gqtok reads version"
@@ -135,14 +302,14 @@ def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
             name,
         )
     pos = _PRE.size
-    if len(data) < pos + id_len + _MID.size + 4:
+    if len(head) < pos + id_len + _MID.size + _CRC.size:
         raise bad("truncated .gq file (header incomplete)")
     if flags & ~_KNOWN_FLAGS or layout >= len(LAYOUTS) or pad_mode >= len(PAD_MODES):
         raise bad("corrupt .gq header (unknown flag, layout or padding code)")
     if id_len == 0:
         raise bad("corrupt .gq header (empty model id)")
     try:
-        model_id = data[pos : pos + id_len].decode("utf-8")
+        model_id = head[pos : pos + id_len].decode("utf-8")
     except UnicodeDecodeError:
         raise bad("corrupt .gq header (model id is not UTF-8)") from None
     pos += id_len
@@ -162,25 +329,8 @@ def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
         ent_fp,
         token_len,
         alpha_len,
-    ) = _MID.unpack_from(data, pos)
+    ) = _MID.unpack_from(head, pos)
     pos += _MID.size
-    expected = pos + token_len + alpha_len + 4
-    if expected != len(data):
-        what = "truncated" if expected > len(data) else "has trailing bytes"
-        raise bad(f"corrupt .gq file ({what}: {len(data)} bytes, header says {expected})")
-    (crc,) = struct.unpack_from("<I", data, len(data) - 4)
-    if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
-        raise bad("corrupt .gq file (checksum mismatch)")
-    if ent_kind >= len(ENTROPY_KINDS):
-        raise bad(f"corrupt .gq header (unknown entropy model {ent_kind})")
-    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
-        raise bad(f"corrupt .gq header (image size {width}x{height})")
-    if not (
-        dim > 0 and size > 0 and groups > 0 and 0 < grid_h <= MAX_SIDE and 0 < grid_w <= MAX_SIDE
-    ):
-        raise bad("corrupt .gq header (token grid or codebook parameters)")
-    if bool(flags & FLAG_ALPHA) != (alpha_len > 0):
-        raise bad("corrupt .gq header (alpha flag and alpha payload disagree)")
     header = Header(
         model_id=model_id,
         weights_hash=weights_hash,
@@ -194,7 +344,7 @@ def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
         groups=groups,
         grid_h=grid_h,
         grid_w=grid_w,
-        entropy_kind=ENTROPY_KINDS[ent_kind],
+        entropy_kind=ENTROPY_KINDS[ent_kind] if ent_kind < len(ENTROPY_KINDS) else str(ent_kind),
         entropy_fingerprint=ent_fp,
         layout=LAYOUTS[layout],
         pad_mode=PAD_MODES[pad_mode],
@@ -202,6 +352,99 @@ def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
         grayscale=bool(flags & FLAG_GRAY),
         version=version,
     )
+    return header, pos, token_len, alpha_len
+
+
+def _check_fields(header: Header, token_len: int, alpha_len: int, name: str | None) -> None:
+    if header.entropy_kind not in ENTROPY_KINDS:
+        raise FormatError(f"corrupt .gq header (unknown entropy model {header.entropy_kind})", name)
+    try:
+        check_header(header)
+        check_payloads(header, token_len, alpha_len)
+    except ValueError as exc:
+        raise FormatError(f"corrupt .gq header ({exc})", name) from None
+
+
+def _size_error(actual: int | None, expected: int, name: str | None) -> FormatError:
+    if actual is None:
+        return FormatError(f"corrupt .gq file (has trailing bytes: header says {expected})", name)
+    what = "truncated" if expected > actual else "has trailing bytes"
+    return FormatError(f"corrupt .gq file ({what}: {actual} bytes, header says {expected})", name)
+
+
+def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
+    """Parse and verify a .gq file; returns (header, token payload, alpha payload)."""
+    header, pos, token_len, alpha_len = _parse_head(data, name)
+    expected = pos + token_len + alpha_len + _CRC.size
+    if expected != len(data):
+        raise _size_error(len(data), expected, name)
+    (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if zlib.crc32(memoryview(data)[: -_CRC.size]) & 0xFFFFFFFF != crc:
+        raise FormatError("corrupt .gq file (checksum mismatch)", name)
+    _check_fields(header, token_len, alpha_len, name)
     tokens = data[pos : pos + token_len]
     alpha = data[pos + token_len : pos + token_len + alpha_len]
     return header, tokens, alpha
+
+
+def read_header(
+    source: str | os.PathLike[str] | IO[bytes], name: str | None = None
+) -> FileInfo:
+    """Check a .gq file exactly as ``unpack`` does (same errors), holding at most the header
+    and a 1 MiB chunk in memory: lengths against the file size, the CRC streamed over the
+    payload, then every field. ``source`` is a path or a binary stream (read to its end)."""
+    if isinstance(source, (str, os.PathLike)):
+        label = name if name is not None else os.fspath(source)
+        try:
+            with open(source, "rb") as f:
+                return _read_header(f, label, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            raise InputError(f"cannot read ({e.strerror or e})", label) from None
+    return _read_header(source, name, None)
+
+
+def _read_header(f: IO[bytes], name: str | None, file_size: int | None) -> FileInfo:
+    head = _read_upto(f, MAX_HEADER_BYTES)
+    header, pos, token_len, alpha_len = _parse_head(head, name)
+    expected = pos + token_len + alpha_len + _CRC.size
+    if file_size is not None and file_size != expected:
+        raise _size_error(file_size, expected, name)
+    body = expected - _CRC.size
+    crc = zlib.crc32(head[:body])
+    rest = head[body:]  # bytes past the payloads already read: the CRC, maybe trailing data
+    remaining = body - min(body, len(head))
+    seen = min(body, len(head))
+    while remaining:
+        chunk = f.read(min(_CHUNK, remaining))
+        if not chunk:
+            raise _size_error(seen, expected, name)
+        crc = zlib.crc32(chunk, crc)
+        remaining -= len(chunk)
+        seen += len(chunk)
+    stored = rest + _read_upto(f, _CRC.size - len(rest)) if len(rest) < _CRC.size else rest
+    if len(stored) < _CRC.size:
+        raise _size_error(seen + len(stored), expected, name)
+    trailing = len(stored) - _CRC.size or len(f.read(1))
+    if trailing:
+        if file_size is None:  # a stream: count what follows (up to a bound) for the message
+            more = _read_upto(f, _TRAILING_COUNTED)
+            if len(more) < _TRAILING_COUNTED:
+                file_size = expected + trailing + len(more)
+        raise _size_error(file_size, expected, name)
+    stored = stored[: _CRC.size]
+    if crc & 0xFFFFFFFF != _CRC.unpack(stored)[0]:
+        raise FormatError("corrupt .gq file (checksum mismatch)", name)
+    _check_fields(header, token_len, alpha_len, name)
+    return FileInfo(header, expected, token_len, alpha_len)
+
+
+def _read_upto(f: IO[bytes], n: int) -> bytes:
+    """Up to n bytes (fewer only at the end of the stream: pipes return short reads)."""
+    parts: list[bytes] = []
+    while n > 0:
+        chunk = f.read(n)
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)

@@ -5,17 +5,82 @@ weights, so decoding needs nothing but the file and the named model. Two kinds e
 ``uniform`` (exactly log2 K bits per token) and ``frequency`` (token counts measured on training
 data, plus additive smoothing so that every codeword stays encodable). Probabilities are derived
 from integer counts in float64, which makes the quantised ANS table identical on every machine.
+
+Decoding proves that a payload holds the tokens its header claims (docs/format.md#tokens): a
+token count that the payload cannot possibly hold is refused before anything is allocated, and
+the stream must end exactly empty. constriction's coder starts empty and encodes index 0 into
+an empty coder for free, so the index-0 tokens that end a grid cost nothing, and a payload cut
+short decodes exactly as if its grid ended in zeros. Such a free tail is therefore limited to
+``FREE_BITS`` of information, on both sides: longer ones are refused when decoding and cannot
+be written either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
+from gqtok.errors import FormatError, first_line
+
 KIND_IDS = {"uniform": 0, "frequency": 1}
+
+PRECISION = 24  # constriction's default: probabilities in units of 2^-24, 32-bit words
+MIN_SIZE = 2  # constriction's categorical models need two symbols...
+MAX_SIZE = (1 << PRECISION) - 2  # ...and a nonzero slot of the 2^24 for each one
+FREE_BITS = 64  # information a stream's free index-0 tail may carry (see the module docstring)
+# Bounds on what a stream of T bytes can hold, measured against constriction (tests): a token
+# costs at least its information content less LOSS_BITS (ANS rounding, state >= 2^8 slots),
+# at most PRECISION + LOSS_BITS bits, and the coder's start and end add at most SLACK_BITS.
+LOSS_BITS = 1 / 128
+SLACK_BITS = 128
+
+
+def quantized_max(p_max: float, size: int) -> float:
+    """Upper bound, in units of 2^-24, on the slot constriction's (non-perfect) quantizer gives
+    a symbol of probability ``p_max`` among ``size``: each symbol gets one slot plus its share
+    of the other 2^24 - size, rounded down at both ends of its interval."""
+    total = 1 << PRECISION
+    return min(float(total - (size - 1)), p_max * (total - size) + 3.0)
+
+
+def token_limit(payload_bytes: int, size: int, p_max: float, zero_slot: float) -> int | None:
+    """Most tokens a payload of ``payload_bytes`` can hold under a model of ``size`` symbols
+    whose largest probability is ``p_max`` and whose index 0 has at most ``zero_slot`` 2^-24
+    slots; None where the model is so skewed that a token may cost nearly nothing."""
+    bits_min = PRECISION - math.log2(quantized_max(p_max, size))
+    per_token = bits_min - LOSS_BITS
+    if per_token <= 0:
+        return None
+    return free_tail_limit(zero_slot) + int((8 * payload_bytes + SLACK_BITS) / per_token)
+
+
+def payload_limit(tokens: int) -> int:
+    """Most bytes an ANS stream of ``tokens`` symbols can take: 24 bits and a rounding loss
+    each at worst (a symbol of one slot), plus the coder's head, in whole 32-bit words."""
+    bits = tokens * PRECISION + math.ceil(tokens * LOSS_BITS) + SLACK_BITS
+    return 4 * (bits // 32 + 1)
+
+
+def free_tail_limit(zero_slot: float) -> int:
+    """How many index-0 tokens an empty coder may yield: FREE_BITS of information."""
+    return int(FREE_BITS / (PRECISION - math.log2(zero_slot)))
+
+
+def trailing_zeros(symbols: np.ndarray) -> int:
+    nz = np.flatnonzero(symbols)
+    return int(symbols.size - (nz[-1] + 1 if nz.size else 0))
+
+
+def _long_tail(symbols: np.ndarray, limit: int) -> int | None:
+    """The length of the trailing index-0 run if it exceeds ``limit``, else None (looking at
+    the last limit + 1 symbols only, unless it does)."""
+    if symbols.size <= limit or symbols[symbols.size - limit - 1 :].any():
+        return None
+    return trailing_zeros(symbols)
 
 
 @dataclass(frozen=True)
@@ -30,12 +95,14 @@ class EntropyModel:
     def __post_init__(self) -> None:
         if self.kind not in KIND_IDS:
             raise ValueError(f"unknown entropy model kind {self.kind!r}")
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"entropy model size must be in [{MIN_SIZE}, {MAX_SIZE}]")
         if self.kind == "frequency":
             if self.counts is None or self.counts.shape != (self.size,):
                 raise ValueError(f"frequency model needs a counts table of length {self.size}")
             if (self.counts < 0).any():
                 raise ValueError("frequency counts must be non-negative")
-            if not self.smoothing > 0:
+            if not (self.smoothing > 0 and math.isfinite(self.smoothing)):
                 raise ValueError("frequency smoothing must be positive (no zero probabilities)")
 
     @property
@@ -66,38 +133,87 @@ class EntropyModel:
 
         return constriction.stream.model.Categorical(self.probabilities, perfect=False)
 
+    @cached_property
+    def zero_slot(self) -> int:
+        """The exact 2^-24 slots of index 0 in the coder's table: encoding index 1 into an
+        empty coder leaves its left cumulative, which is index 0's slot count."""
+        import constriction
+
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(np.array([1], dtype=np.int32), self._model)
+        return int(coder.get_compressed()[0])
+
+    @cached_property
+    def free_tail(self) -> int:
+        """Most index-0 tokens a valid stream may end with (they cost no payload)."""
+        return free_tail_limit(self.zero_slot)
+
+    def max_tokens(self, payload_bytes: int) -> int | None:
+        """Most tokens a payload of this many bytes can hold under this model (None: any)."""
+        p_max = 1.0 / self.size if self.kind == "uniform" else float(self.probabilities.max())
+        return token_limit(payload_bytes, self.size, p_max, self.zero_slot)
+
     def ideal_bits(self, symbols: np.ndarray) -> float:
         """Cross-entropy of the symbols under this model, in bits (what ANS approaches)."""
         return float(-np.log2(self.probabilities[symbols.astype(np.int64)]).sum())
 
     def encode(self, symbols: np.ndarray) -> bytes:
+        """The ANS payload of the symbols; FormatError for a grid no .gq file can hold (one
+        ending in more free index-0 tokens than the decoder accepts)."""
         import constriction
 
         sym = np.ascontiguousarray(symbols, dtype=np.int32).reshape(-1)
         if sym.size and (sym.min() < 0 or sym.max() >= self.size):
             raise ValueError(f"symbols must lie in [0, {self.size})")
+        tail = _long_tail(sym, self.free_tail)
+        if tail is not None:
+            raise FormatError(
+                f"token grid ends in {tail} index-0 tokens, more than the {self.free_tail} a"
+                " .gq payload can hold (docs/format.md#tokens)"
+            )
         coder = constriction.stream.stack.AnsCoder()
         if sym.size:
             coder.encode_reverse(sym, self._model)
         return coder.get_compressed().astype("<u4").tobytes()
 
     def decode(self, payload: bytes, count: int) -> np.ndarray:
-        """Inverse of encode; raises ValueError when the payload cannot be a valid stream."""
+        """Inverse of encode; ValueError (one line) unless the payload holds exactly ``count``
+        tokens: enough data for them (checked before decoding), a coder that ends exactly
+        empty, and no more free index-0 tokens at the end than a writer can produce."""
         import constriction
 
         if len(payload) % 4:
             raise ValueError("token payload length is not a multiple of 4")
+        limit = self.max_tokens(len(payload))
+        if limit is not None and count > limit:
+            raise ValueError(
+                f"token payload of {len(payload)} bytes cannot hold {count} tokens"
+                f" (at most {limit} under this entropy model)"
+            )
+        if count > 0 and len(payload) > payload_limit(count):
+            raise ValueError(
+                f"token payload of {len(payload)} bytes is too long for {count} tokens"
+            )
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         if count == 0:
+            if words.size:
+                raise ValueError("token stream has trailing data")
             return np.zeros(0, dtype=np.int64)
         try:
             coder = constriction.stream.stack.AnsCoder(words)
             out = coder.decode(self._model, count)
         except Exception as exc:  # constriction raises plain exceptions on bad streams
-            raise ValueError(f"token stream is corrupt ({exc})") from exc
+            raise ValueError(f"token stream is corrupt ({first_line(exc)[:200]})") from None
         if not coder.is_empty():
             raise ValueError("token stream has trailing data")
-        return np.asarray(out, dtype=np.int64)
+        symbols = np.asarray(out, dtype=np.int64)
+        tail = _long_tail(symbols, self.free_tail)
+        if tail is not None:
+            raise ValueError(
+                f"token payload ran out {tail} tokens before the end (truncated, or the header"
+                " claims more tokens than the payload holds)"
+            )
+        return symbols
 
 
 def uniform(size: int) -> EntropyModel:

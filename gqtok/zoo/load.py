@@ -9,14 +9,17 @@ and are handed to gqtok.zoo.convert with those settings.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gqtok.errors import ModelError
+from gqtok.errors import GqtokError, ModelError
 from gqtok.format.card import has_card, read_card
+from gqtok.format.shards import check_record
 from gqtok.model import Model, load_model_file
+from gqtok.quant.codebook import codebook_fingerprint
 from gqtok.quant.config import ModelOptions, QuantizerConfig
 from gqtok.zoo.convert import model_from_checkpoint, save_converted
 from gqtok.zoo.hub import fetch_checkpoint
@@ -135,22 +138,35 @@ def ensure(name: str, trust_pickle: bool = False) -> Path:
     return out
 
 
-def list_local_models() -> list[tuple[Path, dict[str, Any]]]:
-    """(path, card) of every readable model file in the weights folders."""
+def list_local_models(
+    on_error: Callable[[Path, GqtokError], None] | None = None,
+) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, card) of every model file in the weights folders whose card is valid (it has
+    passed gqtok.format.card's schema, so its fields have the documented types and ranges).
+
+    A file that cannot be read or whose card is bad is left out, never an exception; it is
+    handed to ``on_error`` (path, one-line ModelError) when given, for a warning.
+    """
     seen: set[Path] = set()
     found: list[tuple[Path, dict[str, Any]]] = []
     for d in weights_dirs():
-        if not d.is_dir():
+        try:
+            files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
+        except OSError:  # an unreadable weights folder lists nothing
             continue
-        for p in sorted(d.glob("*.safetensors")):
-            rp = p.resolve()
-            if rp in seen:
-                continue
-            seen.add(rp)
+        for p in files:
             try:
+                rp = p.resolve()
+                if rp in seen:
+                    continue
+                seen.add(rp)
                 found.append((p, read_card(p)))
-            except Exception:  # noqa: BLE001 - an unreadable file is simply not listed
-                continue
+            except GqtokError as e:
+                if on_error is not None:
+                    on_error(p, e)
+            except Exception as e:  # noqa: BLE001 - an unreadable file is simply not listed
+                if on_error is not None:
+                    on_error(p, ModelError(f"cannot read model file ({e})", str(p)))
     return found
 
 
@@ -196,14 +212,28 @@ def model_for_record(
     record: dict[str, Any], name_or_path: str | None = None, trust_pickle: bool = False
 ) -> Model:
     """The model an export (manifest or shard metadata) was made with, under its codebook;
-    its weights must hash to the recorded weights_sha256."""
+    its weights must hash to the recorded weights_sha256, and its token groups, downsampling
+    and codebook must be the recorded ones (ModelError), so that every grid a checked shard
+    holds (gqtok.format.shards.check_arrays) fits the model. A malformed record is an
+    InputError (read_manifest and read_shard have checked theirs already)."""
+    check_record(record)
     rec, cb = record["model"], record["codebook"]
-    quant = QuantizerConfig(int(cb["dim"]), int(cb["size"]), int(cb["seed"]), float(cb["beta"]))
+    quant = QuantizerConfig(cb["dim"], cb["size"], cb["seed"], float(cb["beta"]))
     model = model_for_id(rec["id"], quant, name_or_path, trust_pickle)
+    where = model.source or rec["id"]
     if model.weights_sha256 != rec["weights_sha256"]:
         raise ModelError(
             f"tokens were made with model {rec['id']!r} (weights {rec['weights_sha256'][:16]}),"
             f" not with {model.name!r} (weights {model.weights_sha256[:16]})",
-            model.source or rec["id"],
+            where,
         )
+    if (model.groups, model.downsample) != (rec["groups"], rec["downsample"]):
+        raise ModelError(
+            f"tokens were made with {rec['groups']} token groups at f={rec['downsample']},"
+            f" the model has {model.groups} at f={model.downsample}",
+            where,
+        )
+    fp = cb.get("fingerprint")
+    if fp is not None and codebook_fingerprint(cb["dim"], cb["size"], cb["seed"]).hex() != fp:
+        raise ModelError("rebuilt codebook does not match the recorded fingerprint", where)
     return model

@@ -1,0 +1,87 @@
+"""A small .gq header editor for tests: parse any file's fields without validating them, change
+some, and write the file back with a fresh CRC, so that crafted headers get past the checksum.
+
+Deliberately independent of gqtok.format.container (it reads the layout of docs/format.md
+itself): a bug in the parser under test cannot hide in the tool that crafts its inputs.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+_PRE = struct.Struct("<4sBBBBB")
+_MID = struct.Struct("<8sHIQf8sIIHIIB8sII")
+PRE_FIELDS = ("magic", "version", "flags", "layout", "pad_mode", "id_len")
+MID_FIELDS = (
+    "weights_hash",
+    "dim",
+    "size",
+    "seed",
+    "beta",
+    "codebook_fingerprint",
+    "width",
+    "height",
+    "groups",
+    "grid_h",
+    "grid_w",
+    "entropy_kind",
+    "entropy_fingerprint",
+    "token_len",
+    "alpha_len",
+)
+# Numeric fields and their struct codes, for strategies that draw any value a field can hold.
+WIDTHS = {"version": "B", "flags": "B", "layout": "B", "pad_mode": "B", "dim": "H", "size": "I",
+          "seed": "Q", "width": "I", "height": "I", "groups": "H", "grid_h": "I", "grid_w": "I",
+          "entropy_kind": "B", "token_len": "I", "alpha_len": "I"}  # fmt: skip
+
+
+def fields(data: bytes) -> dict[str, Any]:
+    """Every field of a well-formed file (raw values, no checks), plus the two payloads."""
+    pre = dict(zip(PRE_FIELDS, _PRE.unpack_from(data, 0), strict=True))
+    pos = _PRE.size
+    out: dict[str, Any] = {k: v for k, v in pre.items() if k != "id_len"}
+    out["model_id"] = data[pos : pos + pre["id_len"]]
+    pos += pre["id_len"]
+    out.update(zip(MID_FIELDS, _MID.unpack_from(data, pos), strict=True))
+    pos += _MID.size
+    out["tokens"] = data[pos : pos + out["token_len"]]
+    out["alpha"] = data[pos + out["token_len"] : pos + out["token_len"] + out["alpha_len"]]
+    return out
+
+
+def build(f: dict[str, Any], *, crc: bool = True) -> bytes:
+    """Bytes of a file with these fields. ``token_len``/``alpha_len``/``id_len`` follow the
+    payloads unless given explicitly (to lie about them); the CRC is recomputed."""
+    model_id = f["model_id"]
+    if isinstance(model_id, str):
+        model_id = model_id.encode("utf-8")
+    id_len = f.get("id_len", len(model_id))
+    out = bytearray(
+        _PRE.pack(f["magic"], f["version"], f["flags"], f["layout"], f["pad_mode"], id_len)
+    )
+    out += model_id
+    values = dict(f)
+    values.setdefault("token_len", len(f["tokens"]))
+    values.setdefault("alpha_len", len(f["alpha"]))
+    out += _MID.pack(*(values[k] for k in MID_FIELDS))
+    out += f["tokens"] + f["alpha"]
+    out += struct.pack("<I", zlib.crc32(out) & 0xFFFFFFFF if crc else 0)
+    return bytes(out)
+
+
+def edit(data: bytes, **changes: Any) -> bytes:
+    """``data`` with some fields changed (payload lengths follow new payloads), CRC fixed."""
+    f = fields(data)
+    if "tokens" in changes or "alpha" in changes:
+        f.pop("token_len")
+        f.pop("alpha_len")
+    f.update(changes)
+    return build(f)
+
+
+def recrc(data: bytes) -> bytes:
+    """Any byte string with its last four bytes replaced by the CRC of the rest."""
+    body = data[:-4]
+    return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
