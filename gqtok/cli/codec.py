@@ -8,6 +8,7 @@ and the batch goes on; the exit code is then 1 (one input: that error's own code
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -269,6 +270,7 @@ def decode(
     overwrite: OverwriteOpt = False,
     trust_pickle: TrustOpt = False,
     memory_budget: MemoryOpt = None,
+    max_pixels: MaxPixelsOpt = MAX_PIXELS,
     as_json: RecordsOpt = False,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
@@ -345,7 +347,9 @@ def decode(
                     if isinstance(res, BaseException):
                         raise res
                     step = (job.display, FormatError, "cannot decode")
-                    image, header = decode_bytes(res, resolve, job.display, budget)
+                    image, header = decode_bytes(
+                        res, resolve, job.display, budget, max_pixels=max_pixels
+                    )
                     step = (job.dst, OutputError, "cannot write")
                     done = writer.submit(save, job, image) if writer else save(job, image)
                 except Exception as e:  # noqa: BLE001 - a crafted file raises anything
@@ -370,26 +374,27 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the header as JSON.")] = False,
 ) -> None:
     """Show the header of a .gq file (no model needed)."""
-    from gqtok.format import container
-    from gqtok.io.files import read_input_bytes
+    from gqtok.format.container import read_header
 
     name = "<stdin>" if file == "-" else file
-    try:
-        data = read_input_bytes(file)
-        header, tokens, alpha = container.unpack(data, name)
+    try:  # streamed: the CRC of a file of any size is checked in 1 MiB chunks
+        found = read_header(sys.stdin.buffer if file == "-" else file, name)
+    except OSError as e:  # reading stdin (a path's OS errors are InputErrors already)
+        raise fail(e, name, InputError, "cannot read") from None
     except Exception as e:  # noqa: BLE001 - a crafted file raises anything
         raise fail(e, name, FormatError, "cannot read the header") from None
+    header = found.header
     rec = header.to_dict()
     rec.update(
         {
             "file": name,
-            "bytes": len(data),
-            "token_bytes": len(tokens),
-            "alpha_bytes": len(alpha),
-            "header_bytes": len(data) - len(tokens) - len(alpha),
+            "bytes": found.file_bytes,
+            "token_bytes": found.token_bytes,
+            "alpha_bytes": found.alpha_bytes,
+            "header_bytes": found.header_bytes,
             "tokens": header.num_tokens,
-            "bits_per_token": round(len(tokens) * 8 / header.num_tokens, 4),
-            "bpp": round(len(data) * 8 / (header.width * header.height), 5),
+            "bits_per_token": round(found.token_bytes * 8 / header.num_tokens, 4),
+            "bpp": round(found.file_bytes * 8 / (header.width * header.height), 5),
         }
     )
     if as_json:

@@ -8,15 +8,16 @@ Model cards are read from the safetensors header and the cost comes from precoun
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gqtok.errors import GqtokError
 from gqtok.eval.cost import estimate
-from gqtok.format.card import read_card
 from gqtok.nets.config import CONFIGS, UNetConfig, ViTConfig
 from gqtok.zoo import registry
 from gqtok.zoo.hub import is_available
-from gqtok.zoo.paths import weights_dirs
+from gqtok.zoo.paths import list_local_models
 
 
 def _network(card: dict[str, Any]) -> Any:
@@ -47,26 +48,6 @@ def _cost(card: dict[str, Any]) -> dict[str, Any]:
         return estimate(card)
     except Exception:  # noqa: BLE001 - odd card: list the model without a cost
         return {"gflops": None, "cpu_seconds": None, "threads": None}
-
-
-def local_model_files() -> list[tuple[Path, dict[str, Any]]]:
-    """(path, card) of each readable model file in the weights folders, first folder first.
-
-    The same walk as gqtok.zoo.load.list_local_models, which imports torch with the loader.
-    """
-    seen: set[Path] = set()
-    found: list[tuple[Path, dict[str, Any]]] = []
-    for folder in weights_dirs():
-        files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-        for path in files:
-            if path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            try:
-                found.append((path, read_card(path)))
-            except Exception:  # noqa: BLE001 - an unreadable file is simply not listed
-                continue
-    return found
 
 
 def _local_row(path: Path, card: dict[str, Any]) -> dict[str, Any]:
@@ -113,11 +94,14 @@ def _released_row(name: str) -> dict[str, Any]:
     }
 
 
-def models_table() -> list[dict[str, Any]]:
-    """Local model files, then the released models (``available``: usable offline now).
+def models_table(
+    on_error: Callable[[Path, GqtokError], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Local model files, then the released models (``available``: usable offline now); a
+    local file with a bad card is left out and handed to ``on_error``.
 
     ``est_cpu_s_256`` is an estimate (FLOP count / assumed 20 GFLOP/s per thread, see
     gqtok.eval.cost) of one 256x256 encode + decode on this many threads, not a measurement.
     """
-    rows = [_local_row(path, card) for path, card in local_model_files()]
+    rows = [_local_row(path, card) for path, card in list_local_models(on_error)]
     return rows + [_released_row(name) for name in registry.released_names()]

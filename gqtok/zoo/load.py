@@ -9,21 +9,20 @@ and are handed to gqtok.zoo.convert with those settings.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gqtok.errors import GqtokError, ModelError
-from gqtok.format.card import has_card, read_card
+from gqtok.errors import ModelError
+from gqtok.format.card import has_card
 from gqtok.format.shards import check_record
 from gqtok.model import Model, load_model_file
 from gqtok.quant.codebook import codebook_fingerprint
 from gqtok.quant.config import ModelOptions, QuantizerConfig
 from gqtok.zoo.convert import model_from_checkpoint, save_converted
 from gqtok.zoo.hub import fetch_checkpoint
-from gqtok.zoo.paths import DEFAULT_MODEL, MODEL_FILE_SUFFIXES, weights_dirs
+from gqtok.zoo.paths import DEFAULT_MODEL, MODEL_FILE_SUFFIXES, list_local_models, weights_dirs
 from gqtok.zoo.registry import ENTRIES, converted_path, entry_for_file, released_names
 
 if TYPE_CHECKING:
@@ -136,38 +135,6 @@ def ensure(name: str, trust_pickle: bool = False) -> Path:
     opts = ModelOptions(entry.dim, entry.size, entry.seed, entry.beta, entry.heads, trust_pickle)
     convert_checkpoint(ckpt, out, opts, name=entry.name, origin=origin)
     return out
-
-
-def list_local_models(
-    on_error: Callable[[Path, GqtokError], None] | None = None,
-) -> list[tuple[Path, dict[str, Any]]]:
-    """(path, card) of every model file in the weights folders whose card is valid (it has
-    passed gqtok.format.card's schema, so its fields have the documented types and ranges).
-
-    A file that cannot be read or whose card is bad is left out, never an exception; it is
-    handed to ``on_error`` (path, one-line ModelError) when given, for a warning.
-    """
-    seen: set[Path] = set()
-    found: list[tuple[Path, dict[str, Any]]] = []
-    for d in weights_dirs():
-        try:
-            files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
-        except OSError:  # an unreadable weights folder lists nothing
-            continue
-        for p in files:
-            try:
-                rp = p.resolve()
-                if rp in seen:
-                    continue
-                seen.add(rp)
-                found.append((p, read_card(p)))
-            except GqtokError as e:
-                if on_error is not None:
-                    on_error(p, e)
-            except Exception as e:  # noqa: BLE001 - an unreadable file is simply not listed
-                if on_error is not None:
-                    on_error(p, ModelError(f"cannot read model file ({e})", str(p)))
-    return found
 
 
 def path_for_model_id(model_id: str, trust_pickle: bool = False) -> Path:

@@ -1,10 +1,16 @@
-"""Where gqtok looks for model files and keeps its cache; environment read at call time."""
+"""Where gqtok looks for model files and keeps its cache (environment read at call time), and
+the model files found there. Cards are read from the safetensors header: no torch."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from gqtok.errors import GqtokError, ModelError
+from gqtok.format.card import read_card
 
 DEFAULT_MODEL = "default"
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -29,3 +35,35 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return Path(base).expanduser() / "gqtok"
+
+
+def list_local_models(
+    on_error: Callable[[Path, GqtokError], None] | None = None,
+) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, card) of every model file in the weights folders whose card is valid (it has
+    passed gqtok.format.card's schema, so its fields have the documented types and ranges).
+
+    A file that cannot be read or whose card is bad is left out, never an exception; it is
+    handed to ``on_error`` (path, one-line ModelError) when given, for a warning.
+    """
+    seen: set[Path] = set()
+    found: list[tuple[Path, dict[str, Any]]] = []
+    for d in weights_dirs():
+        try:
+            files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
+        except OSError:  # an unreadable weights folder lists nothing
+            continue
+        for p in files:
+            try:
+                rp = p.resolve()
+                if rp in seen:
+                    continue
+                seen.add(rp)
+                found.append((p, read_card(p)))
+            except GqtokError as e:
+                if on_error is not None:
+                    on_error(p, e)
+            except Exception as e:  # noqa: BLE001 - an unreadable file is simply not listed
+                if on_error is not None:
+                    on_error(p, ModelError(f"cannot read model file ({e})", str(p)))
+    return found
