@@ -294,9 +294,11 @@ def save_model(
     card: dict[str, Any],
     counts: np.ndarray | None = None,
     half: bool = False,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
     """Write a model file (+ JSON sidecar); returns the card as stored (with weights hash).
-    ModelError for a card outside the schema (a name .gq files cannot store, say)."""
+    ModelError for a card outside the schema (a name .gq files cannot store, say); without
+    ``overwrite`` an existing model file is an OutputError, never replaced."""
     out = Path(path)
     check_card(card, str(out))
     state: dict[str, torch.Tensor] = {}
@@ -327,7 +329,7 @@ def save_model(
         }
     check_card(card, str(out))
     meta = {CARD_KEY: json.dumps(card, sort_keys=True)}
-    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=meta), overwrite=True)
+    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=meta), overwrite=overwrite)
     sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
     atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)
     return card

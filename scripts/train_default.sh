@@ -44,13 +44,13 @@ stage() {  # stage RUN STEPS ARGS...
 
 if [ ! -f runs/default/model.safetensors ]; then
   stage runs/default "$STEPS1" --lr 4e-4 || { echo "stage 1 not finished: run again"; exit 0; }
-  "$PY" -m gqtok.train export runs/default runs/default/model.safetensors \
+  "$PY" -m gqtok.train export --overwrite runs/default runs/default/model.safetensors \
     --name gqtok-f8c16-cpu-v1 --half
 fi
 if [ ! -f runs/default-v2/model.safetensors ]; then
   stage runs/default-v2 "$STEPS2" --lr 2e-4 --lr-schedule cosine --lr-min 1e-5 \
     --init runs/default/model.safetensors || { echo "stage 2 not finished: run again"; exit 0; }
-  "$PY" -m gqtok.train export runs/default-v2 runs/default-v2/model.safetensors \
+  "$PY" -m gqtok.train export --overwrite runs/default-v2 runs/default-v2/model.safetensors \
     --name gqtok-f8c16-cpu-v2 --half --token-stats-images 200
 fi
 stage3() {  # stage3 STEPS: run or resume stage 3 until it reaches STEPS, unless it already has
@@ -61,5 +61,5 @@ stage3() {  # stage3 STEPS: run or resume stage 3 until it reaches STEPS, unless
 }
 stage3 "$STEPS3A" || { echo "stage 3 not finished: run again"; exit 0; }
 stage3 "$STEPS3B" || { echo "stage 3 not finished: run again"; exit 0; }
-"$PY" -m gqtok.train export runs/default-v3 weights/default.safetensors \
+"$PY" -m gqtok.train export --overwrite runs/default-v3 weights/default.safetensors \
   --name gqtok-f8c16-cpu-v3 --half --token-stats-images 200

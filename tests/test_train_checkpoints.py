@@ -126,3 +126,23 @@ def test_python_m_gqtok_train_runs() -> None:
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "--trust-pickle" in r.stdout and "--scale-levels" in r.stdout
+
+
+def test_export_model_keeps_an_existing_model_without_overwrite(
+    one_step: Path, tmp_path: Path
+) -> None:
+    """Like every command that writes: an existing output is refused (exit 6, before the
+    minutes of work) unless --overwrite, and the checkpoint itself is never an output."""
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"precious")
+    args = ["export-model", str(one_step), str(model), "--name", "t", "--token-stats-images", "1"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 6, r.output
+    assert r.output == f"error: {model}: exists (use --overwrite)\n"
+    assert model.read_bytes() == b"precious"
+    r = runner.invoke(app, ["export-model", str(one_step), str(one_step / "last.pt"),
+                            "--name", "t", "--overwrite"])  # fmt: skip
+    assert r.exit_code == 6 and "would overwrite the input" in r.output
+    r = runner.invoke(app, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert model.read_bytes()[:8] != b"precious"

@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "export":
             export(args.source, args.model, args.name, args.token_stats_images,
-                   args.token_stats_side, args.data, args.half, trust_pickle=args.trust_pickle)
+                   args.token_stats_side, args.data, args.half, trust_pickle=args.trust_pickle,
+                   overwrite=args.overwrite)
             return
         run(config_from_args(args), trust_pickle=args.trust_pickle)
     except GqtokError as exc:  # an unsafe or unreadable checkpoint, an unwritable out dir

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gqtok.errors import OutputError
+from gqtok.io.files import same_file_guard
 from gqtok.model import save_model
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.search import quantize
@@ -87,6 +89,7 @@ def export(
     half: bool = False,
     console: Any | None = None,
     trust_pickle: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a gqtok model file from a run directory or checkpoint; returns the stored card.
 
@@ -95,7 +98,11 @@ def export(
     measured afresh on the run's eval set.
     """
     log = Log(console)
-    state = load_checkpoint(checkpoint_path(source), trust_pickle)
+    ckpt = checkpoint_path(source)
+    same_file_guard(ckpt, Path(model_path))
+    if not overwrite and Path(model_path).exists():  # refused before the minutes of work
+        raise OutputError("exists (use --overwrite)", str(model_path))
+    state = load_checkpoint(ckpt, trust_pickle)
     cfg = TrainConfig.from_dict(state["config"])
     data_dir = Path(data) if data is not None else cfg.data
     net = cfg.network
@@ -117,7 +124,8 @@ def export(
                        device)
     quality.update({"val_images": len(val_set), "val_crop": cfg.eval_crop})
     card = model_card(name, cfg, state, quality, len(photos), tokens, token_stats_side)
-    stored = save_model(model_path, encoder, decoder, card, counts, half=half)
+    stored = save_model(model_path, encoder, decoder, card, counts, half=half,
+                        overwrite=overwrite)
     log(f"wrote {model_path}: val PSNR {quality.get('val_psnr_q', float('nan')):.2f} dB "
         f"quantized, {quality.get('val_psnr', float('nan')):.2f} dB unquantized")
     return stored
