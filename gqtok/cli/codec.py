@@ -7,13 +7,16 @@ and the batch goes on; the exit code is then 1 (one input: that error's own code
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import IO, TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -45,6 +48,7 @@ from gqtok.cli.common import (
 from gqtok.cli.outputs import check_output, emit, write_output
 from gqtok.cli.ui import Bar, Failures, clean, fail, say, show, warn
 from gqtok.errors import FormatError, GqtokError, InputError, ModelError, OutputError
+from gqtok.format import container
 
 if TYPE_CHECKING:
     from gqtok.model import Model
@@ -257,6 +261,69 @@ def encode(
     failures.exit(len(jobs))
 
 
+_CHUNK = 1 << 20  # a .gq stream is read in pieces of this size, as far as its header says
+_TRAILING_HELD = 1 << 24  # bytes past a stream's end kept for unpack's message, at most
+
+
+def _read_upto(f: IO[bytes], n: int) -> bytes:
+    """Up to n bytes of ``f`` (fewer only at its end), read in chunks: a stream that claims
+    more than it holds costs only what it holds."""
+    parts: list[bytes] = []
+    while n > 0:
+        chunk = f.read(min(n, _CHUNK))
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _read_gq_stream(f: IO[bytes], name: str, max_pixels: int) -> bytes:
+    """A .gq file from a stream: the header first (refused by its fields or pixels before
+    anything else is read), then as many bytes as it says, plus a bounded look at any more."""
+    head = _read_upto(f, container.MAX_HEADER_BYTES)
+    header, total = container.peek_header(io.BytesIO(head), name)
+    container.check_pixels(header, max_pixels, name)
+    data = head + _read_upto(f, total + _TRAILING_HELD - len(head))
+    if len(data) == total + _TRAILING_HELD and f.read(1):  # more than unpack should count
+        raise FormatError(f"corrupt .gq file (has trailing bytes: header says {total})", name)
+    return data  # short or long, decode_bytes says so exactly
+
+
+def _open_error(e: OSError, name: str) -> InputError:
+    if isinstance(e, FileNotFoundError):
+        return InputError("no such file", name)
+    if isinstance(e, IsADirectoryError):
+        return InputError("is a folder, not a file", name)
+    if isinstance(e, PermissionError):
+        return InputError("permission denied", name)
+    return InputError(f"cannot read ({e.strerror or e})", name)
+
+
+def _read_gq_input(src: str, name: str, max_pixels: int) -> bytes:
+    """The bytes of a .gq input (a path, or "-" for stdin), refused from its header alone when
+    its size disagrees with the header (FormatError), a field is out of the format's limits,
+    or the image is over ``max_pixels`` (DecompressionBombError): a crafted header cannot make
+    gqtok read gigabytes before decode_bytes would refuse them."""
+    try:
+        if src == "-":
+            return _read_gq_stream(sys.stdin.buffer, name, max_pixels)
+        try:
+            f = open(src, "rb")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise _open_error(e, name) from None
+        with f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):  # a pipe or device given by its path
+                return _read_gq_stream(f, name, max_pixels)
+            header, total = container.peek_header(f, name, st.st_size)
+            container.check_pixels(header, max_pixels, name)
+            f.seek(0)
+            return f.read(total)
+    except OSError as e:
+        raise InputError(f"cannot read ({e.strerror or e})", name) from None
+
+
 def decode(
     inputs: Annotated[list[str], typer.Argument(help=".gq files, folders, or '-' for stdin.")],
     output: OutputOpt = None,
@@ -281,7 +348,6 @@ def decode(
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from gqtok.codec import decode_bytes
-    from gqtok.io.files import read_input_bytes
     from gqtok.io.images import encode_image_bytes, format_from_path
     from gqtok.io.pipeline import prefetch
     from gqtok.zoo.load import model_for_header
@@ -311,7 +377,7 @@ def decode(
 
     def read(job: Job) -> bytes:
         check_output(job.dst, overwrite, [job.src])
-        return read_input_bytes(job.src)
+        return _read_gq_input(job.src, job.display, max_pixels)
 
     def save(job: Job, image: Any) -> None:
         write_output(job.dst, encode_image_bytes(image, out_fmt, quality), overwrite, [job.src])

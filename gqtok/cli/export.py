@@ -45,7 +45,7 @@ from gqtok.cli.common import (
 )
 from gqtok.cli.outputs import check_output, write_output
 from gqtok.cli.ui import Bar, Failures, fail, say
-from gqtok.errors import GqtokError, InputError, OutputError
+from gqtok.errors import DecompressionBombError, GqtokError, InputError, OutputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,13 +113,28 @@ def _token_source(path: Path, model_opt: str | None, trust_pickle: bool) -> tupl
     raise InputError("expected an export folder, a shard (.safetensors) or a .npy grid", str(path))
 
 
-def _npy_entry(path: Path, model: Model, size: tuple[int, int] | None) -> Entry:
+def _check_pixels(width: int, height: int, max_pixels: int, name: str | None = None) -> None:
+    """An image over --max-pixels is refused before it is rendered, with the error of an
+    oversized image to encode or .gq file to decode (exit code 3)."""
+    if width * height > max_pixels:
+        raise DecompressionBombError(
+            f"image has {width * height} pixels, over the limit of {max_pixels}"
+            " (raise it with --max-pixels)",
+            name,
+        )
+
+
+def _npy_entry(
+    path: Path, model: Model, size: tuple[int, int] | None, max_pixels: int
+) -> Entry:
+    """The one entry of a .npy grid. The file is mapped, not read: its shape (from the .npy
+    header) gives the image size, refused over ``max_pixels`` before any token is read."""
     import numpy as np
 
     from gqtok.format.shards import Entry
 
     try:
-        grid = np.load(path, allow_pickle=False)
+        grid = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise InputError(f"not a readable .npy token grid ({e})", str(path)) from None
     if grid.ndim == 2:
@@ -128,12 +143,13 @@ def _npy_entry(path: Path, model: Model, size: tuple[int, int] | None) -> Entry:
         raise InputError(f"token grid must be integer (NG, h, w) or (h, w), got {grid.shape}")
     if grid.shape[0] != model.groups or grid.size == 0:
         raise InputError(f"grid has {grid.shape[0]} token groups, the model {model.groups}")
-    if int(grid.min()) < 0 or int(grid.max()) >= model.quant.size:
-        raise InputError(f"token indices must lie in [0, {model.quant.size})", str(path))
     f = model.downsample
     w, h = size or (grid.shape[2] * f, grid.shape[1] * f)
     if -(-w // f) != grid.shape[2] or -(-h // f) != grid.shape[1]:
         raise InputError(f"a {grid.shape[1]}x{grid.shape[2]} grid cannot be {w}x{h} pixels")
+    _check_pixels(w, h, max_pixels, str(path))
+    if int(grid.min()) < 0 or int(grid.max()) >= model.quant.size:
+        raise InputError(f"token indices must lie in [0, {model.quant.size})", str(path))
     return Entry(0, path.name, grid.astype(np.int64), w, h)
 
 
@@ -279,6 +295,7 @@ def import_cmd(
         ),
     ] = None,
     model: ModelOpt = None,
+    max_pixels: MaxPixelsOpt = MAX_PIXELS,
     memory_budget: MemoryOpt = None,
     overwrite: OverwriteOpt = False,
     trust_pickle: TrustOpt = False,
@@ -303,7 +320,7 @@ def import_cmd(
         net = load_or_exit(model or DEFAULT_MODEL, ModelOptions(trust_pickle=trust_pickle), dev)
         single = out / (src.stem + suffix) if out.is_dir() else out
         try:
-            entry = _npy_entry(src, net, _size(size))
+            entry = _npy_entry(src, net, _size(size), max_pixels)
         except Exception as e:  # noqa: BLE001 - a crafted .npy raises anything
             raise fail(e, tokens, InputError, "cannot read") from None
         shards: Shards = [(tokens, lambda: [entry])]
@@ -363,6 +380,7 @@ def import_cmd(
             bar.advance(str(dst))
             try:
                 check_output(dst, overwrite, [src])
+                _check_pixels(e.width, e.height, max_pixels)
                 obj = _render(net, grid, e.width, e.height, fmt.value, budget)
             except Exception as err:  # noqa: BLE001 - crafted tokens raise anything
                 failures.add(err, str(dst), InputError, "cannot decode")

@@ -387,6 +387,27 @@ def unpack(data: bytes, name: str | None = None) -> tuple[Header, bytes, bytes]:
     return header, tokens, alpha
 
 
+def peek_header(
+    f: IO[bytes], name: str | None = None, size: int | None = None
+) -> tuple[Header, int]:
+    """The header of the .gq file starting at ``f``'s position and the file size its payload
+    lengths imply, from at most MAX_HEADER_BYTES read from ``f``: enough to refuse a file by
+    its size or its pixels (``check_pixels``) before reading the rest of it.
+
+    Checks what ``unpack`` checks, with the same errors, except the CRC, which needs the whole
+    file: magic, version, codes, the file's ``size`` against the implied one (when the caller
+    knows it), then every field, so that the implied size is within the limits of the image.
+    Without its CRC the header is not verified: ``unpack`` or ``read_header`` must still check
+    the whole file before anything uses it."""
+    head = _read_upto(f, MAX_HEADER_BYTES)
+    header, pos, token_len, alpha_len = _parse_head(head, name)
+    expected = pos + token_len + alpha_len + _CRC.size
+    if size is not None and size != expected:
+        raise _size_error(size, expected, name)
+    _check_fields(header, token_len, alpha_len, name)
+    return header, expected
+
+
 def read_header(
     source: str | os.PathLike[str] | IO[bytes], name: str | None = None
 ) -> FileInfo:
