@@ -29,7 +29,7 @@ from PIL import Image
 
 from gqtok.io.pipeline import passive_openmp
 
-passive_openmp()  # before torch loads: see gqtok.pipeline
+passive_openmp()  # before torch loads: see gqtok.io.pipeline
 
 from gqtok import load_model  # noqa: E402
 from gqtok.codec import decode_to_array, encode_pictures, unpack_tokens  # noqa: E402

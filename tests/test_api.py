@@ -13,11 +13,6 @@ from gqtok.io.images import read_image
 from tests.conftest import DATA
 
 
-@pytest.fixture(scope="module")
-def model():  # noqa: ANN201
-    return gqtok.load_model()
-
-
 def test_every_image_kind_gives_the_same_tokens(model) -> None:  # noqa: ANN001
     rgb = read_image(DATA / "photo_b.png").rgb
     want = encode_arrays(model, [rgb])[0].indices

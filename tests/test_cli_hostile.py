@@ -41,20 +41,6 @@ def lines_naming(stderr: str, name: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if name in ln]
 
 
-@pytest.fixture(scope="module")
-def model():  # noqa: ANN201
-    from gqtok.zoo.load import load_model
-
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def good_gq(model) -> bytes:  # noqa: ANN001
-    from gqtok.codec import encode_file
-
-    return encode_file(model, str(DATA / "photo_b.png")).data
-
-
 def craft(data: bytes, payload: bytes | None = None, **fields: object) -> bytes:
     """A .gq file with other header fields and/or token payload, CRC recomputed (so it passes
     the checksum and reaches the parser's and the codec's later checks)."""

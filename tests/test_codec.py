@@ -15,17 +15,11 @@ import torch
 from PIL import Image
 
 import gqtok
-from gqtok import load_model
 from gqtok.codec import decode_bytes, encode_file, encode_pictures, unpack_tokens
 from gqtok.errors import FormatError, ModelError
 from gqtok.format import container
 from gqtok.io.images import read_image
 from tests.conftest import DATA, REPO
-
-
-@pytest.fixture(scope="module")
-def model():  # noqa: ANN201
-    return load_model()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,11 +24,6 @@ DATA = Path(__file__).parent / "data"
 PIXEL = ["psnr", "ssim", "msssim"]
 
 
-@pytest.fixture(scope="module")
-def model() -> gqtok.Model:
-    return gqtok.load_model()
-
-
 @pytest.fixture()
 def folder(tmp_path: Path) -> Path:
     """Two small real crops and one truncated JPEG."""

@@ -16,7 +16,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gqtok import export as ex
-from gqtok import load_model
 from gqtok.cli.app import app
 from gqtok.codec import Tokens, decode_bytes, decode_to_array, encode_arrays
 from gqtok.errors import OutputError
@@ -25,11 +24,6 @@ from gqtok.io.images import read_image
 from tests.conftest import DATA, REPO
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model():  # noqa: ANN201
-    return load_model()
 
 
 @pytest.fixture()

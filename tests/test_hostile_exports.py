@@ -19,18 +19,12 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from gqtok import export as ex
-from gqtok import load_model
 from gqtok.errors import GqtokError, InputError, ModelError
 from gqtok.format import shards
 from gqtok.zoo.load import model_for_record
 from tests.conftest import DATA, REPO
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-
-
-@pytest.fixture(scope="module")
-def model():  # noqa: ANN201
-    return load_model()
 
 
 @pytest.fixture(scope="module")

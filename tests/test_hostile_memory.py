@@ -35,20 +35,6 @@ GIB = 1 << 30
 LIMIT_MSG = "over the limit of 200000000 (raise it with --max-pixels)"
 
 
-@pytest.fixture(scope="module")
-def model():  # noqa: ANN201
-    from gqtok.zoo.load import load_model
-
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def good_gq(model) -> bytes:  # noqa: ANN001
-    from gqtok.codec import encode_file
-
-    return encode_file(model, str(DATA / "photo_b.png")).data
-
-
 def header_only(good: bytes, **fields: object) -> tuple[bytes, int]:
     """The header of ``good`` with these fields (its CRC and payloads left out), and the file
     size the header implies."""
@@ -77,37 +63,56 @@ def sparse(path: Path, head: bytes, size: int) -> Path:
     return path
 
 
+# The child reports its own peak (VmHWM at exit): the kernel's ru_maxrss of a child started by
+# vfork/posix_spawn begins at the parent's peak, and pytest's grows to ~1 GB over the suite.
+MEASURED = """
+import atexit, os, runpy, sys
+def report():
+    with open("/proc/self/status") as f:
+        peak = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
+    with open(os.environ["GQTOK_TEST_PEAK"], "w") as out:
+        out.write(peak)
+atexit.register(report)
+sys.argv = ["gqtok", *sys.argv[1:]]
+runpy.run_module("gqtok", run_name="__main__")
+"""
+
+
 def run_measured(
     args: list[str], feed: bytes | None = None, zeros: int = 0
 ) -> tuple[int, str, int]:
     """(exit code, stderr, peak RSS in bytes) of ``python -m gqtok ARGS``. With ``feed``, stdin
     is a pipe carrying ``feed`` and then up to ``zeros`` zero bytes, as far as gqtok reads."""
-    err_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gqtok-rss-{os.getpid()}.err"
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    err_path = tmp / f"gqtok-rss-{os.getpid()}.err"
+    peak_path = tmp / f"gqtok-rss-{os.getpid()}.peak"
+    env = {**os.environ, "GQTOK_TEST_PEAK": str(peak_path)}
     with open(err_path, "w+b") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gqtok", *args],
+            [sys.executable, "-c", MEASURED, *args],
             stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
             cwd=REPO,
+            env=env,
         )
         writer = None
         if feed is not None:
             writer = threading.Thread(target=_feed, args=(proc.stdin, feed, zeros), daemon=True)
             writer.start()
-        watchdog = threading.Timer(120, proc.kill)
-        watchdog.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            watchdog.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         if writer is not None:
             writer.join(10)
         err.seek(0)
         text = err.read().decode()
     err_path.unlink()
-    return proc.returncode, text, usage.ru_maxrss * 1024  # kilobytes on Linux
+    peak = int(peak_path.read_text()) * 1024  # VmHWM is in kB
+    peak_path.unlink()
+    return proc.returncode, text, peak
 
 
 def _feed(pipe, data: bytes, zeros: int) -> None:  # noqa: ANN001

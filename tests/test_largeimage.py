@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gqtok import load_model
 from gqtok.codec import Tokens, decode_bytes, decode_to_array, encode_arrays, encode_pictures
 from gqtok.codec import budget as mem
 from gqtok.codec import windowed as li
@@ -37,11 +36,6 @@ SAMPLE = REPO / "examples" / "sample.jpg"
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
-
-
-@pytest.fixture(scope="module")
-def model():  # noqa: ANN201
-    return load_model()
 
 
 @pytest.fixture(scope="module")

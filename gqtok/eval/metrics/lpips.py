@@ -1,6 +1,6 @@
 """Learned perceptual distances on 8-bit RGB: ST-LPIPS (AlexNet, VGG) and plain LPIPS (AlexNet).
 
-ST-LPIPS is fully offline: gqtok.perceptual rebuilds it from the ``stlpips-pytorch`` wheel.
+ST-LPIPS is fully offline: gqtok.nets.stlpips rebuilds it from the ``stlpips-pytorch`` wheel.
 Plain LPIPS (Zhang et al. 2018, v0.1) needs torchvision's ImageNet AlexNet, which no registry
 here ships: it is used only when ``alexnet-owt-7be5be79.pth`` is already in the torch hub cache
 (``$TORCH_HOME/hub/checkpoints``), together with the 6 KB linear heads from the ``lpips`` wheel.
