@@ -1,4 +1,5 @@
-"""Commands that need no network start without torch: ``--help``, ``info`` and ``models``."""
+"""Commands that need no network start without torch or numpy: ``--help``, ``info`` and
+``models`` (cards come from safetensors headers, the .gq limits are plain arithmetic)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import pytest
 
 from tests.conftest import REPO
 
-# Runs the real entry point (python -m gqtok) and says at exit whether torch was imported.
+# Runs the real entry point (python -m gqtok) and says at exit whether torch / numpy were imported.
 PROBE = """
 import atexit, runpy, sys
-atexit.register(lambda: sys.__stderr__.write(f"\\ntorch-loaded={'torch' in sys.modules}\\n"))
+atexit.register(lambda: sys.__stderr__.write(
+    f"\\ntorch-loaded={'torch' in sys.modules} numpy-loaded={'numpy' in sys.modules}\\n"))
 sys.argv = ["gqtok", *sys.argv[1:]]
 runpy.run_module("gqtok", run_name="__main__")
 """
@@ -40,5 +42,5 @@ def test_command_does_not_import_torch(args: list[str], sample_gq: Path, tmp_pat
         timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert r.stderr.strip().splitlines()[-1] == "torch-loaded=False", r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "torch-loaded=False numpy-loaded=False", r.stderr
     assert r.stdout.strip()

@@ -10,6 +10,7 @@ import pytest
 
 from gqtok.errors import DecompressionBombError, FormatError, UnsupportedVersionError
 from gqtok.format import container
+from gqtok.format.bounds import payload_limit, quantized_max
 from gqtok.format.entropy import from_counts, uniform
 from gqtok.quant.codebook import codebook_fingerprint
 
@@ -227,7 +228,7 @@ def test_stream_bounds_hold_for_extreme_sequences(model) -> None:  # noqa: ANN00
             if n > model.free_tail and sym[-model.free_tail - 1] == 0:
                 sym[-model.free_tail - 1] = 1
             data = model.encode(sym)
-            assert len(data) <= container.entropy.payload_limit(n)
+            assert len(data) <= payload_limit(n)
             limit = model.max_tokens(len(data))
             assert limit is None or n <= limit
             assert np.array_equal(model.decode(data, n), sym)
@@ -283,7 +284,7 @@ def test_free_zero_tails_are_bounded_on_both_sides() -> None:
 
 def test_zero_slot_is_exact() -> None:
     for model in _models():
-        q = container.entropy.quantized_max(float(model.probabilities[0]), model.size)
+        q = quantized_max(float(model.probabilities[0]), model.size)
         assert 1 <= model.zero_slot <= q
 
 

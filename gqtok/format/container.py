@@ -31,7 +31,7 @@ from gqtok.errors import (
     InputError,
     UnsupportedVersionError,
 )
-from gqtok.format import entropy
+from gqtok.format import bounds
 
 MAGIC = b"GQTK"
 FORMAT_VERSION = 1
@@ -54,8 +54,8 @@ _CRC = struct.Struct("<I")
 # most 2^24 values (a 64 MiB float32 table), so a header cannot make a decoder build a huge one.
 MAX_SIDE = 1 << 20
 MAX_ID_BYTES = 255
-MIN_CODEBOOK_SIZE = entropy.MIN_SIZE
-MAX_CODEBOOK_SIZE = entropy.MAX_SIZE
+MIN_CODEBOOK_SIZE = bounds.MIN_SIZE
+MAX_CODEBOOK_SIZE = bounds.MAX_SIZE
 MAX_CODEBOOK_DIM = 21201  # gqtok.quant.codebook.MAX_DIM, not imported: that would load torch
 MAX_CODEBOOK_VALUES = 1 << 24
 MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _CRC.size
@@ -205,11 +205,11 @@ def check_payloads(h: Header, token_bytes: int, alpha_bytes: int) -> None:
     n = h.num_tokens
     if token_bytes % 4:
         raise ValueError("token payload length is not a multiple of 4")
-    if token_bytes > entropy.payload_limit(n):
+    if token_bytes > bounds.payload_limit(n):
         raise ValueError(f"token payload of {token_bytes} bytes is too long for {n} tokens")
     if h.entropy_kind == "uniform":
-        bound = entropy.quantized_max(1.0 / h.size, h.size)
-        limit = entropy.token_limit(token_bytes, h.size, 1.0 / h.size, bound)
+        bound = bounds.quantized_max(1.0 / h.size, h.size)
+        limit = bounds.token_limit(token_bytes, h.size, 1.0 / h.size, bound)
         if limit is not None and n > limit:
             raise ValueError(
                 f"token payload of {token_bytes} bytes cannot hold {n} tokens of K={h.size}"
