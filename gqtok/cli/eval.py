@@ -55,6 +55,8 @@ LABELS = {
     "lpips": "LPIPS (AlexNet)",
     "fid": "rFID",
     "kid": "KID",
+    "patch_fid": "patch FID (256 px)",
+    "patch_kid": "patch KID",
 }
 
 
@@ -95,6 +97,16 @@ def _eval_table(rep: EvalReport) -> Table:
             _fmt(rep.kid["mean"] * 1000, 3),
             _fmt(rep.kid["std"] * 1000, 3),
             f"{rep.feature_images} ({rep.kid['subsets']} subsets of {rep.kid['subset_size']})",
+        )
+    if "patch_fid" in rep.metrics and "patch_fid" not in rep.unavailable:
+        table.add_row(LABELS["patch_fid"], _fmt(rep.patch_fid, 2), "", f"{rep.patches} patches")
+    if rep.patch_kid is not None:
+        table.add_row(
+            "patch KID x 1000",
+            _fmt(rep.patch_kid["mean"] * 1000, 3),
+            _fmt(rep.patch_kid["std"] * 1000, 3),
+            f"{rep.patches} patches ({rep.patch_kid['subsets']} subsets"
+            f" of {rep.patch_kid['subset_size']})",
         )
     if rep.usage is not None:
         u = rep.usage
@@ -241,7 +253,7 @@ def eval_cmd(
         typer.Option(
             "--metrics",
             help="Comma-separated subset of: psnr, ssim, msssim, stlpips_alex, stlpips_vgg,"
-            " lpips, fid, kid (default: all).",
+            " lpips, fid, kid, patch_fid, patch_kid (default: all).",
         ),
     ] = None,
     json_out: Annotated[
