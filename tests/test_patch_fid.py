@@ -130,3 +130,25 @@ def test_cli_eval_reports_patch_fields(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "patch FID (256 px)" in res.stdout and "1 patches" in res.stdout
     assert "patch_fid: needs at least 2 patches" in " ".join(res.stdout.split())
+
+
+def test_compare_patch_fid_per_codec_and_target(tmp_path: Path) -> None:
+    from tests.test_eval import _app
+
+    shutil.copy(SAMPLE, tmp_path / "sample.jpg")
+    out = tmp_path / "rd"
+    res = CliRunner().invoke(
+        _app(),
+        ["compare", str(tmp_path / "sample.jpg"), "--bpp", "1.0", "--codecs", "jpeg",
+         "--patch-fid", "--out", str(out), "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    rows = {(r["target"], r["codec"]): r for r in d["summary"]}
+    jpeg = rows[("1", "jpeg")]
+    assert jpeg["images"] == 1 and jpeg["patch_fid_patches"] == 8
+    assert jpeg["patch_fid"] is not None and jpeg["patch_kid"] is not None
+    own = [r for r in d["summary"] if r["codec"].startswith("gqtok:")]
+    assert len(own) == 1 and own[0]["patch_fid_patches"] == 8 and own[0]["patch_fid"] > 0
+    assert any(n.startswith("patch_fid: based on 8-8 patches") for n in d["notes"])
+    assert "patch_fid" in json.loads((out / "rd.json").read_text())["summary"][0]
