@@ -55,6 +55,8 @@ LABELS = {
     "lpips": "LPIPS (AlexNet)",
     "fid": "rFID",
     "kid": "KID",
+    "patch_fid": "patch FID (256 px)",
+    "patch_kid": "patch KID",
 }
 
 
@@ -96,6 +98,16 @@ def _eval_table(rep: EvalReport) -> Table:
             _fmt(rep.kid["std"] * 1000, 3),
             f"{rep.feature_images} ({rep.kid['subsets']} subsets of {rep.kid['subset_size']})",
         )
+    if "patch_fid" in rep.metrics and "patch_fid" not in rep.unavailable:
+        table.add_row(LABELS["patch_fid"], _fmt(rep.patch_fid, 2), "", f"{rep.patches} patches")
+    if rep.patch_kid is not None:
+        table.add_row(
+            "patch KID x 1000",
+            _fmt(rep.patch_kid["mean"] * 1000, 3),
+            _fmt(rep.patch_kid["std"] * 1000, 3),
+            f"{rep.patches} patches ({rep.patch_kid['subsets']} subsets"
+            f" of {rep.patch_kid['subset_size']})",
+        )
     if rep.usage is not None:
         u = rep.usage
         table.add_row(
@@ -126,10 +138,12 @@ def _compare_table(rep: CompareReport) -> Table:
     table = Table(title="gqtok compare: metrics interpolated at matched bpp")
     table.add_column("target", overflow="fold")
     table.add_column("codec", overflow="fold")
-    for col in ("images", "bpp", "PSNR", "MS-SSIM", "ST-LPIPS"):
+    patches = any("patch_fid" in row for row in rep.summary)
+    cols = ["images", "bpp", "PSNR", "MS-SSIM", "ST-LPIPS"]
+    for col in cols + (["patch FID", "patch KID x 1000", "patches"] if patches else []):
         table.add_column(col, justify="right", no_wrap=True)
     for row in rep.summary:
-        table.add_row(
+        cells = [
             clean(row["target"]),
             clean(row["codec"]),
             f"{row['images']}/{row['images'] + row['excluded']}",
@@ -137,7 +151,15 @@ def _compare_table(rep: CompareReport) -> Table:
             _fmt(row["psnr"], 2),
             _fmt(row["msssim"]),
             _fmt(row["stlpips_alex"]),
-        )
+        ]
+        if patches:
+            kid = row.get("patch_kid")
+            cells += [
+                _fmt(row.get("patch_fid"), 2),
+                _fmt(None if kid is None else kid * 1000, 3),
+                str(row.get("patch_fid_patches", 0)),
+            ]
+        table.add_row(*cells)
     return table
 
 
@@ -241,7 +263,7 @@ def eval_cmd(
         typer.Option(
             "--metrics",
             help="Comma-separated subset of: psnr, ssim, msssim, stlpips_alex, stlpips_vgg,"
-            " lpips, fid, kid (default: all).",
+            " lpips, fid, kid, patch_fid, patch_kid (default: all).",
         ),
     ] = None,
     json_out: Annotated[
@@ -322,6 +344,14 @@ def compare_cmd(
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
     quiet: QuietOpt = False,
+    patch_fid: Annotated[
+        bool,
+        typer.Option(
+            "--patch-fid",
+            help="Also patch FID/KID (256 px patches, HiFiC protocol) per codec and target;"
+            " slow on CPU.",
+        ),
+    ] = False,
 ) -> None:
     """Rate-distortion of gqtok against JPEG, WebP and AVIF at matched bpp."""
     from gqtok.eval.compare import CODECS, compare
@@ -338,7 +368,8 @@ def compare_cmd(
     rep, failures = _measure(
         paths, quiet,
         lambda paths, on_image: compare(
-            paths, rates, models, chosen, resize, center_crop, dev, max_pixels, on_image
+            paths, rates, models, chosen, resize, center_crop, dev, max_pixels, on_image,
+            patch_fid,
         ),
     )  # fmt: skip
     written = []

@@ -7,6 +7,12 @@ linearly in bpp between them. A target outside the codec's reachable range for a
 extrapolated: that image is excluded for that codec and rate, and the exclusions are counted.
 gqtok has no rate knob: each model is shown at its own rate, and the classical codecs are also
 interpolated at gqtok's exact per-image rate ("@model" rows), the fairest single comparison.
+
+With ``patch_fid=True``, patch FID/KID (HiFiC protocol, see ``metrics.patches``) is computed per
+codec and target over all images: a set metric cannot be interpolated image by image, so the
+patch features of the reconstructions at the lower and at the upper bracketing quality are
+pooled into two sets, FID/KID is computed for each, and the two values are interpolated linearly
+at the set's mean target bpp between the two sets' mean bpps.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, features
@@ -29,6 +35,9 @@ from gqtok.eval.metrics import MetricUnavailable
 from gqtok.eval.metrics import fidelity as px
 from gqtok.io.images import DEFAULT_MAX_PIXELS, Picture, read_image
 from gqtok.model import Model
+
+if TYPE_CHECKING:
+    from gqtok.eval.metrics.inception import InceptionFeatures
 
 METRICS = ("psnr", "msssim", "stlpips_alex")
 CSV_COLUMNS = (
@@ -116,6 +125,10 @@ class Sweep:
             self._data[q] = self.codec.encode(self.rgb, q)
         return len(self._data[q]) * 8 / self.pixels
 
+    def decoded(self, q: int) -> np.ndarray:
+        self.bpp(q)
+        return self.codec.decode(self._data[q])
+
     def metrics(self, q: int) -> dict[str, float | None]:
         if q not in self._metrics:
             self.bpp(q)
@@ -171,6 +184,41 @@ class Sweep:
 
 
 @dataclass
+class PatchGroup:
+    """Patch features of one (target, codec) over the images: originals, reconstructions at the
+    lower and upper bracketing quality (gqtok: its one reconstruction in both), and the rates."""
+
+    orig: list[np.ndarray] = field(default_factory=list)
+    lo: list[np.ndarray] = field(default_factory=list)
+    hi: list[np.ndarray] = field(default_factory=list)
+    bpp_lo: list[float] = field(default_factory=list)
+    bpp_hi: list[float] = field(default_factory=list)
+    target: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        from gqtok.eval.metrics.inception import frechet_distance, kernel_inception_distance
+
+        a = np.concatenate(self.orig)
+        n = len(a)
+        out: dict[str, Any] = {"patch_fid": None, "patch_kid": None, "patch_fid_patches": n}
+        lo, hi = np.concatenate(self.lo), np.concatenate(self.hi)
+        blo, bhi = float(np.mean(self.bpp_lo)), float(np.mean(self.bpp_hi))
+        w = 0.0 if bhi == blo else (float(np.mean(self.target)) - blo) / (bhi - blo)
+        same = all(x is y for x, y in zip(self.lo, self.hi, strict=True))
+        if n >= 2:
+            flo = frechet_distance(a, lo)
+            out["patch_fid"] = flo if same else flo + w * (frechet_distance(a, hi) - flo)
+        if n >= 4:
+            klo = kernel_inception_distance(a, lo).mean
+            khi = klo if same else kernel_inception_distance(a, hi).mean
+            out["patch_kid"] = klo + w * (khi - klo)
+        return out
+
+
+PatchPending = list[tuple[tuple[str, str], np.ndarray, np.ndarray, np.ndarray, float, float, float]]
+
+
+@dataclass
 class CompareReport:
     targets: list[float]
     codecs: list[str]
@@ -191,7 +239,7 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _summarise(report: CompareReport) -> None:
+def _summarise(report: CompareReport, patches: dict[tuple[str, str], PatchGroup] | None) -> None:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for p in report.points:
         groups.setdefault((p["target"], p["codec"]), []).append(p)
@@ -213,6 +261,12 @@ def _summarise(report: CompareReport) -> None:
         }
         for k in METRICS:
             row[k] = _mean([p.get(k) for p in ok])
+        if patches is not None:
+            group = patches.get((target, codec))
+            if group is None:
+                row.update(patch_fid=None, patch_kid=None, patch_fid_patches=0)
+            else:
+                row.update(group.summary())
         report.summary.append(row)
         if len(ok) < len(pts):
             report.notes.append(
@@ -230,11 +284,21 @@ def _image_points(
     resize: int | None,
     center_crop: int | None,
     max_pixels: int,
-) -> list[dict[str, Any]]:
-    """All RD points of one image; any failure drops the image as a whole."""
+    inception: InceptionFeatures | None = None,
+) -> tuple[list[dict[str, Any]], PatchPending]:
+    """All RD points of one image, and its patch features per (target, codec) when
+    ``inception`` is given; any failure drops the image as a whole."""
+    from gqtok.eval.metrics.patches import patch_features
+
     rgb = preprocess(read_image(name, max_pixels=max_pixels, name=name).rgb, resize, center_crop)
     points = []
     own = []
+    pending: PatchPending = []
+    orig = None
+    if inception is not None:
+        orig = patch_features(inception, rgb)
+        if not len(orig):
+            inception = None  # smaller than a patch: no patch features for this image
     for model in models:
         rec, nbytes, _ = roundtrip(model, Picture(rgb, None, "RGB", "PNG", 8))
         bpp = nbytes * 8 / (rgb.shape[0] * rgb.shape[1])
@@ -242,13 +306,22 @@ def _image_points(
         point = {"image": name, "codec": f"gqtok:{model.name}", "target": f"@{model.name}"}
         point.update(target_bpp=bpp, bpp=bpp, status="ok", **measure(rgb, rec))
         points.append(point)
+        if inception is not None and orig is not None:
+            f = patch_features(inception, rec)
+            pending.append(((point["target"], point["codec"]), orig, f, f, bpp, bpp, bpp))
     rates = [(f"{t:g}", float(t)) for t in targets] + [(f"@{m}", b) for m, b in own]
     for codec in codecs:
         sweep = Sweep(CODECS[codec], rgb, measure)
         for label, bpp in rates:
             point = {"image": name, "codec": codec, "target": label, "target_bpp": bpp}
-            points.append({**point, **sweep.at(bpp)})
-    return points
+            point.update(sweep.at(bpp))
+            points.append(point)
+            if inception is not None and orig is not None and point["status"] == "ok":
+                lo = patch_features(inception, sweep.decoded(point["quality_lo"]))
+                hi = patch_features(inception, sweep.decoded(point["quality_hi"]))
+                blo, bhi = point["bpp_lo"], point["bpp_hi"]
+                pending.append(((label, codec), orig, lo, hi, blo, bhi, bpp))
+    return points, pending
 
 
 def compare(
@@ -261,8 +334,10 @@ def compare(
     device: str = "cpu",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_image: Callable[[str, str | None], None] | None = None,
+    patch_fid: bool = False,
 ) -> CompareReport:
-    """RD points of gqtok models and classical codecs on the given images."""
+    """RD points of gqtok models and classical codecs on the given images (and patch FID/KID
+    per codec and target with ``patch_fid``: slow, 2 Inception passes per patch and rate)."""
     names, skipped = available_codecs()
     if codecs is not None:
         names = [c for c in names if c in codecs]
@@ -276,11 +351,21 @@ def compare(
         stlpips = None
         report.notes.append(f"stlpips_alex: not available offline ({e})")
     measure = make_measure(stlpips)
+    inception = None
+    groups: dict[tuple[str, str], PatchGroup] | None = None
+    if patch_fid:
+        from gqtok.eval.metrics.inception import InceptionFeatures
+
+        try:
+            inception = InceptionFeatures(device=device)
+            groups = {}
+        except MetricUnavailable as e:
+            report.notes.append(f"patch_fid: not available offline ({e})")
     for path in paths:
         name = str(path)
         try:
-            points = _image_points(name, targets, models, names, measure, resize, center_crop,
-                                   max_pixels)  # fmt: skip
+            points, pending = _image_points(name, targets, models, names, measure, resize,
+                                            center_crop, max_pixels, inception)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - one bad image never ends the run
             msg = str(e) if isinstance(e, GqtokError) and e.path else f"{name}: {e}"
             report.failures.append((name, msg))
@@ -288,10 +373,35 @@ def compare(
                 on_image(name, msg)
             continue
         report.points += points
+        for key, orig, lo, hi, blo, bhi, target in pending if groups is not None else []:
+            g = groups.setdefault(key, PatchGroup())
+            g.orig.append(orig)
+            g.lo.append(lo)
+            g.hi.append(hi)
+            g.bpp_lo.append(blo)
+            g.bpp_hi.append(bhi)
+            g.target.append(target)
         if on_image:
             on_image(name, None)
-    _summarise(report)
+    _summarise(report, groups)
+    if groups is not None:
+        _patch_notes(report)
     return report
+
+
+def _patch_notes(report: CompareReport) -> None:
+    from gqtok.eval.metrics.patches import FID_MIN_PATCHES, PATCH
+
+    counts = sorted({row["patch_fid_patches"] for row in report.summary})
+    if not counts or counts[-1] < 2:
+        report.notes.append(
+            f"patch_fid: no image gave 2 or more {PATCH} px patches; patch FID/KID undefined"
+        )
+    elif counts[0] < FID_MIN_PATCHES:
+        report.notes.append(
+            f"patch_fid: based on {counts[0]}-{counts[-1]} patches per codec and target; FID is"
+            f" biased below ~{FID_MIN_PATCHES} (HiFiC used ~28k): compare patch KID"
+        )
 
 
 def write_outputs(report: CompareReport, outdir: Path) -> dict[str, Path]:

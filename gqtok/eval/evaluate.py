@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -25,8 +25,12 @@ from gqtok.io.files import IMAGE_EXTS
 from gqtok.io.images import DEFAULT_MAX_PIXELS, Picture, read_image
 from gqtok.model import Model
 
+if TYPE_CHECKING:
+    from gqtok.eval.metrics.patches import PatchFID
+
 PER_IMAGE = ("psnr", "ssim", "msssim", "stlpips_alex", "stlpips_vgg", "lpips")
 PERCEPTUAL = ("stlpips_alex", "stlpips_vgg", "lpips")
+INCEPTION = ("fid", "kid", "patch_fid", "patch_kid")
 
 
 @dataclass
@@ -66,6 +70,9 @@ class EvalReport:
     fid: float | None = None
     kid: dict[str, float | int] | None = None
     feature_images: int = 0  # images behind FID/KID
+    patch_fid: float | None = None
+    patch_kid: dict[str, float | int] | None = None
+    patches: int = 0  # 256 px patches behind patch FID/KID (HiFiC protocol)
     usage: UsageSummary | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -83,6 +90,9 @@ class EvalReport:
             "fid": self.fid,
             "kid": self.kid,
             "fid_kid_images": self.feature_images,
+            "patch_fid": self.patch_fid,
+            "patch_kid": self.patch_kid,
+            "patch_fid_patches": self.patches,
             "codebook": self.usage.to_dict() if self.usage else None,
             "unavailable": self.unavailable,
             "notes": self.notes,
@@ -213,16 +223,22 @@ def evaluate(
         model.name, wanted, {"resize": resize, "center_crop": center_crop, "color": "RGB"}
     )
     nets = load_perceptual(wanted, device, report.unavailable)
-    inception = None
-    if "fid" in wanted or "kid" in wanted:
+    inception = patch_acc = None
+    if any(m in wanted for m in INCEPTION):
         from gqtok.eval.metrics.inception import InceptionFeatures
+        from gqtok.eval.metrics.patches import PatchFID
 
         try:
-            inception = InceptionFeatures(device=device)
+            net = InceptionFeatures(device=device)
         except MetricUnavailable as e:
-            for m in ("fid", "kid"):
+            for m in INCEPTION:
                 if m in wanted:
                     report.unavailable[m] = f"not available offline ({e})"
+        else:
+            if "fid" in wanted or "kid" in wanted:
+                inception = net
+            if "patch_fid" in wanted or "patch_kid" in wanted:
+                patch_acc = PatchFID(net)
     counter = TokenCounter(model.quant.size)
     feats_a: list[np.ndarray] = []
     feats_b: list[np.ndarray] = []
@@ -253,6 +269,8 @@ def evaluate(
         if inception is not None:
             feats_a.append(inception([pic.rgb]))
             feats_b.append(inception([rec]))
+        if patch_acc is not None:
+            patch_acc.add(pic.rgb, rec)
         counter.add(indices)
         bits += nbytes * 8
         pixels += w * h
@@ -260,7 +278,33 @@ def evaluate(
         if on_image:
             on_image(name, None)
     _summarise(report, wanted, feats_a, feats_b, counter, bits, pixels)
+    if patch_acc is not None:
+        _summarise_patches(report, wanted, patch_acc)
     return report
+
+
+def _summarise_patches(report: EvalReport, wanted: list[str], acc: PatchFID) -> None:
+    from gqtok.eval.metrics.patches import FID_MIN_PATCHES, PATCH
+
+    n = report.patches = acc.patches
+    if "patch_fid" in wanted:
+        report.patch_fid = acc.fid()
+        if report.patch_fid is None:
+            report.notes.append(
+                f"patch_fid: needs at least 2 patches of {PATCH} px (got {n}; images smaller"
+                f" than {PATCH} px in a side give none)"
+            )
+        elif n < FID_MIN_PATCHES:
+            report.notes.append(
+                f"patch_fid: based on only {n} patches; FID is biased below ~{FID_MIN_PATCHES}"
+                " (HiFiC used ~28k patches): compare patch KID or use more/larger photos"
+            )
+    if "patch_kid" in wanted:
+        kid = acc.kid()
+        if kid is None:
+            report.notes.append(f"patch_kid: needs at least 4 patches of {PATCH} px (got {n})")
+        else:
+            report.patch_kid = asdict(kid)
 
 
 def _summarise(

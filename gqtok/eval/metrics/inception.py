@@ -83,6 +83,13 @@ class InceptionFeatures:
             out.append(self.net(x).double().cpu().numpy().reshape(1, FEATURES))
         return np.concatenate(out) if out else np.zeros((0, FEATURES))
 
+    @torch.inference_mode()
+    def batch(self, images: np.ndarray) -> np.ndarray:
+        """(N, 2048) float64 features of an (N, H, W, 3) uint8 stack, in one forward pass."""
+        x = torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2)
+        x = tf_resize(x.to(self.device)) / 128.0 - 1.0
+        return self.net(x).double().cpu().numpy().reshape(len(images), FEATURES)
+
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh((a + a.T) / 2)
