@@ -177,15 +177,13 @@ def setup_device(device: Device, threads: int | None, *, pipelined: bool = False
 def _latent_channels(name: str) -> int | None:
     """Latent channels C of a model file or local model name, from its card (no weights)."""
     from gqtok.format.card import read_card
-    from gqtok.nets.config import CONFIGS
+    from gqtok.nets.config import network_config
     from gqtok.zoo.paths import weights_dirs
 
     for path in [Path(name), *(d / f"{name}.safetensors" for d in weights_dirs())]:
         if path.suffix == ".safetensors" and path.is_file():
             try:
-                card = read_card(path)
-                network = CONFIGS[str(card.get("arch", "unet"))].from_dict(card["network"])
-                return int(network.z_channels)
+                return int(network_config(read_card(path)).z_channels)
             except Exception:  # noqa: BLE001 - the loader reports an unreadable model
                 return None
     return None

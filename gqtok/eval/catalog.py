@@ -14,20 +14,16 @@ from typing import Any
 
 from gqtok.errors import GqtokError
 from gqtok.eval.cost import estimate
-from gqtok.nets.config import CONFIGS, UNetConfig, ViTConfig
+from gqtok.nets.config import UNetConfig, ViTConfig, network_config
 from gqtok.zoo import registry
 from gqtok.zoo.hub import is_available
 from gqtok.zoo.paths import list_local_models
 
 
-def _network(card: dict[str, Any]) -> Any:
-    return CONFIGS[str(card.get("arch", "unet"))].from_dict(card["network"])
-
-
 def nominal_bpp(card: dict[str, Any]) -> float | None:
     """Bits per pixel before entropy coding: NG tokens of log2(K) bits per f x f block."""
     try:
-        cfg = _network(card)
+        cfg = network_config(card)
         q = card.get("quantizer", {})
         ng = cfg.z_channels // int(q.get("dim", 16))
         return round(ng * math.log2(int(q.get("size", 65536))) / cfg.downsample**2, 4)
@@ -38,7 +34,7 @@ def nominal_bpp(card: dict[str, Any]) -> float | None:
 def downsample(card: dict[str, Any]) -> int | None:
     """The network's pixels per latent position along one side (f), None for an odd card."""
     try:
-        return int(_network(card).downsample)
+        return int(network_config(card).downsample)
     except Exception:  # noqa: BLE001 - odd card: no figure
         return None
 

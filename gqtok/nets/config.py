@@ -96,3 +96,9 @@ class ViTConfig:
 
 
 CONFIGS: dict[str, type[UNetConfig] | type[ViTConfig]] = {"unet": UNetConfig, "vit": ViTConfig}
+
+
+def network_config(card: dict[str, Any]) -> UNetConfig | ViTConfig:
+    """The network hyper-parameters a model card describes (KeyError/TypeError/ValueError for a
+    card that describes none)."""
+    return CONFIGS[str(card.get("arch", "unet"))].from_dict(card["network"])
