@@ -49,6 +49,8 @@ class TrainState:
     last_eval: dict[str, float] = field(default_factory=dict)
     init: dict[str, Any] | None = None  # provenance of a --init warm start
     hardware: str = ""
+    disc: torch.nn.Module | None = None  # --decoder-only: the patch discriminator
+    disc_optimizer: torch.optim.Optimizer | None = None
 
     def wall_time(self) -> float:
         """Training wall time over all sessions (steps, evals and checkpoints; not data loading)."""
@@ -81,7 +83,7 @@ def checkpoint_to_resume(path: Path, cfg: TrainConfig, trust_pickle: bool) -> di
         raise FileExistsError(f"{path} exists: resume it or choose another out dir")
     state = load_checkpoint(path, trust_pickle)
     saved = TrainConfig.from_dict(state["config"])
-    for key in ("network", "dim", "codebook_size", "codebook_seed"):
+    for key in ("network", "dim", "codebook_size", "codebook_seed", "decoder_only"):
         if getattr(saved, key) != getattr(cfg, key):
             raise ValueError(f"cannot resume: {key} differs from the checkpoint's")
     return state
@@ -102,6 +104,9 @@ def restore(ts: TrainState, state: dict[str, Any], device: torch.device) -> None
     ts.wall_before = state["wall_time_s"]
     ts.last_eval = state.get("last_eval", {})
     ts.init = state.get("init")
+    if ts.disc is not None and ts.disc_optimizer is not None:
+        ts.disc.load_state_dict(state["disc"])
+        ts.disc_optimizer.load_state_dict(state["disc_optimizer"])
 
 
 def save_checkpoint(
@@ -124,6 +129,9 @@ def save_checkpoint(
         "hardware": ts.hardware, "data": data_summary, "last_eval": ts.last_eval,
         "init": ts.init,
     }
+    if ts.disc is not None and ts.disc_optimizer is not None:
+        state["disc"] = ts.disc.state_dict()
+        state["disc_optimizer"] = ts.disc_optimizer.state_dict()
     atomic_write(path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
 

@@ -105,6 +105,8 @@ def export(
     state = load_checkpoint(ckpt, trust_pickle)
     cfg = TrainConfig.from_dict(state["config"])
     data_dir = Path(data) if data is not None else cfg.data
+    if cfg.decoder_only:
+        return export_decoder(state, cfg, data_dir, Path(model_path), name, half, log, overwrite)
     net = cfg.network
     device = torch.device("cpu")
     encoder, decoder = Encoder(net), Decoder(net)
@@ -128,4 +130,54 @@ def export(
                         overwrite=overwrite)
     log(f"wrote {model_path}: val PSNR {quality.get('val_psnr_q', float('nan')):.2f} dB "
         f"quantized, {quality.get('val_psnr', float('nan')):.2f} dB unquantized")
+    return stored
+
+
+def export_decoder(
+    state: dict[str, Any], cfg: TrainConfig, data_dir: Path, path: Path, name: str, half: bool,
+    log: Log, overwrite: bool,
+) -> dict[str, Any]:
+    """A --decoder-only run as a decoder file bound to the model it started from (the base's
+    weights hash is in the card; gqtok serves it only beside that model)."""
+    from gqtok.model import save_decoder
+    from gqtok.train.losses import build_perceptual
+
+    init = state.get("init") or {}
+    if not init.get("weights_sha256"):
+        raise ValueError("the run does not record the model it started from (no init hash)")
+    net = cfg.network
+    encoder, decoder = Encoder(net), Decoder(net)
+    encoder.load_state_dict(state["encoder"])
+    decoder.load_state_dict(state["decoder"])
+    encoder.eval()
+    decoder.eval()
+    val_photos = load_photos(data_dir / "val", cfg.max_side)
+    val_set = eval_images(val_photos, cfg.eval_crop, net.downsample, cfg.eval_images)
+    quality = evaluate(encoder, decoder, val_set, cfg.dim, cfg.codebook_size, cfg.codebook_seed,
+                       torch.device("cpu"), build_perceptual(cfg))
+    quality.update({"val_images": len(val_set), "val_crop": cfg.eval_crop})
+    card = {
+        "name": name,
+        "base_model": init.get("model", ""),
+        "base_weights_sha256": init["weights_sha256"],
+        "arch": "unet",
+        "network": net.to_dict(),
+        "description": (f"decoder fine-tuned for L1 + ST-LPIPS ({cfg.perceptual}) + patch GAN "
+                        f"on {init.get('model', 'the base model')}'s GQ tokens"),
+        "training": {
+            "steps": state["step"], "images_seen": state["images_seen"], "crop": cfg.crop,
+            "batch": cfg.batch, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule,
+            "perceptual": cfg.perceptual, "perceptual_weight": cfg.perceptual_weight,
+            "disc_weight": cfg.disc_weight, "disc_start": cfg.disc_start,
+            "disc_lr": cfg.disc_lr, "disc_channels": cfg.disc_channels,
+            "disc_layers": cfg.disc_layers, "scale_range": [cfg.scale_min, cfg.scale_max],
+            "flip": cfg.flip, "wall_time_s": round(float(state["wall_time_s"]), 1),
+            "hardware": state.get("hardware", ""), "data": state.get("data", {}),
+            "init": init,
+        },
+        "quality": quality,
+    }
+    stored = save_decoder(path, decoder, card, half=half, overwrite=overwrite)
+    log(f"wrote {path}: val PSNR {quality.get('val_psnr_q', float('nan')):.2f} dB, "
+        f"ST-LPIPS {quality.get('val_stlpips_q', float('nan')):.4f} (quantized)")
     return stored

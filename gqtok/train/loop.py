@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gqtok.io.pipeline import pick_device
+from gqtok.nets.patchgan import PatchDiscriminator
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.tdc import TargetDivergence
 from gqtok.train.checkpoints import (
@@ -36,7 +37,13 @@ from gqtok.train.checkpoints import (
 from gqtok.train.config import TrainConfig
 from gqtok.train.data import batch_to_device, batches, load_training_data, make_sampler
 from gqtok.train.hardware import hardware_string
-from gqtok.train.losses import build_perceptual, step_losses
+from gqtok.train.losses import (
+    build_perceptual,
+    decoder_losses,
+    discriminator_loss,
+    frozen_codewords,
+    step_losses,
+)
 from gqtok.train.progress import METRICS, Log, MetricsFile, Window, eval_line, train_line
 from gqtok.train.validation import evaluate
 
@@ -89,12 +96,16 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
     n_params = sum(p.numel() for m in (ts.encoder, ts.decoder) for p in m.parameters())
     log(f"network: {n_params / 1e6:.2f} M params, f={cfg.network.downsample}, device {device}, "
         f"{torch.get_num_threads()} threads, perceptual {cfg.perceptual}")
+    if ts.disc is not None:
+        n_disc = sum(p.numel() for p in ts.disc.parameters())
+        log(f"decoder only: encoder frozen, discriminator {n_disc / 1e6:.2f} M params, "
+            f"adversarial terms from step {cfg.disc_start}")
     ts.hardware = _hardware(device, saved)
 
     ts.started = time.perf_counter()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop shape: pick the fastest kernels once
-    ts.encoder.train()
+    ts.encoder.train(not cfg.decoder_only)  # a frozen encoder computes what it will at export
     ts.decoder.train()
     stop = {"stop": False}
     win = Window()
@@ -110,10 +121,15 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
                 log("interrupted: saving the checkpoint")
                 break
             t0 = time.perf_counter()
-            losses = _train_step(cfg, ts, batch_to_device(feed.batch(cfg.batch), device),
-                                 perceptual)
-            st = ts.tdc.stats()
-            win.add(cfg.batch, time.perf_counter() - t0, losses, 3 * cfg.crop * cfg.crop, st)
+            x = batch_to_device(feed.batch(cfg.batch), device)
+            if cfg.decoder_only:
+                losses, extra = _decoder_step(cfg, ts, x, perceptual)
+                st = FROZEN_TDC | ts.tdc.stats()
+            else:
+                losses, extra = _train_step(cfg, ts, x, perceptual), {}
+                st = ts.tdc.stats()
+            win.add(cfg.batch, time.perf_counter() - t0, losses, 3 * cfg.crop * cfg.crop, st,
+                    extra)
             if not math.isfinite(losses[0]):
                 raise FloatingPointError(f"loss is {losses[0]} at step {ts.step}")
             if (cfg.log_every and ts.step % cfg.log_every == 0) or ts.step == cfg.steps:
@@ -123,7 +139,7 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
                 log(train_line(row))
                 win = Window()
             if cfg.eval_every and ts.step % cfg.eval_every == 0 and data.val_set:
-                _evaluate(cfg, ts, data.val_set, device, metrics, log)
+                _evaluate(cfg, ts, data.val_set, device, metrics, log, perceptual)
             if cfg.ckpt_every and ts.step % cfg.ckpt_every == 0:
                 save_checkpoint(ckpt_path, ts, feed, cfg, data.summary, device)
     save_checkpoint(ckpt_path, ts, feed, cfg, data.summary, device)
@@ -132,16 +148,28 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
     return ckpt_path
 
 
+# A decoder-only run does not move the encoder, so there are no KL statistics to log.
+FROZEN_TDC = {"bits_mean": math.nan, "bits_min": math.nan, "bits_max": math.nan}
+
+
 def _build(cfg: TrainConfig, device: torch.device, photos: list[np.ndarray]) -> TrainState:
-    """Fresh networks (seeded), Adam, TDC multipliers, crop sampler and noise generator."""
+    """Fresh networks (seeded), Adam, TDC multipliers, crop sampler and noise generator; for
+    --decoder-only also the discriminator and its Adam, and only the decoder is optimised."""
     torch.manual_seed(cfg.seed)
     encoder, decoder = Encoder(cfg.network).to(device), Decoder(cfg.network).to(device)
-    opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=cfg.lr)
+    trained = [*decoder.parameters()] if cfg.decoder_only else [
+        *encoder.parameters(), *decoder.parameters()]
+    opt = torch.optim.Adam(trained, lr=cfg.lr)
     tdc = TargetDivergence(cfg.codebook_size)
     sampler = make_sampler(cfg, photos)
     noise = torch.Generator(device=device)
     noise.manual_seed(cfg.seed + 1)
-    return TrainState(encoder, decoder, opt, tdc, sampler, noise)
+    ts = TrainState(encoder, decoder, opt, tdc, sampler, noise)
+    if cfg.decoder_only:
+        encoder.requires_grad_(False)
+        ts.disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers).to(device)
+        ts.disc_optimizer = torch.optim.Adam(ts.disc.parameters(), lr=cfg.disc_lr)
+    return ts
 
 
 def _train_step(
@@ -162,12 +190,47 @@ def _train_step(
     return v_loss, v_l1, v_p, v_kl
 
 
+def _decoder_step(
+    cfg: TrainConfig, ts: TrainState, x: torch.Tensor, perceptual: torch.nn.Module | None
+) -> tuple[tuple[float, float, float, float], dict[str, float]]:
+    """One decoder-only step: the decoder's update on the frozen encoder's codewords, then
+    (from disc_start on) the discriminator's; returns (loss, L1, perceptual, 0) and the
+    adversarial terms for the log."""
+    assert ts.disc is not None and ts.disc_optimizer is not None
+    lr = learning_rate(cfg, ts.step)
+    for group in ts.optimizer.param_groups:
+        group["lr"] = lr
+    zhat = frozen_codewords(cfg, ts.encoder, x)
+    gan_on = ts.step >= cfg.disc_start
+    ts.disc.requires_grad_(False)  # the decoder's step only needs gradients through D
+    loss, x_hat, terms = decoder_losses(cfg, ts.decoder, ts.disc, zhat, x, perceptual, gan_on)
+    ts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ts.optimizer.step()
+    ts.disc.requires_grad_(True)
+    if gan_on:
+        for group in ts.disc_optimizer.param_groups:
+            group["lr"] = cfg.disc_lr
+        d_loss, real, fake = discriminator_loss(ts.disc, x, x_hat)
+        ts.disc_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        ts.disc_optimizer.step()
+        terms.update(gan_d=d_loss.detach(), d_real=real, d_fake=fake)
+    ts.step += 1
+    ts.images_seen += cfg.batch
+    names = list(terms)
+    values = torch.stack([loss.detach(), *(terms[k].detach().float() for k in names)]).tolist()
+    extra = dict(zip(names, values[1:], strict=True))
+    return (values[0], extra.pop("l1"), extra.pop("perceptual"), 0.0), extra
+
+
 def _evaluate(
     cfg: TrainConfig, ts: TrainState, val_set: list[torch.Tensor], device: torch.device,
-    metrics: MetricsFile, log: Log,
+    metrics: MetricsFile, log: Log, perceptual: torch.nn.Module | None = None,
 ) -> None:
     ts.last_eval = evaluate(ts.encoder, ts.decoder, val_set, cfg.dim, cfg.codebook_size,
-                            cfg.codebook_seed, device)
+                            cfg.codebook_seed, device,
+                            perceptual if cfg.decoder_only else None)
     metrics.add({"kind": "eval", "step": ts.step, "images": ts.images_seen,
                  "wall_s": ts.wall_time(), **ts.last_eval})
     log(eval_line(ts.step, ts.last_eval))

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from gqtok.nets.patchgan import hinge_d_loss
 from gqtok.nets.unet import Decoder, Encoder
-from gqtok.quant.search import LOGVAR_MAX, LOGVAR_MIN
+from gqtok.quant.search import LOGVAR_MAX, LOGVAR_MIN, quantize
 from gqtok.quant.tdc import TargetDivergence, kl_bits_per_token
 from gqtok.train.config import TrainConfig
 
@@ -58,3 +59,68 @@ def step_losses(
     loss = loss + cfg.kl_weight * kl_loss
     tdc.update(kl2)  # once per AE step: there is no discriminator step (see gqtok.quant.tdc)
     return loss, l1, p_mean, kl_loss
+
+
+# ----------------------------------------------------------------------------------------------
+# --decoder-only: a second decoder for a frozen encoder's GQ tokens
+
+
+@torch.no_grad()
+def frozen_codewords(cfg: TrainConfig, encoder: Encoder, x: torch.Tensor) -> torch.Tensor:
+    """The GQ codewords the frozen encoder gives x: exactly what the decoder will be handed
+    at decode time (not the reparameterised sample the joint training uses)."""
+    amp = x.device.type == "cuda"
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        moments = encoder(x)
+    _, zhat = quantize(moments.float(), cfg.dim, cfg.codebook_size, cfg.codebook_seed)
+    return zhat.to(x.device)
+
+
+def adaptive_weight(rec: torch.Tensor, gan: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """VQGAN's balance: the ratio of the reconstruction's and the adversarial term's gradient
+    norms at the decoder's last layer, so the GAN term neither vanishes nor dominates whatever
+    the scale of the reconstruction loss (GQ_SPEC 5.5)."""
+    g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(gan, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+def decoder_losses(
+    cfg: TrainConfig, decoder: Decoder, disc: torch.nn.Module, zhat: torch.Tensor,
+    x: torch.Tensor, perceptual: torch.nn.Module | None, gan_on: bool,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Generator side of a decoder-only step: (loss, reconstruction, logged terms).
+
+    loss = L1 + w_p * 3HW * ST-LPIPS  [+ disc_weight * adaptive * (-mean D(x_hat))]
+    """
+    amp = x.device.type == "cuda"
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        x_hat = decoder(zhat)
+    x_hat = x_hat.float()
+    l1 = (x_hat - x).abs().sum() / x.shape[0]
+    rec = l1
+    p_mean = torch.zeros((), device=x.device)
+    if perceptual is not None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            p_mean = perceptual(x_hat, x).float().mean()
+        rec = rec + cfg.perceptual_weight * x[0].numel() * p_mean
+    terms = {"l1": l1, "perceptual": p_mean}
+    loss = rec
+    if gan_on:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            g_loss = -disc(x_hat).float().mean()
+        weight = cfg.disc_weight * adaptive_weight(rec, g_loss, decoder.conv_out.weight)
+        loss = rec + weight * g_loss
+        terms.update(gan_g=g_loss, gan_weight=weight)
+    return loss, x_hat, terms
+
+
+def discriminator_loss(
+    disc: torch.nn.Module, x: torch.Tensor, x_hat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hinge loss, mean real logit, mean fake logit) on the photo and the detached
+    reconstruction."""
+    amp = x.device.type == "cuda"
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        real, fake = disc(x).float(), disc(x_hat.detach()).float()
+    return hinge_d_loss(real, fake), real.mean().detach(), fake.mean().detach()

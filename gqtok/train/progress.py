@@ -17,6 +17,8 @@ METRIC_COLUMNS = (
     "kind", "step", "images", "wall_s", "loss", "l1", "perceptual", "kl_loss", "bits_mean",
     "bits_min", "bits_max", "lam", "lam_min", "lam_max", "img_per_s", "lr", "val_psnr_q",
     "val_psnr", "val_bits_mean", "val_bits_min", "val_bits_max",
+    # --decoder-only runs: adversarial terms and the held-out perceptual distance
+    "gan_g", "gan_d", "gan_weight", "d_real", "d_fake", "val_stlpips_q",
 )
 
 
@@ -77,11 +79,20 @@ class Window:
     bits_mean: float = 0.0
     bits_min: float = math.inf
     bits_max: float = -math.inf
+    extra: dict[str, float] | None = None  # sums of optional terms (the adversarial ones)
+    extra_steps: dict[str, int] | None = None
 
     def add(self, images: int, seconds: float, losses: tuple[float, float, float, float],
-            pixels: int, tdc: dict[str, float]) -> None:
-        """One step: its batch size, time, (loss, L1, perceptual, TDC term) and TDC stats."""
+            pixels: int, tdc: dict[str, float], extra: dict[str, float] | None = None) -> None:
+        """One step: its batch size, time, (loss, L1, perceptual, TDC term), TDC stats and
+        any optional terms (averaged over the steps that had them)."""
         loss, l1, perceptual, kl_loss = losses
+        if extra:
+            self.extra = self.extra or {}
+            self.extra_steps = self.extra_steps or {}
+            for k, v in extra.items():
+                self.extra[k] = self.extra.get(k, 0.0) + v
+                self.extra_steps[k] = self.extra_steps.get(k, 0) + 1
         self.steps += 1
         self.images += images
         self.seconds += seconds
@@ -104,10 +115,16 @@ class Window:
             "bits_min": self.bits_min, "bits_max": self.bits_max, "lam": tdc["lam"],
             "lam_min": tdc["lam_min"], "lam_max": tdc["lam_max"],
             "img_per_s": self.images / max(self.seconds, 1e-9), "lr": lr,
+            **{k: v / (self.extra_steps or {})[k] for k, v in (self.extra or {}).items()},
         }
 
 
 def train_line(row: dict[str, Any]) -> str:
+    if math.isnan(row["bits_mean"]):  # decoder only: no KL, maybe adversarial terms
+        gan = (f" | G {row['gan_g']:.3f} x {row['gan_weight']:.3g} | D {row['gan_d']:.3f} "
+               f"(real {row['d_real']:.2f}, fake {row['d_fake']:.2f})" if "gan_d" in row else "")
+        return (f"step {row['step']:>7} | loss {row['loss']:9.1f} | L1 {row['l1']:.4f} | "
+                f"lpips {row['perceptual']:.4f}{gan} | {row['img_per_s']:.2f} img/s")
     return (f"step {row['step']:>7} | loss {row['loss']:9.1f} | L1 {row['l1']:.4f} | "
             f"lpips {row['perceptual']:.4f} | bits {row['bits_mean']:6.2f} "
             f"[{row['bits_min']:5.2f}, {row['bits_max']:5.2f}] | lam {row['lam']:.3g} "
@@ -116,6 +133,9 @@ def train_line(row: dict[str, Any]) -> str:
 
 
 def eval_line(step: int, ev: dict[str, float]) -> str:
+    if "val_stlpips_q" in ev:
+        return (f"eval {step:>7} | PSNR quantized {ev['val_psnr_q']:.2f} dB | "
+                f"ST-LPIPS {ev['val_stlpips_q']:.4f}")
     return (f"eval {step:>7} | PSNR quantized {ev['val_psnr_q']:.2f} dB | "
             f"unquantized {ev['val_psnr']:.2f} dB | bits {ev['val_bits_mean']:.2f} "
             f"[{ev['val_bits_min']:.2f}, {ev['val_bits_max']:.2f}]")
