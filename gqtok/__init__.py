@@ -27,6 +27,8 @@ _LAZY = {
     "Model": "model",
     "QuantizerConfig": "quant.config",
     "load_model": "zoo.load",
+    "save_decoder": "model",
+    "decoder_card": "model",
     "quantize": "quant.search",
     "dequantize": "quant.search",
     "encode_file": "codec",
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
     from gqtok.export import export_tokens
     from gqtok.format.shards import iter_entries, read_shard
     from gqtok.io.images import read_image
-    from gqtok.model import Model
+    from gqtok.model import Model, decoder_card, save_decoder
     from gqtok.quant.codebook import codebook, codebook_sha256
     from gqtok.quant.config import QuantizerConfig
     from gqtok.quant.search import dequantize, quantize
@@ -91,6 +93,7 @@ __all__ = [
     "decode_bytes",
     "decode_large",
     "decode_tensor",
+    "decoder_card",
     "dequantize",
     "encode",
     "encode_batch",
@@ -103,4 +106,5 @@ __all__ = [
     "quantize",
     "read_image",
     "read_shard",
+    "save_decoder",
 ]

@@ -5,6 +5,10 @@ images, float tensors in [0, 1] and bare uint16 grids from an export. These wrap
 at the edge and nothing else: the tokens are exactly the codec's, large images go through the
 same memory-bounded windows (``max_memory``), and a grid decodes the same whether it came
 from a ``.gq`` file, an export shard or a generative model.
+
+The decode functions take ``decoder`` and ``realism`` (gqtok.model.Model.with_decoder): the
+same tokens through another of the model's decoders. Left out, the model's own choice holds:
+"fidelity" for a model from ``load_model``, whatever ``with_decoder`` chose otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 from PIL import Image
 
 from gqtok.codec import Tokens, decode_to_array, encode_arrays
-from gqtok.model import Model
+from gqtok.model import Model, select_decoder
 
 ImageLike = Image.Image | np.ndarray | torch.Tensor
 GridLike = Tokens | np.ndarray | torch.Tensor
@@ -102,9 +106,12 @@ def decode_array(
     *,
     size: tuple[int, int] | None = None,
     max_memory: int | str | None = None,
+    decoder: str | None = None,
+    realism: float | None = None,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB for a token grid."""
-    return decode_to_array(model, as_tokens(tokens, model.downsample, size), max_memory)
+    net = select_decoder(model, decoder, realism)
+    return decode_to_array(net, as_tokens(tokens, net.downsample, size), max_memory)
 
 
 def decode(
@@ -113,9 +120,14 @@ def decode(
     *,
     size: tuple[int, int] | None = None,
     max_memory: int | str | None = None,
+    decoder: str | None = None,
+    realism: float | None = None,
 ) -> Image.Image:
     """RGB PIL image for a token grid."""
-    return Image.fromarray(decode_array(model, tokens, size=size, max_memory=max_memory))
+    a = decode_array(
+        model, tokens, size=size, max_memory=max_memory, decoder=decoder, realism=realism
+    )
+    return Image.fromarray(a)
 
 
 def decode_tensor(
@@ -125,9 +137,13 @@ def decode_tensor(
     size: tuple[int, int] | None = None,
     value_range: tuple[float, float] = (0.0, 1.0),
     max_memory: int | str | None = None,
+    decoder: str | None = None,
+    realism: float | None = None,
 ) -> torch.Tensor:
     """(3, H, W) float32 tensor in ``value_range`` for a token grid (8-bit exact pixels)."""
-    a = decode_array(model, tokens, size=size, max_memory=max_memory)
+    a = decode_array(
+        model, tokens, size=size, max_memory=max_memory, decoder=decoder, realism=realism
+    )
     lo, hi = value_range
     t = torch.from_numpy(a).permute(2, 0, 1).float() / 255.0
     return t * (hi - lo) + lo

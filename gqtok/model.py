@@ -6,13 +6,24 @@ frequency table (``entropy.counts``) and the model card as JSON in the safetenso
 Two network families share one interface: the convolutional UNet (``arch: unet``) and the
 reference ViT (``arch: vit``, see gqtok.nets.vit). This module loads and saves one file;
 names, released models and reference checkpoints are resolved above it, in gqtok.zoo.
+
+Other decoders for the same tokens (a perceptual one, say) live in decoder files beside the
+model file, bound to it by its weights fingerprint (docs/format.md#decoder-files): the model's
+tokens, .gq headers and checks stay the same, and the decoder is chosen when decoding
+(``Model.with_decoder``); a decoder file is read only when it is first used.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
+import numbers
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +32,23 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from gqtok.errors import ModelError
+from gqtok.errors import ModelError, first_line
 from gqtok.format import entropy as ent
 from gqtok.format.card import (
     CARD_KEY,
     CARD_VERSION,
+    DECODER_INFIX,
+    DECODER_KEY,
+    DECODER_VERSION,
     DEFAULT_LAYOUT,
+    FIDELITY,
+    PERCEPTUAL,
+    DecoderScan,
     check_card,
+    check_decoder_card,
+    find_decoders,
     read_card,
+    read_decoder_card,
     with_quantizer,
 )
 from gqtok.io.allocator import retain_freed_memory
@@ -58,6 +78,69 @@ ARCHS: dict[str, tuple[Any, type[torch.nn.Module], type[torch.nn.Module]]] = {
 }
 
 
+class DecoderSet:
+    """The decoders that turn one model's tokens into pixels: the model's own ("fidelity") and
+    the decoder files bound to it (``scan``), each read on first use and then kept, so that
+    all the variants of a model (``Model.with_decoder``, ``Model.requantized``) share them."""
+
+    def __init__(
+        self,
+        fidelity: torch.nn.Module,
+        build: Callable[[], torch.nn.Module] | None = None,
+        model_name: str = "unnamed",
+        scan: DecoderScan | None = None,
+    ) -> None:
+        self._modules: dict[str, torch.nn.Module] = {FIDELITY: fidelity}
+        self._build = build  # an empty decoder network of the model's config
+        self.model_name = model_name
+        self.scan = scan or DecoderScan()
+        self._lock = threading.Lock()
+
+    @property
+    def names(self) -> list[str]:
+        return self.scan.names
+
+    def check(self, name: str) -> None:
+        """ModelError unless ``name`` is a usable decoder: a decoder file that is there but
+        refused is named with its reason, an unknown name gets the list of available ones."""
+        if name == FIDELITY or name in self.scan.bound:
+            return
+        if name in self.scan.refused:
+            path, why = self.scan.refused[name]
+            raise ModelError(why, str(path))
+        raise ModelError(
+            f"unknown decoder {name!r} for model {self.model_name!r}"
+            f" (available: {', '.join(self.names)})"
+        )
+
+    def get(self, name: str) -> torch.nn.Module:
+        """The decoder network ``name``, read from its file the first time."""
+        self.check(name)
+        with self._lock:
+            if name not in self._modules:
+                path, card = self.scan.bound[name]
+                self._modules[name] = load_decoder_file(path, self._network, card)
+            return self._modules[name]
+
+    def mixed(self, name: str, realism: float) -> torch.nn.Module:
+        """A new decoder network with weights (1 - realism) * fidelity + realism * ``name``
+        (network interpolation, as ESRGAN's): one knob between the two decoders."""
+        ours, theirs = self.get(FIDELITY).state_dict(), self.get(name).state_dict()
+        mixed = {}
+        for key, value in ours.items():
+            a, b = value.detach().cpu(), theirs[key].detach().cpu()
+            mixed[key] = torch.lerp(a.float(), b.float(), realism) if a.is_floating_point() else a
+        module = self._network()
+        module.load_state_dict(mixed, assign=True)
+        return module.eval()
+
+    def _network(self) -> torch.nn.Module:
+        if self._build is None:  # a Model made by hand: a copy of its own decoder is the shape
+            return copy.deepcopy(self._modules[FIDELITY])
+        with torch.device("meta"):  # no memory, no random init: filled by load_state_dict
+            return self._build()
+
+
 class Model:
     """Encoder/decoder pair plus everything needed to turn images into coded tokens and back.
 
@@ -65,6 +148,10 @@ class Model:
     (B, 2C, H/f, W/f) and the decoder maps latent grids back, so quantization is always done
     on the grid. ``layout`` is the reference's token layout of the network family ("blc" for
     the ViT), recorded in .gq headers; GQ's per-token search does not depend on it.
+
+    ``decoder`` is the one chosen with ``with_decoder`` (the model's own, "fidelity", unless
+    another was chosen); everything that identifies the tokens (card, weights_sha256, the
+    quantizer and entropy model) is the model's whatever the decoder.
     """
 
     def __init__(
@@ -78,9 +165,10 @@ class Model:
         source: str = "",
         clamp: tuple[float, float] | None = None,
         layout: str = "bchw",
+        decoders: DecoderSet | None = None,
     ) -> None:
         self.encoder = encoder.eval()
-        self.decoder = decoder.eval()
+        self._decoder: torch.nn.Module | None = decoder.eval()
         self.quant = quant
         self.entropy = entropy_model
         self.card = card
@@ -89,10 +177,44 @@ class Model:
         self.clamp = clamp
         self.layout = layout
         self.device = torch.device("cpu")
+        self._decoders = decoders or DecoderSet(decoder, None, self.name)
+        self.decoder_name = FIDELITY
+        self.realism: float | None = None
+        self._variants: OrderedDict[tuple[str, float | None], Model] = OrderedDict()
 
     @property
     def name(self) -> str:
         return str(self.card.get("name", "unnamed"))
+
+    @property
+    def label(self) -> str:
+        """The model and its decoder, for tables: ``name``, ``name+perceptual`` or
+        ``name+perceptual@0.5`` (``name`` stays the card's, as .gq headers record it)."""
+        if self.decoder_name == FIDELITY:
+            return self.name
+        mix = "" if self.realism is None else f"@{self.realism:g}"
+        return f"{self.name}+{self.decoder_name}{mix}"
+
+    @property
+    def decoders(self) -> list[str]:
+        """The decoders that serve this model's tokens, "fidelity" (its own) first."""
+        return self._decoders.names
+
+    @property
+    def decoder_problems(self) -> dict[str, str]:
+        """Decoder files beside the model file that are not used: name -> "file: reason"."""
+        return {n: f"{p}: {why}" for n, (p, why) in self._decoders.scan.refused.items()}
+
+    @property
+    def decoder(self) -> torch.nn.Module:
+        """The chosen decoder network (read from its file on first use)."""
+        if self._decoder is None:
+            if self.realism is None:
+                module = self._decoders.get(self.decoder_name)
+            else:
+                module = self._decoders.mixed(self.decoder_name, self.realism)
+            self._decoder = module.to(self.device).eval()
+        return self._decoder
 
     @property
     def arch(self) -> str:
@@ -110,6 +232,49 @@ class Model:
     def groups(self) -> int:
         return self.encoder.cfg.z_channels // self.quant.dim
 
+    def _variant(self, **changes: Any) -> Model:
+        """A Model sharing this one's networks and files, with some attributes changed."""
+        out = copy.copy(self)
+        out.__dict__.update(changes)
+        out._variants = OrderedDict()
+        return out
+
+    def with_decoder(self, name: str = FIDELITY, realism: float | None = None) -> Model:
+        """This model with the decoder ``name`` ("fidelity": its own; see ``decoders``).
+
+        ``realism`` r in [0, 1] blends the weights: (1 - r) * fidelity + r * the named decoder,
+        or the "perceptual" one when the name is "fidelity"; r = 0 is the fidelity decoder and
+        r = 1 the other, bit for bit. The result shares encoder, quantizer, entropy model,
+        card and weights hash with this model (so .gq files and their checks are unchanged);
+        its decoder is read on first use. ModelError for a decoder the model does not have.
+        """
+        if realism is not None:
+            if isinstance(realism, bool) or not isinstance(realism, numbers.Real):
+                raise TypeError(f"realism must be a number in [0, 1], got {realism!r}")
+            if not (math.isfinite(realism) and 0.0 <= realism <= 1.0):
+                raise ValueError(f"realism must be in [0, 1], got {realism}")
+            other = PERCEPTUAL if name == FIDELITY else name
+            if other in self._decoders.scan.refused:
+                self._decoders.check(other)  # names the file and why it is not used
+            if other not in self._decoders.scan.bound:
+                raise ModelError(
+                    f"realism needs a {other!r} decoder; model {self.name!r} has"
+                    f" {', '.join(self.decoders)}"
+                )
+            name, realism = (
+                (FIDELITY, None) if realism == 0 else (other, None if realism == 1 else realism)
+            )
+        self._decoders.check(name)
+        key = (name, None if realism is None else float(realism))
+        if key == (self.decoder_name, self.realism):
+            return self
+        if key not in self._variants:
+            while len(self._variants) >= 4:  # realism is a continuous knob: keep a few
+                self._variants.popitem(last=False)
+            self._variants[key] = self._variant(_decoder=None, decoder_name=key[0], realism=key[1])
+        self._variants.move_to_end(key)
+        return self._variants[key]
+
     def requantized(self, quant: QuantizerConfig) -> Model:
         """The same network under other GQ settings (e.g. a .gq header's); a frequency table
         fitted to the old settings does not describe the new tokens, so it becomes uniform."""
@@ -120,22 +285,13 @@ class Model:
         emodel = self.entropy if card is self.card else ent.uniform(quant.size)
         if emodel.size != quant.size:
             emodel = ent.uniform(quant.size)
-        return Model(
-            self.encoder,
-            self.decoder,
-            quant,
-            emodel,
-            card,
-            self.weights_sha256,
-            self.source,
-            self.clamp,
-            self.layout,
-        )
+        return self._variant(quant=quant, entropy=emodel, card=card)
 
     def to(self, device: str | torch.device) -> Model:
         self.device = torch.device(device)
         self.encoder.to(self.device)
-        self.decoder.to(self.device)
+        if self._decoder is not None:
+            self._decoder.to(self.device)
         return self
 
     @torch.inference_mode()
@@ -173,7 +329,18 @@ class Model:
             "quantizer": self.quant.to_dict(),
             "entropy_model": self.entropy.kind,
             "bits_per_token_max": float(np.log2(self.quant.size)),
+            "decoder": self.decoder_name,
+            "realism": self.realism,
+            "decoders": self.decoders,
         }
+
+
+def select_decoder(model: Model, decoder: str | None = None, realism: float | None = None) -> Model:
+    """``model`` with the decoder asked for, or as it is when neither is given (so a model
+    from ``with_decoder`` keeps its choice): the one rule of every decode function."""
+    if decoder is None and realism is None:
+        return model
+    return model.with_decoder(decoder or FIDELITY, realism)
 
 
 def build_from_state(
@@ -246,6 +413,7 @@ def build_from_state(
         source,
         tuple(clamp) if clamp else None,
         card.get("layout", DEFAULT_LAYOUT[arch]),
+        DecoderSet(decoder, lambda: decoder_cls(cfg), str(card.get("name", "unnamed"))),
     )
 
 
@@ -284,7 +452,65 @@ def load_model_file(path: Path, opts: ModelOptions | None = None) -> Model:
         raise
     except Exception as exc:
         raise ModelError(f"cannot read model file ({exc})", str(path)) from None
-    return build_from_state(state, card, str(path), counts)
+    model = build_from_state(state, card, str(path), counts)
+    model._decoders.scan = find_decoders(Path(path), model.card, model.weights_sha256)
+    return model
+
+
+_DTYPES = {"float16": "F16", "float32": "F32"}  # storage_dtype -> safetensors' dtype names
+
+
+def load_decoder_file(
+    path: Path, network: Callable[[], torch.nn.Module], card: dict[str, Any] | None = None
+) -> torch.nn.Module:
+    """The decoder network of a decoder file, in ``network()`` (an empty decoder of the
+    model's config). The tensor table is checked against the network (names, shapes, the
+    card's dtype) before any tensor is read, and the tensors against the card's weights_sha256
+    after; ``card``, when given, is the card found when the model was loaded, which the file
+    must still hold. Any failure is a one-line ModelError naming the file."""
+    where = str(path)
+    found = read_decoder_card(path)
+    if card is not None and found != card:
+        raise ModelError("decoder file changed since the model was loaded", where)
+    module = network()
+    want = {f"decoder.{k}": tuple(v.shape) for k, v in module.state_dict().items()}
+    dtype = _DTYPES[found["storage_dtype"]]
+    state: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(where, framework="pt") as f:
+            keys = set(f.keys())
+            missing, unexpected = sorted(set(want) - keys), sorted(keys - set(want))
+            if missing or unexpected:
+                what = [f"missing {', '.join(missing[:3])}"] if missing else []
+                what += [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []
+                raise ModelError(
+                    "tensors do not match the model's decoder: " + "; ".join(what), where
+                )
+            for key in sorted(keys):
+                part = f.get_slice(key)
+                shape, kind = tuple(part.get_shape()), part.get_dtype()
+                if shape != want[key]:
+                    raise ModelError(
+                        f"tensor {key} has shape {shape}, the model's decoder needs {want[key]}",
+                        where,
+                    )
+                if kind != dtype:
+                    raise ModelError(
+                        f"tensor {key} is {kind}, the card says {found['storage_dtype']}", where
+                    )
+            for key in sorted(keys):
+                state[key] = f.get_tensor(key)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors' errors for a damaged file
+        raise ModelError(f"cannot read decoder file ({first_line(exc)})", where) from None
+    if weights_hash(state) != found["weights_sha256"]:
+        raise ModelError(
+            "decoder weights do not hash to the card's weights_sha256 (damaged or altered)",
+            where,
+        )
+    module.load_state_dict({k[len("decoder.") :]: v.float() for k, v in state.items()}, assign=True)
+    return module.eval()
 
 
 def save_model(
@@ -329,6 +555,80 @@ def save_model(
         }
     check_card(card, str(out))
     meta = {CARD_KEY: json.dumps(card, sort_keys=True)}
+    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=meta), overwrite=overwrite)
+    sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)
+    return card
+
+
+def decoder_card(
+    model: Model,
+    name: str,
+    description: str = "",
+    training: dict[str, Any] | None = None,
+    quality: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The card of a new decoder for ``model``'s tokens, bound to its weights (for
+    ``save_decoder``, which adds the decoder's own hash, dtype and version)."""
+    card: dict[str, Any] = {
+        "name": name,
+        "base_model": model.name,
+        "base_weights_sha256": model.weights_sha256,
+        "arch": model.arch,
+        "network": model.card["network"],
+    }
+    if description:
+        card["description"] = description
+    if training is not None:
+        card["training"] = training
+    if quality is not None:
+        card["quality"] = quality
+    return card
+
+
+def save_decoder(
+    path: str | os.PathLike[str],
+    decoder: torch.nn.Module,
+    card: dict[str, Any],
+    half: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a decoder file (+ JSON copy of its card); returns the card as stored.
+
+    ``path`` must be ``<model stem>.decoder-<card name>.safetensors`` beside the model file
+    (gqtok.format.card.decoder_path), or the model will not find it; the card names the
+    model's weights (``base_weights_sha256``) and network (``decoder_card`` makes one). Fills
+    weights_sha256, storage_dtype and gqtok_decoder; ModelError for a card outside the schema,
+    a wrong file name or weights that do not fit the card's network; without ``overwrite``
+    an existing file is an OutputError, never replaced."""
+    out = Path(path)
+    state = {}
+    for k, v in decoder.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        state["decoder." + k] = t.half() if half and t.is_floating_point() else t.float()
+    card = dict(card)
+    card["gqtok_decoder"] = DECODER_VERSION
+    card.setdefault("arch", "unet")
+    card["weights_sha256"] = weights_hash(state)
+    card["storage_dtype"] = "float16" if half else "float32"
+    check_decoder_card(card, str(out))
+    suffix = f"{DECODER_INFIX}{card['name']}.safetensors"
+    if not out.name.endswith(suffix) or out.name == suffix:
+        raise ModelError(f"a decoder file must be named <model stem>{suffix}", str(out))
+    config_cls, _, decoder_cls = ARCHS[card["arch"]]
+    try:
+        cfg = config_cls.from_dict(card["network"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"bad network config in the decoder card ({exc})", str(out)) from None
+    with torch.device("meta"):
+        want = {"decoder." + k: tuple(v.shape) for k, v in decoder_cls(cfg).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != want:
+        bad = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
+        raise ModelError(
+            f"decoder weights do not fit the card's network ({', '.join(bad[:3])})", str(out)
+        )
+    meta = {DECODER_KEY: json.dumps(card, sort_keys=True)}
     atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=meta), overwrite=overwrite)
     sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
     atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,3 +45,26 @@ def test_command_does_not_import_torch(args: list[str], sample_gq: Path, tmp_pat
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip().splitlines()[-1] == "torch-loaded=False numpy-loaded=False", r.stderr
     assert r.stdout.strip()
+
+
+def test_decoders_are_listed_without_torch(sample_gq: Path, tmp_path: Path) -> None:
+    """``info`` and ``models`` name a model's decoder files from their cards alone."""
+    from gqtok.format.card import decoder_path
+    from gqtok.model import decoder_card, load_model_file, save_decoder
+
+    model = tmp_path / "default.safetensors"
+    os.symlink(REPO / "weights" / "default.safetensors", model)
+    net = load_model_file(model)
+    save_decoder(decoder_path(model, "perceptual"), net.decoder, decoder_card(net, "perceptual"))
+    env = dict(os.environ, GQTOK_WEIGHTS=str(tmp_path))
+    for args in (["info", str(sample_gq), "--json"], ["models", "--json"]):
+        r = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True,
+                           cwd=REPO, env=env, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == "torch-loaded=False numpy-loaded=False"
+        out = json.loads(r.stdout)
+        if args[0] == "info":
+            assert out["decoders"] == ["fidelity", "perceptual"]
+        else:
+            row = next(m for m in out["models"] if m["path"] == str(model))
+            assert row["decoders"] == ["fidelity", "perceptual"]

@@ -24,6 +24,7 @@ from gqtok.cli.common import (
     MAX_PIXELS,
     BatchOpt,
     BetaOpt,
+    DecoderOpt,
     Device,
     DeviceOpt,
     GroupOpt,
@@ -35,12 +36,14 @@ from gqtok.cli.common import (
     PadOpt,
     QualityOpt,
     QuietOpt,
+    RealismOpt,
     RecursiveOpt,
     SeedOpt,
     SizeOpt,
     ThreadsOpt,
     TrustOpt,
     check_group,
+    chosen_decoder,
     load_or_exit,
     parse_budget,
     setup_device,
@@ -333,6 +336,8 @@ def decode(
     ] = None,
     quality: QualityOpt = None,
     model: ModelOpt = None,
+    decoder: DecoderOpt = "fidelity",
+    realism: RealismOpt = None,
     recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,
     trust_pickle: TrustOpt = False,
@@ -343,7 +348,8 @@ def decode(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Decode .gq token files back into images."""
+    """Decode .gq token files back into images (with the model's own decoder, or another of
+    its decoders: --decoder, --realism)."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -370,7 +376,7 @@ def decode(
                 raise
             except Exception as e:  # noqa: BLE001 - e.g. codebook settings no model has
                 raise ModelError(f"no model for this file ({type(e).__name__}: {e})") from None
-        return cache[key]
+        return chosen_decoder(cache[key], decoder, realism)  # each variant is made once
 
     to_stderr = _records_to_stderr(jobs)
     failures = Failures(quiet)
@@ -395,7 +401,8 @@ def decode(
             emit(
                 {"input": job.display, "output": job.dst, "width": header.width,
                  "height": header.height, "bytes": size, "format": out_fmt,
-                 "seconds": round(time.perf_counter() - t0, 4), "model": header.model_id},
+                 "seconds": round(time.perf_counter() - t0, 4), "model": header.model_id,
+                 "decoder": decoder, "realism": realism},
                 to_stderr,
             )  # fmt: skip
 
@@ -439,7 +446,9 @@ def info(
     file: Annotated[str, typer.Argument(help="A .gq file, or '-' for stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the header as JSON.")] = False,
 ) -> None:
-    """Show the header of a .gq file (no model needed)."""
+    """Show the header of a .gq file (no model needed), and which decoders can decode it
+    when its model is here."""
+    from gqtok.eval.catalog import decoders_for
     from gqtok.format.container import read_header
 
     name = "<stdin>" if file == "-" else file
@@ -461,6 +470,7 @@ def info(
             "tokens": header.num_tokens,
             "bits_per_token": round(found.token_bytes * 8 / header.num_tokens, 4),
             "bpp": round(found.file_bytes * 8 / (header.width * header.height), 5),
+            "decoders": decoders_for(header.model_id, header.weights_hash),
         }
     )
     if as_json:
@@ -472,6 +482,8 @@ def info(
     table.add_column(style="bold")
     table.add_column()
     for k, v in rec.items():
+        if k == "decoders":
+            v = "model not found here" if v is None else ", ".join(v)
         table.add_row(k, clean(v))
     show(table)
 

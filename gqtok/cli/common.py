@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gqtok.errors import ModelError
+from gqtok.errors import ModelError, first_line
 from gqtok.format.container import MAX_SIDE
 
 if TYPE_CHECKING:
@@ -48,6 +48,41 @@ def _beta(value: float | None) -> float | None:
     return value
 
 
+def _decoder(value: str) -> str:
+    from gqtok.format.card import check_decoder_name
+
+    try:
+        return check_decoder_name(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def _realism(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise typer.BadParameter(f"must be a number from 0 to 1, got {value}")
+    return value
+
+
+def parse_decoders(values: list[str] | None) -> list[tuple[str, float | None]]:
+    """Repeated and/or comma-separated ``NAME`` or ``NAME@R`` (R: realism in [0, 1]) as
+    (name, realism) pairs, in order, without repeats; default the fidelity decoder alone."""
+    from gqtok.format.card import FIDELITY
+
+    out: list[tuple[str, float | None]] = []
+    for item in [v.strip() for value in values or [] for v in value.split(",") if v.strip()]:
+        name, _, mix = item.partition("@")
+        try:
+            realism = _realism(float(mix)) if mix else None
+        except ValueError:
+            raise typer.BadParameter(
+                f"{item!r}: realism after '@' must be a number", param_hint="--decoder"
+            ) from None
+        pair = (_decoder(name), realism)
+        if pair not in out:
+            out.append(pair)
+    return out or [(FIDELITY, None)]
+
+
 def _budget(value: str | None) -> str | None:
     """--memory-budget checked while parsing; the command parses it again into bytes."""
     if value is not None:
@@ -74,6 +109,32 @@ def parse_budget(text: str | None) -> int | None:
 ModelOpt = Annotated[
     str | None,
     typer.Option("--model", "-m", help="Model name (see `gqtok models`) or .safetensors path."),
+]
+DecoderOpt = Annotated[
+    str,
+    typer.Option(
+        "--decoder",
+        callback=_decoder,
+        help="Decoder for the tokens: fidelity (the model's own) or another of the model's"
+        " (`gqtok models`, e.g. perceptual); the tokens and .gq files are the same.",
+    ),
+]
+DecodersOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--decoder",
+        help="Decoders to measure, each its own row: --decoder fidelity,perceptual (repeatable;"
+        " NAME@R blends with realism R). Default: fidelity.",
+    ),
+]
+RealismOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--realism",
+        callback=_realism,
+        help="0..1: decoder weights (1-R)·fidelity + R·perceptual (or + the --decoder);"
+        " 0 is the fidelity decoder, 1 the other, exactly.",
+    ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
 RecursiveOpt = Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")]
@@ -213,3 +274,30 @@ def load_or_exit(name: str | None, opts: ModelOptions | None = None, device: str
         return load_with_options(name, opts).to(device)
     except Exception as e:  # noqa: BLE001 - a corrupt model file raises anything
         raise fail(e, name or DEFAULT_MODEL, ModelError, "cannot load the model") from None
+
+
+def chosen_decoder(model: Model, decoder: str | None, realism: float | None) -> Model:
+    """``model`` with --decoder/--realism applied and the decoder file read now, so that a
+    decoder the model lacks, or a damaged one, fails before any work (ModelError, one line)."""
+    from gqtok.model import select_decoder
+
+    try:
+        chosen = select_decoder(model, decoder, realism)
+        _ = chosen.decoder  # reads the decoder file
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a damaged decoder file raises anything
+        raise ModelError(f"cannot load the decoder ({type(e).__name__}: {first_line(e)})") from None
+    return chosen
+
+
+def decoder_or_exit(
+    model: Model, decoder: str | None, realism: float | None, name: str | None = None
+) -> Model:
+    """``chosen_decoder``, ending the command with one line and exit code 5 on failure."""
+    from gqtok.cli.ui import fail
+
+    try:
+        return chosen_decoder(model, decoder, realism)
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        raise fail(e, name, ModelError, "cannot load the decoder") from None

@@ -22,16 +22,21 @@ import typer
 from gqtok.cli.common import (
     MAX_PIXELS,
     CropOpt,
+    DecoderOpt,
+    DecodersOpt,
     Device,
     DeviceOpt,
     MaxPixelsOpt,
     ModelOpt,
     OverwriteOpt,
     QuietOpt,
+    RealismOpt,
     RecursiveOpt,
     ResizeOpt,
     ThreadsOpt,
+    decoder_or_exit,
     load_or_exit,
+    parse_decoders,
     setup_device,
 )
 from gqtok.cli.outputs import check_folder, check_output, write_output
@@ -258,6 +263,8 @@ InputsArg = Annotated[list[str], typer.Argument(help="Images and/or folders of i
 def eval_cmd(
     inputs: InputsArg,
     model: ModelOpt = None,
+    decoder: DecoderOpt = "fidelity",
+    realism: RealismOpt = None,
     metrics: Annotated[
         list[str] | None,
         typer.Option(
@@ -284,6 +291,7 @@ def eval_cmd(
     """Measure gqtok's real round trip (image -> .gq -> image) over a set of images."""
     from gqtok.eval.evaluate import evaluate
     from gqtok.eval.metrics import ALL_METRICS
+    from gqtok.zoo.paths import DEFAULT_MODEL
 
     wanted = _split(metrics) or list(ALL_METRICS)
     bad = sorted(set(wanted) - set(ALL_METRICS))
@@ -293,7 +301,7 @@ def eval_cmd(
     paths = _images(inputs, recursive)
     _check_reports(reports, overwrite, paths)
     dev = setup_device(device, threads)
-    net = load_or_exit(model, None, dev)
+    net = decoder_or_exit(load_or_exit(model, None, dev), decoder, realism, model or DEFAULT_MODEL)
     rep, failures = _measure(
         paths, quiet,
         lambda paths, on_image: evaluate(
@@ -325,6 +333,7 @@ def compare_cmd(
         list[str] | None,
         typer.Option("--model", "-m", help="Model name or file (default: the default model)."),
     ] = None,
+    decoder: DecodersOpt = None,
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Folder for rd_points.csv, rd.json, rd_plot.png."),
@@ -361,10 +370,19 @@ def compare_cmd(
     chosen = _split(codecs) or None
     if chosen and set(chosen) - set(CODECS):
         raise typer.BadParameter(f"choose codecs from {', '.join(CODECS)}", param_hint="--codecs")
+    decoders = parse_decoders(decoder)
     paths = _images(rest, recursive)
     _check_reports([out / name for name in REPORTS], overwrite, paths)
     dev = setup_device(device, threads)
-    models: list[Model] = [load_or_exit(m, None, dev) for m in model or [DEFAULT_MODEL]]
+    models: list[Model] = []
+    for m in model or [DEFAULT_MODEL]:
+        net = load_or_exit(m, None, dev)
+        labels = set()
+        for name, mix in decoders:  # one row per decoder; "perceptual@1" is "perceptual"
+            variant = decoder_or_exit(net, name, mix, m)
+            if variant.label not in labels:
+                labels.add(variant.label)
+                models.append(variant)
     rep, failures = _measure(
         paths, quiet,
         lambda paths, on_image: compare(

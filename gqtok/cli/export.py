@@ -21,6 +21,7 @@ from gqtok.cli.common import (
     BatchOpt,
     BetaOpt,
     CropOpt,
+    DecoderOpt,
     Device,
     DeviceOpt,
     GroupOpt,
@@ -33,18 +34,20 @@ from gqtok.cli.common import (
     PadOpt,
     QualityOpt,
     QuietOpt,
+    RealismOpt,
     ResizeOpt,
     SeedOpt,
     SizeOpt,
     ThreadsOpt,
     TrustOpt,
     check_group,
+    decoder_or_exit,
     load_or_exit,
     parse_budget,
     setup_device,
 )
 from gqtok.cli.outputs import check_output, write_output
-from gqtok.cli.ui import Bar, Failures, fail, say
+from gqtok.cli.ui import Bar, Failures, fail, say, warn
 from gqtok.errors import DecompressionBombError, GqtokError, InputError, OutputError
 
 if TYPE_CHECKING:
@@ -295,6 +298,8 @@ def import_cmd(
         ),
     ] = None,
     model: ModelOpt = None,
+    decoder: DecoderOpt = "fidelity",
+    realism: RealismOpt = None,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
     memory_budget: MemoryOpt = None,
     overwrite: OverwriteOpt = False,
@@ -304,7 +309,8 @@ def import_cmd(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Turn exported token grids back into images (or .gq files)."""
+    """Turn exported token grids back into images (or .gq files); --decoder / --realism pick
+    which of the model's decoders renders them."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from gqtok.io.images import encode_image_bytes
@@ -330,6 +336,10 @@ def import_cmd(
             net = net.to(dev)
         except Exception as e:  # noqa: BLE001 - a crafted export raises anything
             raise fail(e, tokens, InputError, "cannot read") from None
+    if fmt.value != "gq":
+        net = decoder_or_exit(net, decoder, realism, model or net.name)
+    elif decoder != "fidelity" or realism is not None:
+        warn("--decoder/--realism do nothing with --format gq (the tokens are written as they are)")
     wanted = set(index) if index else None
     failures = Failures(quiet)
     written: list[dict[str, Any]] = []

@@ -43,6 +43,7 @@ def models(as_json: JsonOpt = False) -> None:
     table.add_column("name", no_wrap=True)
     for col in ("kind", "arch", "G", "K", "bpp", "here", "~s/256²"):
         table.add_column(col)
+    notes = []  # decoders besides the model's own, under the table (it fills 80 columns)
     for r in rows:
         cost = r["est_cpu_s_256"]
         cells = (r["name"], r["kind"], r["arch"], r["dim"], r["codebook_size"], r["bpp_nominal"])
@@ -51,8 +52,13 @@ def models(as_json: JsonOpt = False) -> None:
             "yes" if r["available"] else "no",
             "" if cost is None else f"{cost:.2f}",
         )
+        if len(r["decoders"]) > 1:
+            notes.append(f"decoders of {r['name']} ({r['path']}): {', '.join(r['decoders'])}")
+        for bad in r["decoders_refused"]:
+            warn(f"{bad['file']}: not used: {bad['reason']}")
     show(
         table,
+        *notes,
         "search path: " + os.pathsep.join(search),
         "released models: `--model NAME` downloads them (hub or mirror), see README",
     )

@@ -29,7 +29,7 @@ from gqtok.io.images import (  # _pillow_limit: the alpha plane is read under ou
     picture_to_pil,
     read_image,
 )
-from gqtok.model import Model
+from gqtok.model import Model, select_decoder
 from gqtok.quant.codebook import codebook_fingerprint
 
 
@@ -231,22 +231,26 @@ def decode_bytes(
     max_memory: int | str | None = None,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decoder: str | None = None,
+    realism: float | None = None,
 ) -> tuple[Image.Image, container.Header]:
     """Decode .gq bytes to a PIL image in the original mode (RGB, L, RGBA or LA).
 
     ``model`` may be a callable that picks the model from the header; it is called only
     after the file has been verified and its size checked against ``max_pixels``
-    (DecompressionBombError, exit 3, as when encoding).
+    (DecompressionBombError, exit 3, as when encoding). ``decoder`` / ``realism`` choose
+    among the model's decoders (Model.with_decoder; left out, the model's own choice).
     """
     header, payload, alpha_bytes = container.unpack(data, name)
     container.check_pixels(header, max_pixels, name)
-    if not isinstance(model, Model):
-        try:
+    try:
+        if not isinstance(model, Model):
             model = model(header)
-        except GqtokError as e:  # "model ... not available": say which file needs it
-            if e.path is None and name is not None:
-                raise type(e)(str(e), name) from None
-            raise
+        model = select_decoder(model, decoder, realism)
+    except GqtokError as e:  # "model ... not available": say which file needs it
+        if e.path is None and name is not None:
+            raise type(e)(str(e), name) from None
+        raise
     header, tokens, alpha = _decode_parts(model, header, payload, alpha_bytes, name, max_pixels)
     rgb = decode_to_array(model, tokens, max_memory)
     mode = (

@@ -2,7 +2,8 @@
 an estimated CPU cost (the rows of ``gqtok models``).
 
 Model cards are read from the safetensors header and the cost comes from precounted tables
-(gqtok.eval.cost), so listing needs neither torch nor the weights.
+(gqtok.eval.cost), so listing needs neither torch nor the weights; so are the cards of the
+decoder files beside a model (which decoders serve it: gqtok.format.card.find_decoders).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from gqtok.errors import GqtokError
 from gqtok.eval.cost import estimate
+from gqtok.format.card import FIDELITY, find_decoders, read_card
 from gqtok.nets.config import UNetConfig, ViTConfig, network_config
 from gqtok.zoo import registry
 from gqtok.zoo.hub import is_available
@@ -46,6 +48,14 @@ def _cost(card: dict[str, Any]) -> dict[str, Any]:
         return {"gflops": None, "cpu_seconds": None, "threads": None}
 
 
+def _decoders(path: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """``decoders`` (usable, "fidelity" first) and ``decoders_refused`` (file, reason) of a
+    model file's row."""
+    scan = find_decoders(path, card)
+    refused = [{"name": n, "file": str(p), "reason": why} for n, (p, why) in scan.refused.items()]
+    return {"decoders": scan.names, "decoders_refused": refused}
+
+
 def _local_row(path: Path, card: dict[str, Any]) -> dict[str, Any]:
     q = card.get("quantizer", {})
     cost = _cost(card)
@@ -63,6 +73,7 @@ def _local_row(path: Path, card: dict[str, Any]) -> dict[str, Any]:
         "source": str(path),
         "gflops_256": cost["gflops"],
         "est_cpu_s_256": cost["cpu_seconds"],
+        **_decoders(path, card),
     }
 
 
@@ -72,6 +83,12 @@ def _released_row(name: str) -> dict[str, Any]:
     card = {"arch": e.arch, "network": network, "quantizer": e.quantizer().to_dict()}
     cost = _cost(card)
     converted = registry.converted_path(e)
+    decoders: dict[str, Any] = {"decoders": [FIDELITY], "decoders_refused": []}
+    if converted.exists():
+        try:
+            decoders = _decoders(converted, read_card(converted))
+        except GqtokError:  # a damaged conversion: the loader will say so
+            pass
     return {
         "name": name,
         "file": None,
@@ -87,6 +104,7 @@ def _released_row(name: str) -> dict[str, Any]:
         "gflops_256": cost["gflops"],
         "est_cpu_s_256": cost["cpu_seconds"],
         "note": "" if e.filename_verified else "file name assumed from the config name",
+        **decoders,
     }
 
 
@@ -101,3 +119,23 @@ def models_table(
     """
     rows = [_local_row(path, card) for path, card in list_local_models(on_error)]
     return rows + [_released_row(name) for name in registry.released_names()]
+
+
+def decoders_for(model_id: str, weights_hash: bytes) -> list[str] | None:
+    """The decoders that serve a .gq file's model (by the id and weights fingerprint in its
+    header) if that model is here: a local model file, or a converted released model; None
+    when it is not (decoding would need the model first)."""
+    found = list_local_models()
+    entry = registry.ENTRIES.get(model_id)
+    if entry is not None and entry.repo:
+        converted = registry.converted_path(entry)
+        try:
+            found.append((converted, read_card(converted)))
+        except (GqtokError, OSError):
+            pass
+    for path, card in found:
+        if model_id not in (card.get("name"), path.stem):
+            continue
+        if str(card.get("weights_sha256", "")).startswith(weights_hash.hex()):
+            return find_decoders(path, card).names
+    return None

@@ -7,6 +7,9 @@ linearly in bpp between them. A target outside the codec's reachable range for a
 extrapolated: that image is excluded for that codec and rate, and the exclusions are counted.
 gqtok has no rate knob: each model is shown at its own rate, and the classical codecs are also
 interpolated at gqtok's exact per-image rate ("@model" rows), the fairest single comparison.
+Several decoders of one model (``Model.with_decoder``) share its tokens and so its rate: the
+image is encoded once, decoded by each, and each is a row (``gqtok:<model>+<decoder>``) of
+the same "@model" target.
 
 With ``patch_fid=True``, patch FID/KID (HiFiC protocol, see ``metrics.patches``) is computed per
 codec and target over all images: a set metric cannot be interpolated image by image, so the
@@ -30,7 +33,7 @@ import numpy as np
 from PIL import Image, features
 
 from gqtok.errors import GqtokError, OutputError
-from gqtok.eval.evaluate import json_safe, preprocess, roundtrip
+from gqtok.eval.evaluate import json_safe, preprocess
 from gqtok.eval.metrics import MetricUnavailable
 from gqtok.eval.metrics import fidelity as px
 from gqtok.io.images import DEFAULT_MAX_PIXELS, Picture, read_image
@@ -275,6 +278,20 @@ def _summarise(report: CompareReport, patches: dict[tuple[str, str], PatchGroup]
             )
 
 
+def _roundtrip(
+    model: Model, pic: Picture, coded: dict[tuple[Any, ...], bytes]
+) -> tuple[np.ndarray, int]:
+    """(decoded RGB, .gq size) through the real byte path; the tokens do not depend on the
+    decoder, so the decoders of one model decode the bytes encoded once (kept in ``coded``)."""
+    from gqtok.codec import decode_bytes, encode_pictures
+
+    key = (model.name, model.weights_sha256, model.quant)
+    if key not in coded:
+        coded[key] = encode_pictures(model, [pic])[0].data
+    image, _ = decode_bytes(coded[key], model)
+    return np.asarray(image.convert("RGB")), len(coded[key])
+
+
 def _image_points(
     name: str,
     targets: Sequence[float],
@@ -299,11 +316,13 @@ def _image_points(
         orig = patch_features(inception, rgb)
         if not len(orig):
             inception = None  # smaller than a patch: no patch features for this image
+    coded: dict[tuple[Any, ...], bytes] = {}
     for model in models:
-        rec, nbytes, _ = roundtrip(model, Picture(rgb, None, "RGB", "PNG", 8))
+        rec, nbytes = _roundtrip(model, Picture(rgb, None, "RGB", "PNG", 8), coded)
         bpp = nbytes * 8 / (rgb.shape[0] * rgb.shape[1])
-        own.append((model.name, bpp))
-        point = {"image": name, "codec": f"gqtok:{model.name}", "target": f"@{model.name}"}
+        if (model.name, bpp) not in own:
+            own.append((model.name, bpp))
+        point = {"image": name, "codec": f"gqtok:{model.label}", "target": f"@{model.name}"}
         point.update(target_bpp=bpp, bpp=bpp, status="ok", **measure(rgb, rec))
         points.append(point)
         if inception is not None and orig is not None:
@@ -341,7 +360,7 @@ def compare(
     names, skipped = available_codecs()
     if codecs is not None:
         names = [c for c in names if c in codecs]
-    report = CompareReport([float(t) for t in targets], names, [m.name for m in models])
+    report = CompareReport([float(t) for t in targets], names, [m.label for m in models])
     report.notes += [f"{c}: skipped, {why}" for c, why in skipped.items()]
     try:
         from gqtok.eval.metrics.lpips import load_distance

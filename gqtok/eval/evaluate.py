@@ -76,11 +76,15 @@ class EvalReport:
     usage: UsageSummary | None = None
     unavailable: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    decoder: str = "fidelity"  # which of the model's decoders made the images
+    realism: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (non-finite floats become None)."""
         out = {
             "model": self.model,
+            "decoder": self.decoder,
+            "realism": self.realism,
             "metrics": self.metrics,
             "protocol": self.protocol,
             "images": len(self.rows),
@@ -220,8 +224,9 @@ def evaluate(
     if unknown:
         raise ValueError(f"unknown metrics {unknown} (choose from {list(ALL_METRICS)})")
     report = EvalReport(
-        model.name, wanted, {"resize": resize, "center_crop": center_crop, "color": "RGB"}
+        model.label, wanted, {"resize": resize, "center_crop": center_crop, "color": "RGB"}
     )
+    report.decoder, report.realism = model.decoder_name, model.realism
     nets = load_perceptual(wanted, device, report.unavailable)
     inception = patch_acc = None
     if any(m in wanted for m in INCEPTION):

@@ -8,11 +8,19 @@ neither torch nor reading the weights.
 Every card is checked against one schema (``CARD_SCHEMA``, described in docs/format.md) when
 it is read and again before a model is built or saved, so a tampered card ends in a one-line
 ModelError naming the file and the field, and code that reads a card may trust its types.
+
+Decoder files (``<model stem>.decoder-<name>.safetensors`` beside a model file: other decoders
+for the same tokens) carry a card of their own under ``gqtok.decoder``; ``find_decoders``
+reads those cards, and only those, to say which decoders serve a model (no torch either).
 """
 
 from __future__ import annotations
 
+import glob
+import re
 import struct
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +40,13 @@ CARD_VERSION = 1
 DEFAULT_LAYOUT = {"unet": "bchw", "vit": "blc"}
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 MAX_CARD_BYTES = 1 << 24  # a card is a few KB; a sidecar is not read beyond this
+DECODER_KEY = "gqtok.decoder"
+DECODER_VERSION = 1
+FIDELITY = "fidelity"  # the model's own decoder: always there, never a file of its own
+PERCEPTUAL = "perceptual"  # the decoder that ``realism`` blends with the fidelity decoder
+DECODER_INFIX = ".decoder-"  # <model stem>.decoder-<name>.safetensors
+DECODER_NAME = r"[a-z0-9][a-z0-9-]{0,31}"
+MAX_DECODER_HEADER = 1 << 24  # a decoder's header: ~100 tensors and a card of a few KB
 
 
 def _true(v: Any, at: str) -> None:
@@ -137,19 +152,20 @@ def check_card(card: Any, source: str | None = None) -> dict[str, Any]:
         raise ModelError(f"bad model card: {exc}", source) from None
 
 
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file (empty if none); ValueError if malformed."""
+def safetensors_metadata(path: Path, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (empty if none); ValueError if malformed or
+    if its header is longer than ``max_bytes``."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
             raise ValueError("too short for a safetensors file")
         (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES:
-            raise ValueError(f"header of {n} bytes exceeds {MAX_HEADER_BYTES}")
+        if n > max_bytes:
+            raise ValueError(f"header of {n} bytes exceeds {max_bytes}")
         raw = f.read(n)
     if len(raw) != n:
         raise ValueError("truncated safetensors header")
-    header = sc.parse_json(raw, MAX_HEADER_BYTES)
+    header = sc.parse_json(raw, max_bytes)
     if not isinstance(header, dict):
         raise ValueError("safetensors header is not a JSON object")
     meta = header.get("__metadata__") or {}
@@ -174,6 +190,12 @@ def read_card(path: Path) -> dict[str, Any]:
         text, where = meta[CARD_KEY], str(path)
         if not isinstance(text, str):
             raise ModelError("bad model card: metadata gqtok.card is not a string", where)
+    elif DECODER_KEY in meta:
+        raise ModelError(
+            "a decoder file, not a model: load the model it belongs to and choose the"
+            " decoder by name (--decoder NAME)",
+            str(path),
+        )
     else:
         where = str(path.with_suffix(".json"))
         try:
@@ -199,7 +221,7 @@ def has_card(path: Path) -> bool:
         meta = safetensors_metadata(path)
     except (OSError, ValueError):  # unreadable: let the loader report it
         return True
-    if CARD_KEY in meta:
+    if CARD_KEY in meta or DECODER_KEY in meta:  # a decoder file: read_card says what it is
         return True
     sidecar = path.with_suffix(".json")
     try:
@@ -221,3 +243,157 @@ def with_quantizer(card: dict[str, Any], opts: ModelOptions) -> dict[str, Any]:
     if out.get("entropy", {}).get("kind") == "frequency":
         out["entropy"] = {"kind": "uniform"}
     return out
+
+
+# Decoder files: other decoders for a model's tokens (docs/format.md#decoder-files).
+
+
+def check_decoder_name(name: str) -> str:
+    """``name`` if it can name a decoder (what a file name and ``--decoder`` hold); ValueError
+    saying why otherwise."""
+    if not isinstance(name, str) or not re.fullmatch(DECODER_NAME, name):
+        raise ValueError(f"decoder names are 1-32 of a-z, 0-9 and '-' (not first), got {name!r}")
+    return name
+
+
+def _not_fidelity(name: str) -> None:
+    if name == FIDELITY:
+        raise ValueError(f"{FIDELITY!r} is the model's own decoder, not a file")
+
+
+def _one_line(text: str) -> None:
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text):
+        raise ValueError("must be one line without control characters")
+
+
+DECODER_SCHEMA = sc.obj(
+    required={
+        "gqtok_decoder": sc.integer(1, DECODER_VERSION),
+        "name": sc.string(pattern=DECODER_NAME, max_len=32, extra=_not_fidelity),
+        "base_model": sc.string(extra=check_model_id),
+        "base_weights_sha256": sc.hexdigits(64),
+        "arch": sc.string(choices=tuple(DEFAULT_LAYOUT)),
+        "network": sc.obj(),
+        "weights_sha256": sc.hexdigits(64),
+        "storage_dtype": sc.string(choices=("float16", "float32")),
+    },
+    optional={
+        "description": sc.string(max_len=1000, extra=_one_line),
+        "training": sc.obj(),
+        "quality": sc.obj(),
+    },
+)
+
+
+def check_decoder_card(card: Any, source: str | None = None) -> dict[str, Any]:
+    """``card`` if it fits DECODER_SCHEMA with a network of its architecture, else a one-line
+    ModelError naming the source and the field."""
+    try:
+        sc.validate(card, DECODER_SCHEMA)
+        sc.validate(card["network"], NETWORK_SCHEMAS[card["arch"]], "network")
+    except sc.SchemaError as exc:
+        raise ModelError(f"bad decoder card: {exc}", source) from None
+    return card
+
+
+def read_decoder_card(path: Path) -> dict[str, Any]:
+    """The card of a decoder file, from its safetensors header (at most MAX_DECODER_HEADER
+    bytes, so listing decoders never reads much of a hostile file); ModelError naming it."""
+    try:
+        meta = safetensors_metadata(path, MAX_DECODER_HEADER)
+    except OSError as exc:
+        raise ModelError(f"cannot read decoder file ({exc.strerror or exc})", str(path)) from None
+    except ValueError as exc:
+        raise ModelError(f"cannot read decoder file ({exc})", str(path)) from None
+    text = meta.get(DECODER_KEY)
+    if not isinstance(text, str):
+        raise ModelError(f"not a gqtok decoder file (no {DECODER_KEY} card)", str(path))
+    try:
+        card = sc.parse_json(text, MAX_CARD_BYTES)
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise ModelError(f"bad decoder card: not JSON ({exc})", str(path)) from None
+    return check_decoder_card(card, str(path))
+
+
+def decoder_path(model_path: Path, name: str) -> Path:
+    """Where the decoder ``name`` of the model file ``model_path`` lives."""
+    return model_path.with_name(f"{model_path.stem}{DECODER_INFIX}{name}.safetensors")
+
+
+def is_decoder_file(path: Path) -> bool:
+    """True for a name of the decoder-file form (never listed or loaded as a model)."""
+    return path.suffix == ".safetensors" and DECODER_INFIX in path.name
+
+
+@dataclass
+class DecoderScan:
+    """The decoder files beside one model file: ``bound`` (name -> (file, card)) serve its
+    tokens; ``refused`` (name -> (file, reason)) are there but do not fit or cannot be read,
+    so they are never used, but can be reported and named when someone asks for them."""
+
+    bound: dict[str, tuple[Path, dict[str, Any]]] = field(default_factory=dict)
+    refused: dict[str, tuple[Path, str]] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [FIDELITY, *self.bound]
+
+
+def _reason(exc: ModelError) -> str:
+    """A ModelError's message without the ``path: `` it starts with."""
+    text = str(exc)
+    prefix = f"{exc.path}: " if exc.path else ""
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def binding_problem(
+    dcard: dict[str, Any], name: str, card: dict[str, Any], weights_sha256: str | None
+) -> str | None:
+    """Why a decoder card does not serve the model of ``card`` with these weights (None if it
+    does): its file name, architecture, network and base weights must all be the model's."""
+    if dcard["name"] != name:
+        return f"the file name says decoder {name!r}, its card {dcard['name']!r}"
+    if dcard["arch"] != card.get("arch", "unet") or dcard["network"] != card["network"]:
+        return "its network differs from the model's"
+    if weights_sha256 is None:
+        return "the model card has no weights_sha256 to bind a decoder to"
+    if dcard["base_weights_sha256"] != weights_sha256:
+        return (
+            f"made for model weights {dcard['base_weights_sha256'][:16]},"
+            f" the model's are {weights_sha256[:16]}"
+        )
+    return None
+
+
+def find_decoders(
+    model_path: Path, card: dict[str, Any], weights_sha256: str | None = None
+) -> DecoderScan:
+    """The decoder files beside ``model_path`` (``<stem>.decoder-*.safetensors``), sorted by
+    name and split into those bound to this model (same weights fingerprint, default the
+    card's, and same network) and the others; reads cards only and never raises for a file."""
+    scan = DecoderScan()
+    weights_sha256 = weights_sha256 or card.get("weights_sha256")
+    stem = model_path.stem
+    try:
+        files = sorted(model_path.parent.glob(glob.escape(stem) + DECODER_INFIX + "*.safetensors"))
+    except OSError:  # an unreadable folder offers no decoders
+        return scan
+    for p in files:
+        name = p.name[len(stem) + len(DECODER_INFIX) : -len(".safetensors")]
+        try:
+            check_decoder_name(name)
+            _not_fidelity(name)
+        except ValueError as exc:
+            scan.refused[name] = (p, f"not a usable decoder file name ({exc})")
+            continue
+        try:
+            dcard = read_decoder_card(p)
+        except ModelError as exc:
+            scan.refused[name] = (p, _reason(exc))
+            continue
+        why = binding_problem(dcard, name, card, weights_sha256)
+        if why is None:
+            scan.bound[name] = (p, dcard)
+        else:
+            scan.refused[name] = (p, f"decoder {name!r} does not fit this model ({why})")
+    return scan

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gqtok.errors import GqtokError, ModelError
-from gqtok.format.card import read_card
+from gqtok.format.card import is_decoder_file, read_card
 
 DEFAULT_MODEL = "default"
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -42,6 +42,7 @@ def list_local_models(
 ) -> list[tuple[Path, dict[str, Any]]]:
     """(path, card) of every model file in the weights folders whose card is valid (it has
     passed gqtok.format.card's schema, so its fields have the documented types and ranges).
+    Decoder files (``<stem>.decoder-<name>.safetensors``) belong to a model and are not models.
 
     A file that cannot be read or whose card is bad is left out, never an exception; it is
     handed to ``on_error`` (path, one-line ModelError) when given, for a warning.
@@ -54,6 +55,8 @@ def list_local_models(
         except OSError:  # an unreadable weights folder lists nothing
             continue
         for p in files:
+            if is_decoder_file(p):
+                continue
             try:
                 rp = p.resolve()
                 if rp in seen:
