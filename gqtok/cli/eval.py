@@ -352,6 +352,15 @@ def compare_cmd(
             " slow on CPU.",
         ),
     ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write FOLDER/index.html: one self-contained page with a before/after"
+            " slider and 1:1 crops per image, the RD plot and the table.",
+            metavar="FOLDER",
+        ),
+    ] = None,
 ) -> None:
     """Rate-distortion of gqtok against JPEG, WebP and AVIF at matched bpp."""
     from gqtok.eval.compare import CODECS, compare
@@ -362,14 +371,21 @@ def compare_cmd(
     if chosen and set(chosen) - set(CODECS):
         raise typer.BadParameter(f"choose codecs from {', '.join(CODECS)}", param_hint="--codecs")
     paths = _images(rest, recursive)
-    _check_reports([out / name for name in REPORTS], overwrite, paths)
+    page_path = None if html is None else html / "index.html"
+    _check_reports([out / name for name in REPORTS] + ([page_path] if page_path else []),
+                   overwrite, paths)  # fmt: skip
+    page = None
+    if page_path is not None:
+        from gqtok.eval.html_report import HtmlReport
+
+        page = HtmlReport()
     dev = setup_device(device, threads)
     models: list[Model] = [load_or_exit(m, None, dev) for m in model or [DEFAULT_MODEL]]
     rep, failures = _measure(
         paths, quiet,
         lambda paths, on_image: compare(
             paths, rates, models, chosen, resize, center_crop, dev, max_pixels, on_image,
-            patch_fid,
+            patch_fid, on_reconstruction=page.add if page else None,
         ),
     )  # fmt: skip
     written = []
@@ -377,6 +393,9 @@ def compare_cmd(
         for name, fill in _compare_files(rep).items():
             write_output(out / name, fill, overwrite, paths)
             written.append(str(out / name))
+        if page is not None and page_path is not None:
+            write_output(page_path, page.render(rep), overwrite, paths)
+            written.append(str(page_path))
     except GqtokError as e:
         raise fail(e) from None
     if json_stdout:
