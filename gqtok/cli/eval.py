@@ -361,6 +361,15 @@ def compare_cmd(
             " slow on CPU.",
         ),
     ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Also write FOLDER/index.html: one self-contained page with a before/after"
+            " slider and 1:1 crops per image, the RD plot and the table.",
+            metavar="FOLDER",
+        ),
+    ] = None,
 ) -> None:
     """Rate-distortion of gqtok against JPEG, WebP and AVIF at matched bpp."""
     from gqtok.eval.compare import CODECS, compare
@@ -372,7 +381,14 @@ def compare_cmd(
         raise typer.BadParameter(f"choose codecs from {', '.join(CODECS)}", param_hint="--codecs")
     decoders = parse_decoders(decoder)
     paths = _images(rest, recursive)
-    _check_reports([out / name for name in REPORTS], overwrite, paths)
+    page_path = None if html is None else html / "index.html"
+    _check_reports([out / name for name in REPORTS] + ([page_path] if page_path else []),
+                   overwrite, paths)  # fmt: skip
+    page = None
+    if page_path is not None:
+        from gqtok.eval.html_report import HtmlReport
+
+        page = HtmlReport()
     dev = setup_device(device, threads)
     models: list[Model] = []
     for m in model or [DEFAULT_MODEL]:
@@ -387,7 +403,7 @@ def compare_cmd(
         paths, quiet,
         lambda paths, on_image: compare(
             paths, rates, models, chosen, resize, center_crop, dev, max_pixels, on_image,
-            patch_fid,
+            patch_fid, on_reconstruction=page.add if page else None,
         ),
     )  # fmt: skip
     written = []
@@ -395,6 +411,9 @@ def compare_cmd(
         for name, fill in _compare_files(rep).items():
             write_output(out / name, fill, overwrite, paths)
             written.append(str(out / name))
+        if page is not None and page_path is not None:
+            write_output(page_path, page.render(rep), overwrite, paths)
+            written.append(str(page_path))
     except GqtokError as e:
         raise fail(e) from None
     if json_stdout:

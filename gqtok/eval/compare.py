@@ -218,6 +218,32 @@ class PatchGroup:
         return out
 
 
+@dataclass(frozen=True)
+class Reconstruction:
+    """One decoded image shown at gqtok's matched rate, for reports that show pixels (the HTML
+    page): a real file's decoding with that file's own rate and metrics, not interpolated ones."""
+
+    image: str
+    codec: str  # "gqtok:<model>" or a classical codec name
+    target: str  # "@<model>": the gqtok rate this image is matched to
+    original: np.ndarray  # the image the metrics compare against (after resize/crop)
+    rgb: np.ndarray
+    bpp: float  # the real file's rate
+    quality: int | None  # classical codecs: the quality setting; None for gqtok
+    metrics: dict[str, float | None]
+
+
+OnReconstruction = Callable[[Reconstruction], None]
+
+
+def closest_quality(point: dict[str, Any]) -> int:
+    """Of an ok point's two bracketing qualities, the one whose real rate is nearer the target
+    (ties go to the lower rate, so the image shown never costs more than gqtok's when equal)."""
+    lo = abs(point["target_bpp"] - point["bpp_lo"])
+    hi = abs(point["bpp_hi"] - point["target_bpp"])
+    return point["quality_lo"] if lo <= hi else point["quality_hi"]
+
+
 PatchPending = list[tuple[tuple[str, str], np.ndarray, np.ndarray, np.ndarray, float, float, float]]
 
 
@@ -302,9 +328,12 @@ def _image_points(
     center_crop: int | None,
     max_pixels: int,
     inception: InceptionFeatures | None = None,
+    on_reconstruction: OnReconstruction | None = None,
 ) -> tuple[list[dict[str, Any]], PatchPending]:
     """All RD points of one image, and its patch features per (target, codec) when
-    ``inception`` is given; any failure drops the image as a whole."""
+    ``inception`` is given; any failure drops the image as a whole. ``on_reconstruction`` gets
+    each gqtok reconstruction and, per classical codec and "@model" rate, the decoded file at
+    the bracketing quality nearest that rate."""
     from gqtok.eval.metrics.patches import patch_features
 
     rgb = preprocess(read_image(name, max_pixels=max_pixels, name=name).rgb, resize, center_crop)
@@ -325,6 +354,10 @@ def _image_points(
         point = {"image": name, "codec": f"gqtok:{model.label}", "target": f"@{model.name}"}
         point.update(target_bpp=bpp, bpp=bpp, status="ok", **measure(rgb, rec))
         points.append(point)
+        if on_reconstruction:
+            metrics = {k: point[k] for k in METRICS}
+            on_reconstruction(Reconstruction(name, point["codec"], point["target"], rgb, rec,
+                                             bpp, None, metrics))  # fmt: skip
         if inception is not None and orig is not None:
             f = patch_features(inception, rec)
             pending.append(((point["target"], point["codec"]), orig, f, f, bpp, bpp, bpp))
@@ -335,6 +368,10 @@ def _image_points(
             point = {"image": name, "codec": codec, "target": label, "target_bpp": bpp}
             point.update(sweep.at(bpp))
             points.append(point)
+            if on_reconstruction and label.startswith("@") and point["status"] == "ok":
+                q = closest_quality(point)
+                on_reconstruction(Reconstruction(name, codec, label, rgb, sweep.decoded(q),
+                                                 sweep.bpp(q), q, sweep.metrics(q)))  # fmt: skip
             if inception is not None and orig is not None and point["status"] == "ok":
                 lo = patch_features(inception, sweep.decoded(point["quality_lo"]))
                 hi = patch_features(inception, sweep.decoded(point["quality_hi"]))
@@ -354,9 +391,12 @@ def compare(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_image: Callable[[str, str | None], None] | None = None,
     patch_fid: bool = False,
+    on_reconstruction: OnReconstruction | None = None,
 ) -> CompareReport:
     """RD points of gqtok models and classical codecs on the given images (and patch FID/KID
-    per codec and target with ``patch_fid``: slow, 2 Inception passes per patch and rate)."""
+    per codec and target with ``patch_fid``: slow, 2 Inception passes per patch and rate).
+    ``on_reconstruction`` receives the images at gqtok's rate as they are made (see
+    ``_image_points``), so a caller can keep what it shows without holding every image."""
     names, skipped = available_codecs()
     if codecs is not None:
         names = [c for c in names if c in codecs]
@@ -384,7 +424,8 @@ def compare(
         name = str(path)
         try:
             points, pending = _image_points(name, targets, models, names, measure, resize,
-                                            center_crop, max_pixels, inception)  # fmt: skip
+                                            center_crop, max_pixels, inception,
+                                            on_reconstruction)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - one bad image never ends the run
             msg = str(e) if isinstance(e, GqtokError) and e.path else f"{name}: {e}"
             report.failures.append((name, msg))
