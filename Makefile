@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gqtok-installed
 
-.PHONY: demo test lint data train bench throughput clean
+.PHONY: demo test lint data train train-perceptual bench throughput clean
 
 $(STAMP): pyproject.toml scripts/install_metrics.sh
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ TRAIN_MINUTES ?= 0
 train: $(STAMP) data/prepared/manifest.json
 	$(PY) -m pip install -q --no-deps stlpips-pytorch==0.0.2
 	bash scripts/train_default.sh $(TRAIN_MINUTES)
+
+## Reproduce the default model's perceptual decoder (decoder-only fine-tuning on 2 cores,
+## resumable like `make train`; see scripts/train_perceptual.sh and the decoder's card).
+train-perceptual: $(STAMP) data/prepared/manifest.json
+	$(PY) -m pip install -q --no-deps stlpips-pytorch==0.0.2
+	bash scripts/train_perceptual.sh $(TRAIN_MINUTES)
 
 data/prepared/manifest.json:
 	$(MAKE) data

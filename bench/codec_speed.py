@@ -1,4 +1,5 @@
-"""Encode / decode wall time and peak memory for a 768x512 photo with the default model.
+"""Encode / decode wall time and peak memory for a 768x512 photo with the default model
+(`--decoder perceptual` times the other decoder of the same tokens).
 
 Each measurement runs in a fresh subprocess so that peak RSS (ru_maxrss) belongs to one step;
 times are the best of --repeat runs after a warm-up (shared machines are noisy: the best run is
@@ -33,7 +34,7 @@ for _ in range(int(sys.argv[5])):
     if sys.argv[1] == "encode":
         enc = encode_pictures(m, [pic])[0]
     else:
-        decode_bytes(data, m)
+        decode_bytes(data, m, decoder=sys.argv[6])
     if time.perf_counter() - t < dt:
         dt = time.perf_counter() - t
         if sys.argv[1] == "encode":
@@ -49,11 +50,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="default")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is shown")
+    ap.add_argument("--decoder", default="fidelity", help="decoder timed by decode")
     args = ap.parse_args()
     for step in ("encode", "decode"):
         out = subprocess.run(
             [sys.executable, "-c", CHILD, step, args.image, str(args.threads), args.model,
-             str(args.repeat)],
+             str(args.repeat), args.decoder],
             capture_output=True,
             text=True,
             check=True,
@@ -68,7 +70,7 @@ def main() -> None:
             )
         print(line)
     print(f"image {args.image}, {args.threads} threads, model {args.model}, "
-          f"best of {args.repeat}")
+          f"decoder {args.decoder}, best of {args.repeat}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Times full optimiser steps of `gqtok train` (gqtok.train.losses.step_losses: encoder,
 reparameterised sample, decoder, L1 + TDC loss; bf16 autocast on CUDA; then Adam) on random
 crops, without the perceptual term and data loading. Used to size a training run to a time budget
-(`--budget-s` prints the steps that fit in it).
+(`--budget-s` prints the steps that fit in it). `--decoder-only` times the step of
+`gqtok train --decoder-only` instead (frozen encoder + GQ search, decoder, L1 + ST-LPIPS Alex +
+adversarial term with the adaptive weight, then the discriminator's step), as
+scripts/train_perceptual.sh runs it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -29,6 +33,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--budget-s", type=float, default=0.0, help="print how many steps fit")
+    ap.add_argument("--decoder-only", action="store_true", help="time the decoder-only step")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,6 +55,9 @@ def main() -> None:
         opt.step()
         float(loss.detach())  # the training loop reads the loss every step too
 
+    if args.decoder_only:
+        step = _decoder_step(args, device, x, enc, dec)
+
     for _ in range(args.warmup):
         step()
     t0 = time.perf_counter()
@@ -65,6 +73,28 @@ def main() -> None:
     if args.budget_s:
         out["steps_in_budget"] = int(args.budget_s / dt)
     print(json.dumps(out))
+
+
+def _decoder_step(args: argparse.Namespace, device: torch.device, x: torch.Tensor,
+                  enc: Encoder, dec: Decoder) -> Callable[[], None]:
+    """The step of a --decoder-only run with its default discriminator, GAN term on."""
+    from gqtok.nets.patchgan import PatchDiscriminator
+    from gqtok.train.losses import build_perceptual, decoder_update
+
+    cfg = TrainConfig(crop=args.crop, batch=args.batch, device=device.type, decoder_only=True)
+    enc.requires_grad_(False)
+    perceptual = build_perceptual(cfg)
+    if perceptual is not None:
+        perceptual.to(device)
+    disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers).to(device)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-5)
+    dopt = torch.optim.Adam(disc.parameters(), lr=1e-5)
+
+    def step() -> None:
+        loss = decoder_update(cfg, enc, dec, disc, opt, dopt, x, perceptual, True)[0]
+        float(loss.detach())
+
+    return step
 
 
 if __name__ == "__main__":

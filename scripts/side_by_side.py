@@ -1,7 +1,9 @@
-"""docs/side_by_side.png: original | gqtok | JPEG | WebP at (at most) gqtok's bpp, one crop.
+"""docs/side_by_side.png: original | gqtok (each decoder) | JPEG | WebP | AVIF at (at most)
+gqtok's bpp, one crop.
 
 The whole photo is coded (rates are whole-file rates, header included); a crop of each result
-is shown at 1:1 so the artefacts stay visible. Usage:
+is shown at 1:1 so the artefacts stay visible. The gqtok panels are the same .gq file decoded by
+each decoder the model has (fidelity, perceptual). Usage:
 python scripts/side_by_side.py data/prepared/val/kpa__jesper.jpg --crop 300,150,256
 """
 
@@ -19,14 +21,15 @@ from gqtok.codec import decode_bytes, encode_pictures
 from gqtok.eval.metrics.fidelity import psnr
 from gqtok.io.images import read_image
 
+FORMATS = {"JPEG": {"optimize": True}, "WEBP": {"method": 6}, "AVIF": {"max_threads": 1}}
+
 
 def classical(rgb: np.ndarray, fmt: str, max_bpp: float) -> tuple[np.ndarray, float, int]:
     """Highest quality whose file stays at or below max_bpp (the fairest JPEG/WebP match)."""
     best = None
     for q in range(1, 101):
         buf = io.BytesIO()
-        opts = {"optimize": True} if fmt == "JPEG" else {"method": 6}
-        Image.fromarray(rgb).save(buf, fmt, quality=q, **opts)
+        Image.fromarray(rgb).save(buf, fmt, quality=q, **FORMATS[fmt])
         bpp = buf.tell() * 8 / (rgb.shape[0] * rgb.shape[1])
         if bpp > max_bpp:
             break
@@ -47,13 +50,15 @@ def main() -> None:
     pic = read_image(str(args.image))
     rgb = pic.rgb
     enc = encode_pictures(model, [pic])[0]
-    out, _ = decode_bytes(enc.data, model)
-    gq = np.asarray(out.convert("RGB"))
-    panels = [("original", rgb), (f"gqtok {enc.bpp:.3f} bpp, {psnr(rgb, gq):.2f} dB", gq)]
-    for fmt in ("JPEG", "WEBP"):
+    panels = [("original", rgb)]
+    for name in model.decoders:
+        out, _ = decode_bytes(enc.data, model, decoder=name)
+        gq = np.asarray(out.convert("RGB"))
+        panels.append((f"gqtok {name}\n{enc.bpp:.3f} bpp, {psnr(rgb, gq):.2f} dB", gq))
+    for fmt in FORMATS:
         img, bpp, q = classical(rgb, fmt, enc.bpp)
-        panels.append((f"{fmt} q{q} {bpp:.3f} bpp, {psnr(rgb, img):.2f} dB", img))
-    label_h = 18
+        panels.append((f"{fmt} q{q}\n{bpp:.3f} bpp, {psnr(rgb, img):.2f} dB", img))
+    label_h = 30
     sheet = Image.new("RGB", (len(panels) * (size + 4) - 4, size + label_h), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (label, arr) in enumerate(panels):
@@ -62,7 +67,7 @@ def main() -> None:
         draw.text((i * (size + 4) + 2, 3), label, fill="black")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(args.output, optimize=True)
-    print(f"wrote {args.output}: " + " | ".join(label for label, _ in panels))
+    print(f"wrote {args.output}: " + " | ".join(label.replace("\n", " ") for label, _ in panels))
 
 
 if __name__ == "__main__":

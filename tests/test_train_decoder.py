@@ -93,3 +93,33 @@ def test_patch_discriminator_and_hinge() -> None:
     assert float(hinge_d_loss(torch.full((4,), 2.0), torch.full((4,), -3.0))) == 0.0
     assert float(hinge_d_loss(torch.zeros(4), torch.zeros(4))) == pytest.approx(1.0)
     assert float(hinge_d_loss(torch.full((4,), -1.0), torch.full((4,), 1.0))) == pytest.approx(2.0)
+
+
+def test_decoder_only_run_exports_a_decoder_the_model_serves(
+    data_dir: Path, base_model: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    import shutil
+
+    from gqtok.format.card import decoder_path
+    from gqtok.model import load_model_file
+
+    out = tmp_path / "dec"
+    run(_decoder_cfg(data_dir, out, base_model, perceptual="none", eval_every=0))
+    base = tmp_path / "models" / "tiny.safetensors"
+    base.parent.mkdir()
+    shutil.copy(base_model, base)
+    path = decoder_path(base, "sharp")
+    card = export(out, path, "sharp")
+    assert card["base_weights_sha256"] == load_model_file(base).weights_sha256
+    assert card["training"]["steps"] == 4 and card["training"]["disc_start"] == 2
+    model = load_model_file(base)
+    assert model.decoders == ["fidelity", "sharp"]
+    state = load_checkpoint(out / "last.pt")
+    served = model.with_decoder("sharp").decoder.state_dict()
+    for key, value in state["decoder"].items():
+        assert torch.equal(served[key], value), key
+    # the same tokens, two decoders: the fidelity one is the base model's own
+    z = torch.randn(1, 16, 4, 4)
+    a = model.decode_latent(z)
+    b = model.with_decoder("sharp").decode_latent(z)
+    assert not torch.equal(a, b)

@@ -39,9 +39,7 @@ from gqtok.train.data import batch_to_device, batches, load_training_data, make_
 from gqtok.train.hardware import hardware_string
 from gqtok.train.losses import (
     build_perceptual,
-    decoder_losses,
-    discriminator_loss,
-    frozen_codewords,
+    decoder_update,
     step_losses,
 )
 from gqtok.train.progress import METRICS, Log, MetricsFile, Window, eval_line, train_line
@@ -200,22 +198,10 @@ def _decoder_step(
     lr = learning_rate(cfg, ts.step)
     for group in ts.optimizer.param_groups:
         group["lr"] = lr
-    zhat = frozen_codewords(cfg, ts.encoder, x)
-    gan_on = ts.step >= cfg.disc_start
-    ts.disc.requires_grad_(False)  # the decoder's step only needs gradients through D
-    loss, x_hat, terms = decoder_losses(cfg, ts.decoder, ts.disc, zhat, x, perceptual, gan_on)
-    ts.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    ts.optimizer.step()
-    ts.disc.requires_grad_(True)
-    if gan_on:
-        for group in ts.disc_optimizer.param_groups:
-            group["lr"] = cfg.disc_lr
-        d_loss, real, fake = discriminator_loss(ts.disc, x, x_hat)
-        ts.disc_optimizer.zero_grad(set_to_none=True)
-        d_loss.backward()
-        ts.disc_optimizer.step()
-        terms.update(gan_d=d_loss.detach(), d_real=real, d_fake=fake)
+    for group in ts.disc_optimizer.param_groups:
+        group["lr"] = cfg.disc_lr
+    loss, terms = decoder_update(cfg, ts.encoder, ts.decoder, ts.disc, ts.optimizer,
+                                 ts.disc_optimizer, x, perceptual, ts.step >= cfg.disc_start)
     ts.step += 1
     ts.images_seen += cfg.batch
     names = list(terms)

@@ -124,3 +124,27 @@ def discriminator_loss(
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         real, fake = disc(x).float(), disc(x_hat.detach()).float()
     return hinge_d_loss(real, fake), real.mean().detach(), fake.mean().detach()
+
+
+def decoder_update(
+    cfg: TrainConfig, encoder: Encoder, decoder: Decoder, disc: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, disc_optimizer: torch.optim.Optimizer, x: torch.Tensor,
+    perceptual: torch.nn.Module | None, gan_on: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One decoder-only step: the decoder's update on the frozen encoder's codewords, then
+    (with ``gan_on``) the discriminator's; returns the decoder's loss and the logged terms.
+    Shared by the training loop and bench/train_speed.py."""
+    zhat = frozen_codewords(cfg, encoder, x)
+    disc.requires_grad_(False)  # the decoder's step only needs gradients through D
+    loss, x_hat, terms = decoder_losses(cfg, decoder, disc, zhat, x, perceptual, gan_on)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    disc.requires_grad_(True)
+    if gan_on:
+        d_loss, real, fake = discriminator_loss(disc, x, x_hat)
+        disc_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        disc_optimizer.step()
+        terms.update(gan_d=d_loss.detach(), d_real=real, d_fake=fake)
+    return loss, terms
