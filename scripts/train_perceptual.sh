@@ -6,7 +6,8 @@
 #            300, Adam 1e-4 constant, to STEPS_A steps
 #   stage B: resumed without the adversarial term (the small discriminator had stopped telling
 #            real from decoded crops, see README), rate cosine-annealed to 1e-6 by STEPS_B
-# then exported (half precision) next to the model, bound to it by its weights hash.
+# then exported (half precision) next to the model, bound to it by its weights hash, as the
+# network interpolation BLEND of the trained decoder with the base one (0.7 measured best).
 # Usage: scripts/train_perceptual.sh [MINUTES]  -- resumable: run again to continue.
 # CPU, 2 threads: ~1.6 s a step of 8 crops of 128 px (bench/train_speed.py --decoder-only).
 set -euo pipefail
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 MINUTES="${1:-0}"
 STEPS_A="${STEPS_A:-2160}"
 STEPS_B="${STEPS_B:-3200}"
+BLEND="${BLEND:-0.7}"  # stored: 0.3 x the base decoder + 0.7 x the trained one (README)
 RUN="${RUN:-runs/perceptual}"
 OUT="${OUT:-weights/default.decoder-perceptual.safetensors}"
 PY="${PY:-.venv/bin/python}"
@@ -40,4 +42,4 @@ if [ "$(reached)" -lt "$STEPS_B" ]; then
     --lr-schedule cosine --lr-min 1e-6 --resume
   [ "$(reached)" -ge "$STEPS_B" ] || { echo "stage B not finished: run again"; exit 0; }
 fi
-"$PY" -m gqtok.train export --overwrite --half "$RUN" "$OUT" --name perceptual
+"$PY" -m gqtok.train export --overwrite --half "$RUN" "$OUT" --name perceptual --blend "$BLEND"

@@ -440,3 +440,23 @@ def test_eval_and_compare_rows_per_decoder(env: Path, tmp_path: Path, photo: Pat
     assert fid["bpp"] == per["bpp"] and fid["psnr"] != per["psnr"]  # same tokens, two decoders
     jpeg = [p for p in rep["points"] if p["codec"] == "jpeg" and p["target"] == own]
     assert len(jpeg) == 1  # the classical codec is matched once at gqtok's rate
+
+
+def test_shipped_perceptual_decoder_serves_the_default_model() -> None:
+    """The embedded default's perceptual decoder: bound, and on a real held-out-style photo
+    sharper by ST-LPIPS than the fidelity decoder at a bounded PSNR cost, same .gq bytes."""
+    from gqtok.eval.metrics.fidelity import psnr
+    from gqtok.eval.metrics.lpips import load_distance
+
+    model = gqtok.load_model()
+    assert model.decoders == ["fidelity", "perceptual"] and not model.decoder_problems
+    enc = encode_file(model, str(REPO / "examples" / "sample.jpg"))
+    assert encode_file(model.with_decoder("perceptual"), str(REPO / "examples" / "sample.jpg")
+                       ).data == enc.data  # the decoder never changes the tokens
+    rgb = np.asarray(Image.open(REPO / "examples" / "sample.jpg").convert("RGB"))
+    out = {n: np.asarray(decode_bytes(enc.data, model, decoder=n)[0].convert("RGB"))
+           for n in ("fidelity", "perceptual")}
+    dist = load_distance("stlpips_alex")
+    d_fid, d_perc = dist(rgb, out["fidelity"]), dist(rgb, out["perceptual"])
+    assert d_perc < 0.8 * d_fid, (d_fid, d_perc)
+    assert psnr(rgb, out["perceptual"]) > psnr(rgb, out["fidelity"]) - 2.5

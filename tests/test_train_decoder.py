@@ -123,3 +123,13 @@ def test_decoder_only_run_exports_a_decoder_the_model_serves(
     a = model.decode_latent(z)
     b = model.with_decoder("sharp").decode_latent(z)
     assert not torch.equal(a, b)
+    # --blend b stores (1 - b) * the base decoder + b * the trained one
+    half_way = decoder_path(base, "half")
+    card = export(out, half_way, "half", blend=0.5)
+    assert card["training"]["blend"] == 0.5 and "blended 0.5" in card["description"]
+    served = load_model_file(base).with_decoder("half").decoder.state_dict()
+    own = model.decoder.state_dict()
+    for key, value in state["decoder"].items():
+        assert torch.allclose(served[key], (own[key] + value) / 2, atol=1e-6), key
+    with pytest.raises(ValueError, match="blend"):
+        export(out, decoder_path(base, "none"), "none", blend=0.0)

@@ -148,6 +148,8 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--token-stats-side", type=int, default=512)
     ex.add_argument("--data", type=Path, default=None, help="override the run's data dir")
     ex.add_argument("--half", action="store_true", help="store weights as float16")
+    ex.add_argument("--blend", type=float, default=1.0,
+                    help="decoder-only runs: store (1-B) * the base decoder + B * the trained one")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     ex.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     return ap
