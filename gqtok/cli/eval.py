@@ -140,6 +140,8 @@ def _per_image_csv(rep: EvalReport) -> str:
 def _compare_table(rep: CompareReport) -> Table:
     from rich.table import Table
 
+    from gqtok.eval.compare import summary_numbers
+
     table = Table(title="gqtok compare: metrics interpolated at matched bpp")
     table.add_column("target", overflow="fold")
     table.add_column("codec", overflow="fold")
@@ -152,18 +154,8 @@ def _compare_table(rep: CompareReport) -> Table:
             clean(row["target"]),
             clean(row["codec"]),
             f"{row['images']}/{row['images'] + row['excluded']}",
-            _fmt(row["bpp"]),
-            _fmt(row["psnr"], 2),
-            _fmt(row["msssim"]),
-            _fmt(row["stlpips_alex"]),
+            *(_fmt(v, digits) for v, digits in summary_numbers(row, patches)),
         ]
-        if patches:
-            kid = row.get("patch_kid")
-            cells += [
-                _fmt(row.get("patch_fid"), 2),
-                _fmt(None if kid is None else kid * 1000, 3),
-                str(row.get("patch_fid_patches", 0)),
-            ]
         table.add_row(*cells)
     return table
 

@@ -263,6 +263,19 @@ class CompareReport:
         return json_safe(d)
 
 
+def summary_numbers(row: dict[str, Any], patches: bool) -> list[tuple[float | None, int]]:
+    """The numeric cells of a summary row as (value, decimals), in the order the table and the
+    HTML page show them: bpp, PSNR, MS-SSIM, ST-LPIPS, then patch FID, KID x 1000 and the
+    patch count when the report has patch metrics."""
+    cells: list[tuple[float | None, int]] = [
+        (row["bpp"], 4), (row["psnr"], 2), (row["msssim"], 4), (row["stlpips_alex"], 4)]
+    if patches:
+        kid = row.get("patch_kid")
+        cells += [(row.get("patch_fid"), 2), (None if kid is None else kid * 1000, 3),
+                  (row.get("patch_fid_patches", 0), 0)]
+    return cells
+
+
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(vals)) if vals else None

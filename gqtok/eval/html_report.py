@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gqtok.eval.compare import CODECS, CompareReport, Reconstruction
+from gqtok.eval.compare import CODECS, CompareReport, Reconstruction, summary_numbers
 from gqtok.version import __version__
 
 CROP = 256  # side of the 1:1 crops, native pixels
@@ -291,18 +291,8 @@ def _table(summary: list[dict[str, Any]]) -> str:
             _esc(r["target"]),
             _esc(r["codec"]),
             f"{r['images']}/{r['images'] + r['excluded']}",
-            _num(r["bpp"], 4),
-            _num(r["psnr"], 2),
-            _num(r["msssim"], 4),
-            _num(r["stlpips_alex"], 4),
+            *(_num(v, digits) for v, digits in summary_numbers(r, patches)),
         ]
-        if patches:
-            kid = r.get("patch_kid")
-            cells += [
-                _num(r.get("patch_fid"), 2),
-                _num(None if kid is None else kid * 1000, 3),
-                str(r.get("patch_fid_patches", 0)),
-            ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (
         "<table class=summary><caption>metrics interpolated at matched bpp, mean over images"

@@ -28,6 +28,26 @@ def build_perceptual(cfg: TrainConfig) -> torch.nn.Module | None:
     return STLPIPS(cfg.perceptual)
 
 
+def reconstruction_loss(
+    cfg: TrainConfig, decoder: Decoder, z: torch.Tensor, x: torch.Tensor,
+    perceptual: torch.nn.Module | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode z and score it against x: (L1 + w_p * 3HW * ST-LPIPS, x_hat, L1, ST-LPIPS mean),
+    the reconstruction term both the joint and the decoder-only objectives start from."""
+    amp = x.device.type == "cuda"
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        x_hat = decoder(z)
+    x_hat = x_hat.float()
+    l1 = (x_hat - x).abs().sum() / x.shape[0]
+    loss = l1
+    p_mean = torch.zeros((), device=x.device)
+    if perceptual is not None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            p_mean = perceptual(x_hat, x).float().mean()
+        loss = loss + cfg.perceptual_weight * x[0].numel() * p_mean
+    return loss, x_hat, l1, p_mean
+
+
 def step_losses(
     cfg: TrainConfig, encoder: Encoder, decoder: Decoder, x: torch.Tensor,
     tdc: TargetDivergence, noise: torch.Generator, perceptual: torch.nn.Module | None,
@@ -44,16 +64,7 @@ def step_losses(
     std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
     eps = torch.randn(std.shape, generator=noise, device=x.device)
     z = mu + eps * std
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        x_hat = decoder(z)
-    x_hat = x_hat.float()
-    l1 = (x_hat - x).abs().sum() / x.shape[0]
-    loss = l1
-    p_mean = torch.zeros((), device=x.device)
-    if perceptual is not None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            p_mean = perceptual(x_hat, x).float().mean()
-        loss = loss + cfg.perceptual_weight * x[0].numel() * p_mean
+    loss, _, l1, p_mean = reconstruction_loss(cfg, decoder, z, x, perceptual)
     kl2 = kl_bits_per_token(mu, logvar, cfg.dim)
     kl_loss = tdc.loss(kl2)
     loss = loss + cfg.kl_weight * kl_loss
@@ -94,16 +105,7 @@ def decoder_losses(
     loss = L1 + w_p * 3HW * ST-LPIPS  [+ disc_weight * adaptive * (-mean D(x_hat))]
     """
     amp = x.device.type == "cuda"
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        x_hat = decoder(zhat)
-    x_hat = x_hat.float()
-    l1 = (x_hat - x).abs().sum() / x.shape[0]
-    rec = l1
-    p_mean = torch.zeros((), device=x.device)
-    if perceptual is not None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            p_mean = perceptual(x_hat, x).float().mean()
-        rec = rec + cfg.perceptual_weight * x[0].numel() * p_mean
+    rec, x_hat, l1, p_mean = reconstruction_loss(cfg, decoder, zhat, x, perceptual)
     terms = {"l1": l1, "perceptual": p_mean}
     loss = rec
     if gan_on:
