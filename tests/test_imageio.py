@@ -409,6 +409,25 @@ def test_atomic_write_creates_refuses_and_overwrites(tmp_path: Path) -> None:
         atomic_write_bytes(tmp_path, b"x", overwrite=True)
 
 
+def test_atomic_write_keeps_umask_permissions_when_the_writer_replaces_the_file(
+    tmp_path: Path,
+) -> None:
+    """safetensors' save_file swaps in a 0600 file of its own; a model file written by gqtok
+    gets the umask's permissions like any other output."""
+    import torch
+    from safetensors.torch import save_file
+
+    from gqtok.io.files import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "m.safetensors"
+        atomic_write(target, lambda tmp: save_file({"a": torch.zeros(2)}, str(tmp)))
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
 def test_atomic_write_failure_leaves_no_temp_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -121,7 +121,10 @@ def atomic_write(
     except OSError as e:
         raise OutputError(f"cannot create a file in {str(folder)!r} ({_reason(e)})", name) from None
     try:
+        mode = os.stat(tmp).st_mode & 0o777  # what the umask gave the fresh file
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # the writer replaced it (safetensors: 0600)
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         _publish(tmp, path, overwrite)
