@@ -256,6 +256,14 @@ def test_cli_decode_with_a_decoder(env: Path, tmp_path: Path, net: gqtok.Model, 
     assert decode("d.png", "--realism", "0") == plain
     assert decode("e.png", "--realism", "1") == per
     assert decode("f.png", "--realism", "0.5") not in (plain, per)
+    # --json records the decoder that was used, not the options as typed
+    for opts, used in ((["--realism", "0.5"], ["perceptual", 0.5]),
+                       (["--realism", "1"], ["perceptual", None]), ([], ["fidelity", None])):
+        res = runner.invoke(app, ["decode", str(src), "-o", str(tmp_path / "j.png"), "--json",
+                                  "--overwrite", *opts])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        rec = json.loads(res.stdout)
+        assert [rec["decoder"], rec["realism"]] == used, opts
     res = runner.invoke(app, ["decode", str(src), "-o", str(tmp_path / "x.png"),
                               "--decoder", "sharp"])  # fmt: skip
     assert res.exit_code == 5

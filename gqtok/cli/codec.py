@@ -398,11 +398,12 @@ def decode(
             failures.add(e, job.dst, OutputError, "cannot write")
             return
         if as_json:
+            used = resolve(header)  # cached: the variant that decoded this file
             emit(
                 {"input": job.display, "output": job.dst, "width": header.width,
                  "height": header.height, "bytes": size, "format": out_fmt,
                  "seconds": round(time.perf_counter() - t0, 4), "model": header.model_id,
-                 "decoder": decoder, "realism": realism},
+                 "decoder": used.decoder_name, "realism": used.realism},
                 to_stderr,
             )  # fmt: skip
 
