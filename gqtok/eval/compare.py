@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, features
 
 from gqtok.errors import GqtokError, OutputError
-from gqtok.eval.evaluate import json_safe, preprocess
+from gqtok.eval.evaluate import json_safe, preprocess, roundtrip
 from gqtok.eval.metrics import MetricUnavailable
 from gqtok.eval.metrics import fidelity as px
 from gqtok.io.images import DEFAULT_MAX_PIXELS, Picture, read_image
@@ -317,20 +317,6 @@ def _summarise(report: CompareReport, patches: dict[tuple[str, str], PatchGroup]
             )
 
 
-def _roundtrip(
-    model: Model, pic: Picture, coded: dict[tuple[Any, ...], bytes]
-) -> tuple[np.ndarray, int]:
-    """(decoded RGB, .gq size) through the real byte path; the tokens do not depend on the
-    decoder, so the decoders of one model decode the bytes encoded once (kept in ``coded``)."""
-    from gqtok.codec import decode_bytes, encode_pictures
-
-    key = (model.name, model.weights_sha256, model.quant)
-    if key not in coded:
-        coded[key] = encode_pictures(model, [pic])[0].data
-    image, _ = decode_bytes(coded[key], model)
-    return np.asarray(image.convert("RGB")), len(coded[key])
-
-
 def _image_points(
     name: str,
     targets: Sequence[float],
@@ -358,9 +344,9 @@ def _image_points(
         orig = patch_features(inception, rgb)
         if not len(orig):
             inception = None  # smaller than a patch: no patch features for this image
-    coded: dict[tuple[Any, ...], bytes] = {}
+    coded: dict[tuple[Any, ...], Any] = {}
     for model in models:
-        rec, nbytes = _roundtrip(model, Picture(rgb, None, "RGB", "PNG", 8), coded)
+        rec, nbytes, _ = roundtrip(model, Picture(rgb, None, "RGB", "PNG", 8), coded)
         bpp = nbytes * 8 / (rgb.shape[0] * rgb.shape[1])
         if (model.name, bpp) not in own:
             own.append((model.name, bpp))

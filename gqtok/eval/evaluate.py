@@ -156,11 +156,22 @@ def preprocess(rgb: np.ndarray, resize: int | None, center_crop: int | None) -> 
     return np.ascontiguousarray(rgb)
 
 
-def roundtrip(model: Model, pic: Picture) -> tuple[np.ndarray, int, np.ndarray]:
-    """(decoded RGB, .gq file size in bytes, token indices) through the real byte path."""
+def roundtrip(
+    model: Model, pic: Picture, coded: dict[tuple[Any, ...], Any] | None = None
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """(decoded RGB, .gq file size in bytes, token indices) through the real byte path.
+
+    ``coded`` keeps the encodings of one picture: the tokens do not depend on the decoder, so
+    the decoders of one model (Model.with_decoder) decode bytes encoded once.
+    """
     from gqtok.codec import decode_bytes, encode_pictures
 
-    enc = encode_pictures(model, [pic])[0]
+    key = (model.name, model.weights_sha256, model.quant)
+    enc = coded.get(key) if coded is not None else None
+    if enc is None:
+        enc = encode_pictures(model, [pic])[0]
+        if coded is not None:
+            coded[key] = enc
     image, _ = decode_bytes(enc.data, model)
     return np.asarray(image.convert("RGB")), len(enc.data), enc.tokens.indices.numpy()
 
