@@ -33,6 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gqtok.errors import ModelError, first_line
+from gqtok.format import context as ctx
 from gqtok.format import entropy as ent
 from gqtok.format.card import (
     CARD_KEY,
@@ -166,11 +167,13 @@ class Model:
         clamp: tuple[float, float] | None = None,
         layout: str = "bchw",
         decoders: DecoderSet | None = None,
+        context: ctx.ContextParams | None = None,
     ) -> None:
         self.encoder = encoder.eval()
         self._decoder: torch.nn.Module | None = decoder.eval()
         self.quant = quant
         self.entropy = entropy_model
+        self.context = context
         self.card = card
         self.weights_sha256 = weights_sha256
         self.source = source
@@ -285,7 +288,32 @@ class Model:
         emodel = self.entropy if card is self.card else ent.uniform(quant.size)
         if emodel.size != quant.size:
             emodel = ent.uniform(quant.size)
-        return self._variant(quant=quant, entropy=emodel, card=card)
+        return self._variant(quant=quant, entropy=emodel, card=card, context=None)
+
+    @property
+    def context_coder(self) -> ctx.ContextCoder | None:
+        """The context entropy coder (.gq version 2) of this model's tokens, or None where
+        none was fitted (or the quantizer settings were overridden since). Built on first use:
+        it needs the codebook."""
+        if self.context is None or self.entropy.kind != "frequency":
+            return None
+        coder = self.__dict__.get("_context_coder")
+        if coder is None:
+            from gqtok.quant.codebook import codebook_view
+
+            q = self.quant
+            coder = ctx.ContextCoder(
+                self.context, codebook_view(q.dim, q.size, q.seed).numpy(), self.entropy
+            )
+            self.__dict__["_context_coder"] = coder
+        return coder
+
+    @property
+    def entropy_label(self) -> str:
+        """How this model codes tokens by default, for people: context / frequency / uniform."""
+        if self.context is not None and self.entropy.kind == "frequency":
+            return "context"
+        return self.entropy.kind
 
     def to(self, device: str | torch.device) -> Model:
         self.device = torch.device(device)
@@ -327,7 +355,7 @@ class Model:
             "downsample": self.downsample,
             "groups": self.groups,
             "quantizer": self.quant.to_dict(),
-            "entropy_model": self.entropy.kind,
+            "entropy_model": self.entropy_label,
             "bits_per_token_max": float(np.log2(self.quant.size)),
             "decoder": self.decoder_name,
             "realism": self.realism,
@@ -348,6 +376,7 @@ def build_from_state(
     card: dict[str, Any],
     source: str = "",
     counts: np.ndarray | None = None,
+    context: dict[str, np.ndarray] | None = None,
 ) -> Model:
     """Make a Model from network tensors and a card; missing or unexpected keys are errors,
     and so is a card outside the schema of gqtok.format.card (ModelError naming the field)."""
@@ -368,8 +397,12 @@ def build_from_state(
     if cfg.z_channels % quant.dim:
         raise ModelError(f"z_channels {cfg.z_channels} not divisible by dim {quant.dim}", source)
     # Built without memory (meta) and filled with the given tensors: no random init, no copy.
-    with torch.device("meta"):
-        encoder, decoder = encoder_cls(cfg), decoder_cls(cfg)
+    try:
+        with torch.device("meta"):
+            encoder, decoder = encoder_cls(cfg), decoder_cls(cfg)
+    except (ValueError, RuntimeError) as exc:  # e.g. channels that GroupNorm cannot split
+        why = first_line(exc)
+        raise ModelError(f"bad network config in the model card ({why})", source) from None
     subs = []
     missing: list[str] = []
     unexpected: list[str] = []
@@ -402,6 +435,7 @@ def build_from_state(
         emodel = ent.from_counts(counts, float(ecard.get("smoothing", 0.5)))
     else:
         emodel = ent.uniform(quant.size)
+    cparams = _checked_context(context, ecard, emodel, quant, cfg, source)
     clamp = card.get("clamp", [-1.0, 1.0] if arch == "vit" else None)
     return Model(
         encoder,
@@ -414,7 +448,40 @@ def build_from_state(
         tuple(clamp) if clamp else None,
         card.get("layout", DEFAULT_LAYOUT[arch]),
         DecoderSet(decoder, lambda: decoder_cls(cfg), str(card.get("name", "unnamed"))),
+        cparams,
     )
+
+
+CONTEXT_PREFIX = "entropy.context."
+
+
+def _checked_context(
+    arrays: dict[str, np.ndarray] | None,
+    ecard: dict[str, Any],
+    emodel: ent.EntropyModel,
+    quant: QuantizerConfig,
+    cfg: Any,
+    source: str,
+) -> ctx.ContextParams | None:
+    """The context model of a file if its card has one and the tensors fit it (ModelError
+    naming the problem otherwise); None where the file has none or the quantizer settings
+    were overridden (the card's entropy then is uniform, see with_quantizer)."""
+    ccard = ecard.get("context")
+    if ccard is None or emodel.kind != "frequency":
+        return None
+    if not arrays:
+        raise ModelError("card names a context model but the file has no context tensors", source)
+    params = ctx.ContextParams(int(ccard["bins"]), arrays)
+    try:
+        params.check(quant.size, quant.dim, cfg.z_channels // quant.dim)
+    except ValueError as exc:
+        raise ModelError(f"bad context model ({exc})", source) from None
+    fp = ctx.coder_fingerprint(params, emodel)
+    if fp.hex() != ccard.get("fingerprint"):
+        raise ModelError(
+            f"context model fingerprint {fp.hex()} differs from its card's", source
+        )
+    return params
 
 
 MAX_COUNT = 1 << 53  # token counts stay exact in the float64 probabilities
@@ -442,17 +509,20 @@ def load_model_file(path: Path, opts: ModelOptions | None = None) -> Model:
         card = with_quantizer(read_card(path), opts)
         state: dict[str, torch.Tensor] = {}
         counts = None
+        context: dict[str, np.ndarray] = {}
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 if key == "entropy.counts":
                     counts = f.get_tensor(key).numpy()
+                elif key.startswith(CONTEXT_PREFIX):
+                    context[key[len(CONTEXT_PREFIX) :]] = f.get_tensor(key).numpy()
                 else:
                     state[key] = f.get_tensor(key)
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"cannot read model file ({exc})", str(path)) from None
-    model = build_from_state(state, card, str(path), counts)
+    model = build_from_state(state, card, str(path), counts, context)
     model._decoders.scan = find_decoders(Path(path), model.card, model.weights_sha256)
     return model
 
@@ -521,10 +591,12 @@ def save_model(
     counts: np.ndarray | None = None,
     half: bool = False,
     overwrite: bool = True,
+    context: ctx.ContextParams | None = None,
 ) -> dict[str, Any]:
     """Write a model file (+ JSON sidecar); returns the card as stored (with weights hash).
     ModelError for a card outside the schema (a name .gq files cannot store, say); without
-    ``overwrite`` an existing model file is an OutputError, never replaced."""
+    ``overwrite`` an existing model file is an OutputError, never replaced. ``context`` (with
+    ``counts``) keeps a context entropy model, described by the card's entropy.context."""
     out = Path(path)
     check_card(card, str(out))
     state: dict[str, torch.Tensor] = {}
@@ -541,11 +613,20 @@ def save_model(
         counts = np.asarray(counts, dtype=np.int64)
         state["entropy.counts"] = torch.from_numpy(counts.copy())
         e = ent.from_counts(counts, float(card.get("entropy", {}).get("smoothing", 0.5)))
+        ccard = card.get("entropy", {}).get("context")
         card["entropy"] = {
             "kind": "frequency",
             "smoothing": e.smoothing,
             "fingerprint": e.fingerprint.hex(),
         }
+        if context is not None:
+            for k, arr in context.arrays.items():
+                state[CONTEXT_PREFIX + k] = torch.from_numpy(np.ascontiguousarray(arr))
+            card["entropy"]["context"] = {
+                **(ccard or {}),
+                "bins": context.bins,
+                "fingerprint": ctx.coder_fingerprint(context, e).hex(),
+            }
     else:
         card["entropy"] = {
             "kind": "uniform",
@@ -556,6 +637,59 @@ def save_model(
     check_card(card, str(out))
     meta = {CARD_KEY: json.dumps(card, sort_keys=True)}
     atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=meta), overwrite=overwrite)
+    sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)
+    return card
+
+
+def save_with_context(
+    model: Model,
+    params: ctx.ContextParams,
+    context_card: dict[str, Any],
+    path: str | os.PathLike[str],
+    overwrite: bool = False,
+    static: ent.EntropyModel | None = None,
+) -> dict[str, Any]:
+    """Write ``model``'s file again with a context entropy model added (or replaced): every
+    other tensor byte for byte, so the weights hash, the tokens and every .gq file that names
+    the model stay valid. Returns the card as stored. A model without a frequency table (a
+    converted one with other quantizer settings, say) gets ``static`` as its table too."""
+    from safetensors.numpy import save_file as save_numpy
+
+    if static is None:
+        static = model.entropy
+    if static.kind != "frequency":
+        raise ModelError("a context model needs a frequency table", model.source)
+    if model.entropy.kind == "frequency" and static is not model.entropy:
+        raise ModelError("the model has a frequency table already: keep it", model.source)
+    try:
+        with safe_open(model.source, framework="np") as f:
+            state = {
+                k: f.get_tensor(k) for k in f.keys() if not k.startswith(CONTEXT_PREFIX)  # noqa: SIM118
+            }
+    except Exception as exc:
+        raise ModelError(f"cannot read model file ({exc})", model.source) from None
+    for name, arr in params.arrays.items():
+        state[CONTEXT_PREFIX + name] = np.ascontiguousarray(arr)
+    card = copy.deepcopy(model.card)
+    if model.entropy.kind != "frequency":  # the table fitted along with the context model
+        assert static.counts is not None
+        state["entropy.counts"] = np.asarray(static.counts, dtype=np.int64)
+        card["entropy"] = {
+            "kind": "frequency",
+            "smoothing": static.smoothing,
+            "fingerprint": static.fingerprint.hex(),
+        }
+    card["entropy"] = dict(card.get("entropy", {}))
+    card["entropy"]["context"] = {
+        **context_card,
+        "bins": params.bins,
+        "fingerprint": ctx.coder_fingerprint(params, static).hex(),
+    }
+    out = Path(path)
+    check_card(card, str(out))
+    meta = {CARD_KEY: json.dumps(card, sort_keys=True)}
+    atomic_write(out, lambda tmp: save_numpy(state, str(tmp), metadata=meta), overwrite=overwrite)
     sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
     atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)
     return card

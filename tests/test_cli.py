@@ -59,7 +59,8 @@ def test_encode_decode_single_file_and_info(tmp_path: Path) -> None:
     r = runner.invoke(app, ["info", str(out), "--json"])
     assert r.exit_code == 0
     info = json.loads(r.stdout)
-    assert info["width"] == 317 and info["height"] == 211 and info["version"] == 1
+    assert info["width"] == 317 and info["height"] == 211 and info["version"] == 2
+    assert info["entropy_kind"] == "context" and info["model_entropy"] == "context"
     assert info["header_bytes"] + info["token_bytes"] == info["bytes"]
     r = runner.invoke(app, ["decode", str(out)])
     assert r.exit_code == 0, r.output

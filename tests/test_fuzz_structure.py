@@ -62,7 +62,8 @@ def _rgba() -> bytes:
 
 
 BASES = [
-    encode_file(MODEL, str(DATA / "photo_b.png")).data,
+    encode_file(MODEL, str(DATA / "photo_b.png")).data,  # format version 2 (context model)
+    encode_file(MODEL, str(DATA / "photo_b.png"), entropy="static").data,  # version 1
     encode_file(SMALL_K, str(DATA / "photo_b.png")).data,
     _rgba(),
 ]

@@ -21,8 +21,9 @@ from tests import gqedit
 from tests.conftest import DATA
 
 MODEL = load_model()
-B = encode_file(MODEL, str(DATA / "photo_b.png")).data  # 150x97, 13x19 tokens, frequency model
-A = encode_file(MODEL, str(DATA / "photo_a.jpg")).data  # 317x211
+# Format version 1 (static table); tests/test_context.py has the version 2 rules.
+B = encode_file(MODEL, str(DATA / "photo_b.png"), entropy="static").data  # 150x97, 13x19 tokens
+A = encode_file(MODEL, str(DATA / "photo_a.jpg"), entropy="static").data  # 317x211
 
 # tests/data/photo_b.png as written by gqtok at commit c43ad5d (before these checks existed).
 GOLDEN_B = base64.b64decode(
@@ -65,7 +66,7 @@ def test_a_file_of_the_previous_release_decodes_and_re_encodes_to_the_same_bytes
     if container.unpack(GOLDEN_B)[0].weights_hash != MODEL.weights_fingerprint:
         pytest.skip("the default model changed: the golden file was written with another one")
     header, tokens, alpha = unpack_tokens(MODEL, GOLDEN_B)
-    assert pack_tokens(MODEL, tokens).data == GOLDEN_B and alpha is None
+    assert pack_tokens(MODEL, tokens, entropy="static").data == GOLDEN_B and alpha is None
     image, _ = decode_bytes(GOLDEN_B, MODEL)
     assert image.size == (150, 97)
 
@@ -130,12 +131,15 @@ def test_grids_ending_in_index_0_within_the_free_tail_round_trip() -> None:
     flat[-MODEL.entropy.free_tail :] = 0
     flat[-MODEL.entropy.free_tail - 1] = 1
     tok = type(enc.tokens)(idx, enc.tokens.width, enc.tokens.height, enc.tokens.pad_mode)
-    data = pack_tokens(MODEL, tok).data
+    data = pack_tokens(MODEL, tok, entropy="static").data
     _, back, _ = unpack_tokens(MODEL, data)
     assert np.array_equal(back.indices.numpy(), idx.numpy())
     flat[-MODEL.entropy.free_tail - 1] = 0
     with pytest.raises(FormatError, match="index-0 tokens"):
-        pack_tokens(MODEL, tok)
+        pack_tokens(MODEL, tok, entropy="static")
+    # version 2 has no free tail (an end marker closes every stream): the same grid is fine
+    data = pack_tokens(MODEL, tok).data
+    assert np.array_equal(unpack_tokens(MODEL, data)[1].indices.numpy(), idx.numpy())
 
 
 def test_alpha_is_read_under_the_decoders_pixel_limit(monkeypatch) -> None:  # noqa: ANN001

@@ -27,6 +27,8 @@ from gqtok.cli.common import (
     DecoderOpt,
     Device,
     DeviceOpt,
+    Entropy,
+    EntropyOpt,
     GroupOpt,
     MaxPixelsOpt,
     MemoryOpt,
@@ -146,14 +148,19 @@ RecordsOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record 
 
 
 def _encode_each(
-    net: Model, ready: list[tuple[Job, Any]], pad: str, batch_size: int, budget: int | None
+    net: Model,
+    ready: list[tuple[Job, Any]],
+    pad: str,
+    batch_size: int,
+    budget: int | None,
+    entropy: str,
 ) -> list[tuple[Job, Any]]:
     """(job, EncodedFile or the exception) per job: one network batch, and if that fails, each
     image alone so that only the images that fail by themselves are lost."""
     from gqtok.codec import encode_pictures
 
     def run(items: list[tuple[Job, Any]]) -> list[Any]:
-        return encode_pictures(net, [pic for _, pic in items], pad, batch_size, budget)
+        return encode_pictures(net, [pic for _, pic in items], pad, batch_size, budget, entropy)
 
     try:
         return list(zip([job for job, _ in ready], run(ready), strict=True))
@@ -177,6 +184,7 @@ def encode(
     overwrite: OverwriteOpt = False,
     batch_size: BatchOpt = 4,
     pad: PadOpt = PadMode.replicate,
+    entropy: EntropyOpt = Entropy.context,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
     group: GroupOpt = None,
     codebook_size: SizeOpt = None,
@@ -223,7 +231,7 @@ def encode(
             if not ready:
                 continue
             t0 = time.perf_counter()
-            done = _encode_each(net, ready, pad.value, batch_size, budget)
+            done = _encode_each(net, ready, pad.value, batch_size, budget, entropy.value)
             elapsed = (time.perf_counter() - t0) / len(ready)
             for job, enc in done:
                 bar.advance(job.display)
@@ -250,6 +258,8 @@ def encode(
                             "bpp": round(enc.bpp, 5),
                             "tokens": enc.header.num_tokens,
                             "bits_per_token": round(enc.bits_per_token, 4),
+                            "entropy": enc.entropy,
+                            "format_version": enc.header.version,
                             "seconds": round(elapsed, 4),
                             "model": net.name,
                         },
@@ -443,13 +453,26 @@ def decode(
     failures.exit(len(jobs))
 
 
+_ENTROPY_NAMES = {
+    "context": "context model (format 2)",
+    "frequency": "static frequency table (format 1)",
+    "uniform": "uniform (format 1)",
+}
+_MODEL_ENTROPY = {
+    "context": "context model (files are format 2 unless --entropy static)",
+    "static": "static frequency table (no context model fitted)",
+    "uniform": "uniform (no table fitted)",
+}
+
+
 def info(
     file: Annotated[str, typer.Argument(help="A .gq file, or '-' for stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the header as JSON.")] = False,
 ) -> None:
     """Show the header of a .gq file (no model needed), and which decoders can decode it
     when its model is here."""
-    from gqtok.eval.catalog import decoders_for
+    from gqtok.eval.catalog import model_for
+    from gqtok.format.card import entropy_label, find_decoders
     from gqtok.format.container import read_header
 
     name = "<stdin>" if file == "-" else file
@@ -461,6 +484,7 @@ def info(
         raise fail(e, name, FormatError, "cannot read the header") from None
     header = found.header
     rec = header.to_dict()
+    here = model_for(header.model_id, header.weights_hash)
     rec.update(
         {
             "file": name,
@@ -471,7 +495,9 @@ def info(
             "tokens": header.num_tokens,
             "bits_per_token": round(found.token_bytes * 8 / header.num_tokens, 4),
             "bpp": round(found.file_bytes * 8 / (header.width * header.height), 5),
-            "decoders": decoders_for(header.model_id, header.weights_hash),
+            "entropy": _ENTROPY_NAMES.get(header.entropy_kind, header.entropy_kind),
+            "decoders": None if here is None else find_decoders(*here).names,
+            "model_entropy": None if here is None else entropy_label(here[1]),
         }
     )
     if as_json:
@@ -485,6 +511,8 @@ def info(
     for k, v in rec.items():
         if k == "decoders":
             v = "model not found here" if v is None else ", ".join(v)
+        if k == "model_entropy":
+            v = "model not found here" if v is None else _MODEL_ENTROPY[v]
         table.add_row(k, clean(v))
     show(table)
 

@@ -24,6 +24,12 @@ def models_table() -> list[dict]:
     return rows(on_error=lambda _path, e: warn(f"skipped {e}"))
 
 
+_ENTROPY = {
+    "context": "context model (.gq format 2; --entropy static for format 1)",
+    "static": "static frequency table (.gq format 1; no context model fitted)",
+}
+
+
 def models(as_json: JsonOpt = False) -> None:
     """List local model files and the released GQ models (and whether each is usable offline)."""
     import os
@@ -52,6 +58,8 @@ def models(as_json: JsonOpt = False) -> None:
             "yes" if r["available"] else "no",
             "" if cost is None else f"{cost:.2f}",
         )
+        if r["entropy"] != "uniform":
+            notes.append(f"entropy coding of {r['name']}: {_ENTROPY[r['entropy']]}")
         if len(r["decoders"]) > 1:
             notes.append(f"decoders of {r['name']} ({r['path']}): {', '.join(r['decoders'])}")
         for bad in r["decoders_refused"]:

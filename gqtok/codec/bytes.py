@@ -21,6 +21,7 @@ from gqtok.codec.engine import decode_to_array, encode_arrays
 from gqtok.codec.tokens import Tokens
 from gqtok.errors import FormatError, GqtokError, ModelError
 from gqtok.format import container
+from gqtok.format import context as ctx
 from gqtok.format import entropy as ent
 from gqtok.io.images import (  # _pillow_limit: the alpha plane is read under our limit
     DEFAULT_MAX_PIXELS,
@@ -44,6 +45,11 @@ class Encoded:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
+    def entropy(self) -> str:
+        """How the tokens were coded: context (format version 2), frequency or uniform."""
+        return self.header.entropy_kind
+
+    @property
     def bits_per_token(self) -> float:
         """Achieved entropy-coded size of the token payload per token."""
         return self.token_bytes * 8 / max(1, self.header.num_tokens)
@@ -59,7 +65,12 @@ def _alpha_bytes(alpha: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _header_for(model: Model, tok: Tokens, picture: Picture | None) -> container.Header:
+ENTROPY_CHOICES = ("context", "static")
+
+
+def _header_for(
+    model: Model, tok: Tokens, picture: Picture | None, coder: ctx.ContextCoder | None
+) -> container.Header:
     q = model.quant
     ng, gh, gw = tok.indices.shape
     return container.Header(
@@ -75,8 +86,9 @@ def _header_for(model: Model, tok: Tokens, picture: Picture | None) -> container
         groups=ng,
         grid_h=gh,
         grid_w=gw,
-        entropy_kind=model.entropy.kind,
-        entropy_fingerprint=model.entropy.fingerprint,
+        entropy_kind="context" if coder else model.entropy.kind,
+        entropy_fingerprint=coder.fingerprint if coder else model.entropy.fingerprint,
+        version=container.CONTEXT_VERSION if coder else container.FORMAT_VERSION,
         layout=model.layout,
         pad_mode=tok.pad_mode,
         has_alpha=picture is not None and picture.alpha is not None,
@@ -84,10 +96,24 @@ def _header_for(model: Model, tok: Tokens, picture: Picture | None) -> container
     )
 
 
-def pack_tokens(model: Model, tok: Tokens, picture: Picture | None = None) -> Encoded:
-    """Entropy-code a token grid (and the picture's alpha plane) into .gq bytes."""
-    header = _header_for(model, tok, picture)
-    payload = model.entropy.encode(tok.indices.numpy().reshape(-1))
+def context_coder(model: Model, entropy: str) -> ctx.ContextCoder | None:
+    """The coder ``entropy`` asks for: the model's context coder for "context" where it has
+    one (else None: the static table, format version 1), None for "static"."""
+    if entropy not in ENTROPY_CHOICES:
+        raise ValueError(f"entropy must be one of {', '.join(ENTROPY_CHOICES)}, got {entropy!r}")
+    return model.context_coder if entropy == "context" else None
+
+
+def pack_tokens(
+    model: Model, tok: Tokens, picture: Picture | None = None, entropy: str = "context"
+) -> Encoded:
+    """Entropy-code a token grid (and the picture's alpha plane) into .gq bytes: with the
+    model's context model (format version 2) unless ``entropy`` is "static" or the model has
+    none, else with its static table (version 1, readable by every gqtok)."""
+    coder = context_coder(model, entropy)
+    header = _header_for(model, tok, picture, coder)
+    indices = tok.indices.numpy()
+    payload = coder.encode(indices) if coder else model.entropy.encode(indices.reshape(-1))
     alpha = (
         _alpha_bytes(picture.alpha) if picture is not None and picture.alpha is not None else b""
     )
@@ -100,8 +126,11 @@ def encode_pictures(
     pad_mode: str = "replicate",
     batch_size: int = 4,
     max_memory: int | str | None = None,
+    entropy: str = "context",
 ) -> list[Encoded]:
-    """Encode decoded input images to .gq bytes (batched through the network)."""
+    """Encode decoded input images to .gq bytes (batched through the network); ``entropy``
+    as in ``pack_tokens``."""
+    context_coder(model, entropy)  # a bad choice fails before the network runs
     timings: dict[str, float] = {}
     rgbs = [p.rgb for p in pictures]
     toks = encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory)
@@ -109,7 +138,7 @@ def encode_pictures(
     out = []
     for pic, tok in zip(pictures, toks, strict=True):
         t0 = time.perf_counter()
-        enc = pack_tokens(model, tok, pic)
+        enc = pack_tokens(model, tok, pic, entropy)
         enc.timings = {k: v * share for k, v in timings.items()}
         enc.timings["entropy"] = time.perf_counter() - t0
         out.append(enc)
@@ -117,11 +146,15 @@ def encode_pictures(
 
 
 def encode_file(
-    model: Model, source: str | bytes, name: str | None = None, **kw: object
+    model: Model,
+    source: str | bytes,
+    name: str | None = None,
+    entropy: str = "context",
+    **kw: object,
 ) -> Encoded:
-    """Read an image file (or bytes) and encode it."""
+    """Read an image file (or bytes) and encode it (``entropy`` as in ``pack_tokens``)."""
     pic = read_image(source, name=name, **kw)  # type: ignore[arg-type]
-    return encode_pictures(model, [pic])[0]
+    return encode_pictures(model, [pic], entropy=entropy)[0]
 
 
 def check_compatible(model: Model, header: container.Header, name: str | None = None) -> None:
@@ -158,11 +191,22 @@ def check_compatible(model: Model, header: container.Header, name: str | None = 
             f" {header.width}x{header.height} image for this model",
             name,
         )
-    em = model.entropy if header.entropy_kind == model.entropy.kind else None
-    if header.entropy_kind == "uniform":
-        em = ent.uniform(q.size)
-    if em is None or em.fingerprint != header.entropy_fingerprint:
-        raise ModelError("file's entropy model does not match the model's entropy table", name)
+    if header.entropy_kind == "context":
+        coder = model.context_coder
+        if coder is None:
+            raise ModelError(
+                "file was coded with a context model, but this model has none"
+                " (a model file from an older gqtok?)",
+                name,
+            )
+        if coder.fingerprint != header.entropy_fingerprint:
+            raise ModelError("file's context model does not match the model's", name)
+    else:
+        em = model.entropy if header.entropy_kind == model.entropy.kind else None
+        if header.entropy_kind == "uniform":
+            em = ent.uniform(q.size)
+        if em is None or em.fingerprint != header.entropy_fingerprint:
+            raise ModelError("file's entropy model does not match the model's entropy table", name)
     if codebook_fingerprint(header.dim, header.size, header.seed) != header.codebook_fingerprint:
         raise FormatError(
             "rebuilt codebook does not match the file's codebook fingerprint"
@@ -197,12 +241,17 @@ def _decode_parts(
     max_pixels: int,
 ) -> tuple[container.Header, Tokens, np.ndarray | None]:
     check_compatible(model, header, name)
-    em = model.entropy if header.entropy_kind == model.entropy.kind else ent.uniform(header.size)
+    shape = (header.groups, header.grid_h, header.grid_w)
     try:
-        flat = em.decode(payload, header.num_tokens)
+        if header.entropy_kind == "context":
+            assert model.context_coder is not None  # check_compatible made sure
+            grid = model.context_coder.decode(payload, shape)
+        else:
+            em = model.entropy if header.entropy_kind == model.entropy.kind else None
+            grid = (em or ent.uniform(header.size)).decode(payload, header.num_tokens)
     except ValueError as exc:
         raise FormatError(str(exc), name) from None
-    indices = torch.from_numpy(flat).reshape(header.groups, header.grid_h, header.grid_w)
+    indices = torch.from_numpy(grid).reshape(shape)
     alpha = _alpha_plane(alpha_bytes, header, name, max_pixels) if header.has_alpha else None
     return header, Tokens(indices, header.width, header.height, header.pad_mode), alpha
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from gqtok.errors import GqtokError
 from gqtok.eval.cost import estimate
-from gqtok.format.card import FIDELITY, find_decoders, read_card
+from gqtok.format.card import FIDELITY, entropy_label, find_decoders, read_card
 from gqtok.nets.config import UNetConfig, ViTConfig, network_config
 from gqtok.zoo import registry
 from gqtok.zoo.hub import is_available
@@ -68,6 +68,7 @@ def _local_row(path: Path, card: dict[str, Any]) -> dict[str, Any]:
         "dim": q.get("dim"),
         "codebook_size": q.get("size"),
         "bpp_nominal": nominal_bpp(card),
+        "entropy": entropy_label(card),
         "available": True,
         "path": str(path),
         "source": str(path),
@@ -84,9 +85,12 @@ def _released_row(name: str) -> dict[str, Any]:
     cost = _cost(card)
     converted = registry.converted_path(e)
     decoders: dict[str, Any] = {"decoders": [FIDELITY], "decoders_refused": []}
+    entropy = "uniform"  # until converted (gqtok convert fits no context model)
     if converted.exists():
         try:
-            decoders = _decoders(converted, read_card(converted))
+            converted_card = read_card(converted)
+            decoders = _decoders(converted, converted_card)
+            entropy = entropy_label(converted_card)
         except GqtokError:  # a damaged conversion: the loader will say so
             pass
     return {
@@ -98,6 +102,7 @@ def _released_row(name: str) -> dict[str, Any]:
         "dim": e.dim,
         "codebook_size": e.size,
         "bpp_nominal": e.bpp,
+        "entropy": entropy,
         "available": is_available(name),
         "path": str(converted) if converted.exists() else None,
         "source": f"hf://{e.repo}/{e.filename}@{e.revision}",
@@ -121,10 +126,10 @@ def models_table(
     return rows + [_released_row(name) for name in registry.released_names()]
 
 
-def decoders_for(model_id: str, weights_hash: bytes) -> list[str] | None:
-    """The decoders that serve a .gq file's model (by the id and weights fingerprint in its
-    header) if that model is here: a local model file, or a converted released model; None
-    when it is not (decoding would need the model first)."""
+def model_for(model_id: str, weights_hash: bytes) -> tuple[Path, dict[str, Any]] | None:
+    """The model file (and its card) of a .gq file's model (by the id and weights fingerprint
+    in its header) if that model is here: a local model file, or a converted released model;
+    None when it is not (decoding would need the model first)."""
     found = list_local_models()
     entry = registry.ENTRIES.get(model_id)
     if entry is not None and entry.repo:
@@ -137,5 +142,6 @@ def decoders_for(model_id: str, weights_hash: bytes) -> list[str] | None:
         if model_id not in (card.get("name"), path.stem):
             continue
         if str(card.get("weights_sha256", "")).startswith(weights_hash.hex()):
-            return find_decoders(path, card).names
+            return path, card
     return None
+

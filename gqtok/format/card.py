@@ -103,6 +103,20 @@ CARD_SCHEMA = sc.obj(
                 "kind": sc.string(choices=("uniform", "frequency")),
                 "smoothing": sc.number(0, above=True),
                 "fingerprint": sc.hexdigits(16),
+                "context": sc.obj(
+                    required={
+                        "bins": sc.integer(2, 64),
+                        "fingerprint": sc.hexdigits(16),
+                    },
+                    optional={
+                        "kind": sc.string(choices=("mlp-cells",)),
+                        "hidden": sc.integer(1, 1024),
+                        "dims": sc.anything,
+                        "neighbours": sc.integer(1, 64),
+                        "order": sc.string(),
+                        "fitted": sc.obj(),
+                    },
+                ),
             }
         ),
         "clamp": sc.nullable(sc.array(sc.number(), 2, 2)),
@@ -246,6 +260,15 @@ def with_quantizer(card: dict[str, Any], opts: ModelOptions) -> dict[str, Any]:
 
 
 # Decoder files: other decoders for a model's tokens (docs/format.md#decoder-files).
+
+
+def entropy_label(card: dict[str, Any]) -> str:
+    """How a model's tokens are coded by default, from its card: "context" (a context model:
+    .gq format version 2), "static" (its frequency table: version 1) or "uniform"."""
+    e = card.get("entropy", {})
+    if e.get("kind") == "frequency":
+        return "context" if isinstance(e.get("context"), dict) else "static"
+    return "uniform"
 
 
 def check_decoder_name(name: str) -> str:

@@ -34,8 +34,9 @@ from gqtok.errors import (
 from gqtok.format import bounds
 
 MAGIC = b"GQTK"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 1  # files coded with a static table (uniform or frequency)
+CONTEXT_VERSION = 2  # files coded with a context model (gqtok.format.context)
+SUPPORTED_VERSIONS = (1, 2)
 
 FLAG_ALPHA = 0x01
 FLAG_GRAY = 0x02
@@ -43,7 +44,8 @@ _KNOWN_FLAGS = FLAG_ALPHA | FLAG_GRAY
 
 LAYOUTS = ("bchw", "blc")
 PAD_MODES = ("replicate", "reflect")
-ENTROPY_KINDS = ("uniform", "frequency")
+ENTROPY_KINDS = ("uniform", "frequency", "context")
+VERSION_KINDS = {1: ("uniform", "frequency"), 2: ("context",)}  # entropy kinds per version
 
 _PRE = struct.Struct("<4sBBBBB")  # magic, version, flags, layout, pad_mode, model_id_len
 _MID = struct.Struct("<8sHIQf8sIIHIIB8sII")
@@ -179,6 +181,8 @@ def check_header(h: Header) -> None:
         raise ValueError("unknown layout or padding")
     if h.entropy_kind not in ENTROPY_KINDS:
         raise ValueError(f"unknown entropy model {h.entropy_kind!r}")
+    if h.entropy_kind not in VERSION_KINDS.get(h.version, ()):
+        raise ValueError(f"entropy model {h.entropy_kind} in a version {h.version} file")
     check_codebook(h.dim, h.size)
     if not 0 <= h.seed < 1 << 64:
         raise ValueError(f"codebook seed {h.seed} outside 0..2^64-1")
@@ -205,7 +209,8 @@ def check_payloads(h: Header, token_bytes: int, alpha_bytes: int) -> None:
     n = h.num_tokens
     if token_bytes % 4:
         raise ValueError("token payload length is not a multiple of 4")
-    if token_bytes > bounds.payload_limit(n):
+    symbols = n if h.version == FORMAT_VERSION else 3 * n + 1  # v2: 3 symbols a token + end
+    if token_bytes > bounds.payload_limit(symbols):
         raise ValueError(f"token payload of {token_bytes} bytes is too long for {n} tokens")
     if h.entropy_kind == "uniform":
         bound = bounds.quantized_max(1.0 / h.size, h.size)
@@ -244,6 +249,8 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
     The encoder's headers come from a loaded model, whose card passed the same limits.
     """
     check_model_id(header.model_id)
+    if header.version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"cannot write format version {header.version}")
     if bool(alpha) != header.has_alpha:
         raise ValueError("alpha payload present iff header.has_alpha")
     model_id = header.model_id.encode("utf-8")
@@ -251,7 +258,7 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
     out = bytearray(
         _PRE.pack(
             MAGIC,
-            FORMAT_VERSION,
+            header.version,
             flags,
             LAYOUTS.index(header.layout),
             PAD_MODES.index(header.pad_mode),

@@ -273,11 +273,13 @@ def save_converted(
 
     The stored float32 tensors hash exactly like the checkpoint loaded directly, so .gq files
     written with either decode with the other; a float16 gqtok file stays float16 (same bytes,
-    same weights hash) and keeps its frequency table.
+    same weights hash) and keeps its frequency table and context model.
     """
     card = dict(model.card)
     if name:
         card["name"] = name
     counts = model.entropy.counts if model.entropy.kind == "frequency" else None
     half = card.get("storage_dtype") == "float16"
-    return save_model(dst, model.encoder, model.decoder, card, counts, half=half)
+    return save_model(
+        dst, model.encoder, model.decoder, card, counts, half=half, context=model.context
+    )
