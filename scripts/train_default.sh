@@ -63,3 +63,6 @@ stage3 "$STEPS3A" || { echo "stage 3 not finished: run again"; exit 0; }
 stage3 "$STEPS3B" || { echo "stage 3 not finished: run again"; exit 0; }
 "$PY" -m gqtok.train export --overwrite runs/default-v3 weights/default.safetensors \
   --name gqtok-f8c16-cpu-v3 --half --token-stats-images 200
+# The context entropy model (.gq format version 2): ~3 min on 2 cores, same as `make fit-context`.
+"$PY" -m gqtok fit-context data/prepared/train --val data/prepared/val \
+  -o weights/default.safetensors --overwrite

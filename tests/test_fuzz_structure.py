@@ -161,7 +161,7 @@ def test_model_id_and_beta(model_id: bytes, beta: float) -> None:
 
 
 def test_the_bases_decode() -> None:
-    assert [decode_contract(b) for b in BASES] == ["decoded"] * 3
+    assert [decode_contract(b) for b in BASES] == ["decoded"] * len(BASES)
 
 
 # ----------------------------------------------------------------------------------------------

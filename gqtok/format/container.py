@@ -1,6 +1,7 @@
 """The .gq container: a compact, versioned, self-describing header plus entropy-coded tokens.
 
-Layout of format version 1 (all integers little-endian; see docs/format.md for the full spec):
+Layout of format versions 1 and 2 (the same; version 2 codes the tokens with a context model,
+gqtok.format.context). All integers little-endian; docs/format.md is the full spec:
 
     magic "GQTK" | version u8 | flags u8 | layout u8 | pad_mode u8
     model_id_len u8 | model_id utf-8 | weights_hash 8B

@@ -110,7 +110,7 @@ def cell_table(codebook: np.ndarray, dims: tuple[int, int], bins: int) -> np.nda
     return a * bins + b
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=8)
 def wavefronts(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """(positions, starts): the grid positions y * w + x in decoding order (by wavefront
     t = x + SLOPE * y, then by y) and where each wavefront starts in that order."""
@@ -281,11 +281,16 @@ class ContextCoder:
         a = params.arrays
         self._w = {k: a[k].astype(np.float64) for k in ("w1", "b1", "w2", "b2", "wa", "ba")}
         b = self.bins
-        self._wb = a["wb"].astype(np.float64).reshape(ng, self.hidden, b, b)
+        # (NG, B, H, B): the b-head's slice for each value of a, contiguous
+        wb = a["wb"].astype(np.float64).reshape(ng, self.hidden, b, b)
+        self._wb = np.ascontiguousarray(wb.transpose(0, 2, 1, 3))
         self._bb = a["bb"].astype(np.float64).reshape(ng, b, b)
         self._shifts = a["shifts"].astype(np.int64)
-        # cells, their members and the in-cell rows, per group
-        probs = static.probabilities
+        # cells, their members and the in-cell rows, per group; the rows hold counts +
+        # smoothing (half-integers by default: exact, so is constriction's sum of a row)
+        if static.kind != "frequency" or static.counts is None:
+            raise ValueError("a context model codes positions with a frequency table")
+        probs = static.counts.astype(np.float64) + static.smoothing
         self.cells: list[np.ndarray] = []
         self.position: list[np.ndarray] = []
         self.members: list[np.ndarray] = []
@@ -330,7 +335,14 @@ class ContextCoder:
         return self._pad(logit_weights(la))
 
     def _rows_b(self, k: int, h2: np.ndarray, a: np.ndarray) -> np.ndarray:
-        acc = np.einsum("nh,hnb->nb", h2, self._wb[k][:, a, :]) + self._bb[k][a]
+        wb, bb = self._wb[k], self._bb[k]
+        if a.size <= 4 * self.bins:  # a wavefront: gather each token's slice of the head
+            acc = np.matmul(h2[:, None, :], wb[a])[:, 0, :] + bb[a]
+        else:  # a whole image (encoder): one product per value of a, not an (n, H, B) gather
+            acc = np.empty((a.size, self.bins))
+            for v in np.unique(a):
+                sel = np.flatnonzero(a == v)
+                acc[sel] = h2[sel] @ wb[v] + bb[v]
         lb = np.clip(np.floor(acc * (2.0 ** -int(self._shifts[k, 3]))), -LOGIT_MAX, LOGIT_MAX)
         return self._pad(logit_weights(lb))
 
@@ -379,7 +391,7 @@ class ContextCoder:
         )
         return np.concatenate([a, b, self.position[k][idx]]).astype(np.int32), rows
 
-    def encode(self, indices: np.ndarray, chunk_tokens: int = 1 << 15) -> bytes:
+    def encode(self, indices: np.ndarray, chunk_tokens: int = 4096) -> bytes:
         """The version-2 token payload of a (NG, h, w) grid of indices."""
         import constriction
 
@@ -401,13 +413,21 @@ class ContextCoder:
             while begin > 0 and starts[end] - starts[begin - 1] <= max(1, chunk_tokens // ng):
                 begin -= 1
             begin = min(begin, end - 1)
-            syms, rows = [], []
-            for s in range(begin, end):
-                pos = order[starts[s] : starts[s + 1]]
-                for k in range(ng):
-                    sy, ro = self._symbols(table, ind, pos, w, k)
-                    syms.append(sy)
-                    rows.append(ro)
+            # the network runs once per group over the whole chunk (the tokens of wavefronts
+            # begin..end-1 are contiguous in ``order``); then the symbols are put in the
+            # decoder's order: per wavefront, per group, the a's, b's and positions
+            lo, hi = int(starts[begin]), int(starts[end])
+            parts = [self._symbols(table, ind, order[lo:hi], w, k) for k in range(ng)]
+            n = hi - lo
+            pick = [
+                np.arange(starts[s] - lo, starts[s + 1] - lo) + (k * 3 + j) * n
+                for s in range(begin, end)
+                for k in range(ng)
+                for j in range(3)
+            ]
+            sel = np.concatenate(pick)
+            syms = [np.concatenate([p[0] for p in parts])[sel]]
+            rows = [np.concatenate([p[1] for p in parts])[sel]]
             coder.encode_reverse(np.concatenate(syms), self._family, np.concatenate(rows))
             end = begin
         return coder.get_compressed().astype("<u4").tobytes()

@@ -152,7 +152,10 @@ def fit_context(
     feats_table = ctx.feature_table(cb)
     ng = model.groups
     if cfg.bins * cfg.bins > q.size:
-        raise ValueError(f"{cfg.bins}^2 cells exceed the codebook size K={q.size}")
+        fits = math.isqrt(q.size)
+        raise ValueError(
+            f"{cfg.bins}^2 cells exceed the codebook size K={q.size} (use --bins {fits} or less)"
+        )
     xs = [ctx.grid_features(feats_table, g) for g in train]
     ys = [g.reshape(ng, -1) for g in train]
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in ctx.LAYER_NAMES}
