@@ -634,12 +634,21 @@ def save_model(
                 int(card.get("quantizer", {}).get("size", 65536))
             ).fingerprint.hex(),
         }
+    _write_model_file(out, card, lambda tmp, meta: save_file(state, str(tmp), metadata=meta),
+                      overwrite)  # fmt: skip
+    return card
+
+
+def _write_model_file(
+    out: Path, card: dict[str, Any], save: Callable[[Path, dict[str, str]], None], overwrite: bool
+) -> None:
+    """Check the card, write the tensors (``save(tmp, metadata)``) with it atomically, and the
+    JSON sidecar beside them."""
     check_card(card, str(out))
     meta = {CARD_KEY: json.dumps(card, sort_keys=True)}
-    atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata=meta), overwrite=overwrite)
+    atomic_write(out, lambda tmp: save(tmp, meta), overwrite=overwrite)
     sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
     atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)
-    return card
 
 
 def save_with_context(
@@ -686,12 +695,8 @@ def save_with_context(
         "bins": params.bins,
         "fingerprint": ctx.coder_fingerprint(params, static).hex(),
     }
-    out = Path(path)
-    check_card(card, str(out))
-    meta = {CARD_KEY: json.dumps(card, sort_keys=True)}
-    atomic_write(out, lambda tmp: save_numpy(state, str(tmp), metadata=meta), overwrite=overwrite)
-    sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
-    atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)
+    save = lambda tmp, meta: save_numpy(state, str(tmp), metadata=meta)  # noqa: E731
+    _write_model_file(Path(path), card, save, overwrite)
     return card
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from gqtok.errors import first_line
 from gqtok.format import bounds
-from gqtok.format.entropy import EntropyModel
+from gqtok.format.entropy import EntropyModel, check_payload
 
 # Causal neighbours (dy, dx) of a token; with SLOPE 3 each lies on an earlier wavefront.
 NEIGHBOURS = (
@@ -458,14 +458,7 @@ class ContextCoder:
         count = ng * h * w
         if ng != self.groups:
             raise ValueError(f"file has {ng} token groups, the context model {self.groups}")
-        if len(payload) % 4:
-            raise ValueError("token payload length is not a multiple of 4")
-        limit = self.max_tokens(len(payload))
-        if limit is not None and count > limit:
-            raise ValueError(
-                f"token payload of {len(payload)} bytes cannot hold {count} tokens"
-                f" (at most {limit} under this context model)"
-            )
+        check_payload(len(payload), count, self.max_tokens(len(payload)), "context model")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         out = np.zeros((ng, h * w), dtype=np.int64)
         table = self._table(h, w)

@@ -53,6 +53,19 @@ def _long_tail(symbols: np.ndarray, limit: int) -> int | None:
     return trailing_zeros(symbols)
 
 
+def check_payload(payload_bytes: int, count: int, limit: int | None, model: str) -> None:
+    """ValueError unless a payload of this length can hold ``count`` tokens: whole 32-bit
+    words, and no more tokens than ``limit`` (the model's bound; None: no bound). Checked
+    before decoding, so a small payload cannot make the decoder allocate for a huge grid."""
+    if payload_bytes % 4:
+        raise ValueError("token payload length is not a multiple of 4")
+    if limit is not None and count > limit:
+        raise ValueError(
+            f"token payload of {payload_bytes} bytes cannot hold {count} tokens"
+            f" (at most {limit} under this {model})"
+        )
+
+
 @dataclass(frozen=True)
 class EntropyModel:
     """A stationary categorical model over ``size`` symbols."""
@@ -152,14 +165,7 @@ class EntropyModel:
         empty, and no more free index-0 tokens at the end than a writer can produce."""
         import constriction
 
-        if len(payload) % 4:
-            raise ValueError("token payload length is not a multiple of 4")
-        limit = self.max_tokens(len(payload))
-        if limit is not None and count > limit:
-            raise ValueError(
-                f"token payload of {len(payload)} bytes cannot hold {count} tokens"
-                f" (at most {limit} under this entropy model)"
-            )
+        check_payload(len(payload), count, self.max_tokens(len(payload)), "entropy model")
         if count > 0 and len(payload) > payload_limit(count):
             raise ValueError(
                 f"token payload of {len(payload)} bytes is too long for {count} tokens"

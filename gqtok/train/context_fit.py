@@ -38,7 +38,6 @@ class FitConfig:
     batch: int = 1024
     lr: float = 3e-3
     seed: int = 0
-    threads: int = 0  # 0: torch's default
 
 
 @dataclass
@@ -258,8 +257,6 @@ def fit_and_save(
 
     if output.exists() and not overwrite:  # before the work, not after it
         raise OutputError("exists (use --overwrite)", str(output))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     train = photo_tokens(model, train_dir, max_side, log)
     if val_dir is not None:
         val = photo_tokens(model, val_dir, max_side, log)
