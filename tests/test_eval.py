@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,18 @@ from typer.testing import CliRunner
 
 import gqtok
 from gqtok.cli.eval import _rates, register
-from gqtok.errors import EXIT_PARTIAL
-from gqtok.eval.compare import CSV_COLUMNS, compare, write_outputs
+from gqtok.errors import EXIT_PARTIAL, GqtokError
+from gqtok.eval.compare import (
+    CODECS,
+    CSV_COLUMNS,
+    REPORT_FILES,
+    Codec,
+    Sweep,
+    compare,
+    write_outputs,
+)
 from gqtok.eval.evaluate import collect_images, evaluate, preprocess
+from gqtok.eval.metrics import fidelity as px
 from gqtok.eval.rdplot import nice_ticks, plot_rd
 from gqtok.io.images import read_image
 
@@ -145,9 +155,19 @@ def test_compare_writes_points_table_and_plot(
     assert summary[("0.01", "jpeg")]["excluded"] == 2
     assert summary[("2", "jpeg")]["psnr"] > summary[("1", "jpeg")]["psnr"]
     data = json.loads(files["json"].read_text())
-    assert {"targets", "codecs", "models", "points", "summary", "notes"} <= set(data)
+    assert {"targets", "codecs", "models", "points", "summary", "notes", "bd"} <= set(data)
     with Image.open(files["png"]) as im:
         assert im.format == "PNG" and im.width > 600
+    for metric in ("psnr", "msssim", "stlpips_alex"):  # one plot per metric too
+        with Image.open(files[f"png_{metric}"]) as im:
+            assert im.format == "PNG"
+    # Bjøntegaard: gqtok (one point) against each codec, WebP against JPEG (targets 1 and 2)
+    bd = {(r["curve"], r["reference"]): r for r in data["bd"]}
+    gq = f"gqtok:{model.label}"
+    assert set(bd) == {(gq, "jpeg"), (gq, "webp"), ("webp", "jpeg")}
+    assert bd[(gq, "jpeg")]["bd_psnr"] is None and bd[(gq, "jpeg")]["points"] == 1
+    assert any(n.startswith(f"bd: under 2 points on the curve of {gq} ") for n in data["notes"])
+    assert bd[("webp", "jpeg")]["points"] == 2 and bd[("webp", "jpeg")]["bd_psnr"] is not None
 
 
 def test_pillow_plot_fallback(tmp_path: Path) -> None:
@@ -161,6 +181,9 @@ def test_pillow_plot_fallback(tmp_path: Path) -> None:
     with Image.open(tmp_path / "p.png") as im:
         arr = np.asarray(im.convert("RGB"))
     assert arr.shape[1] == 1500 and (arr < 250).any()
+    plot_rd(summary, tmp_path / "one", backend="pillow", metrics=["msssim"])  # no suffix: PNG
+    with Image.open(tmp_path / "one") as im:
+        assert im.format == "PNG" and im.width == 500
     assert nice_ticks(0.0, 1.05) == [0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
 
 
@@ -186,3 +209,85 @@ def test_any_failure_of_one_image_is_recorded_and_the_run_goes_on(
     assert [name for name, _ in rep.failures] == [str(a)]
     assert rep.failures[0][1] == f"{a}: ZeroDivisionError: simulated"
     assert [row.path for row in rep.rows] == [str(b)]
+
+
+def test_codec_without_its_plugin_is_skipped_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gqtok.eval.compare as cmp
+
+    def missing() -> None:
+        raise ImportError("No module named 'pillow_jxl'")
+
+    monkeypatch.setitem(cmp.PLUGINS, "JXL", ("pillow-jxl-plugin", missing))
+    monkeypatch.delitem(Image.SAVE, "JXL", raising=False)
+    names, skipped = cmp.available_codecs()
+    assert "jxl" not in names and "heif" in names
+    assert "pillow-jxl-plugin is not installed" in skipped["jxl"]
+    with pytest.raises(GqtokError, match="jxl: the Pillow plugin pillow-jxl-plugin"):
+        CODECS["jxl"].encode(np.zeros((8, 8, 3), np.uint8), 50)
+    res = CliRunner().invoke(_app(), ["compare", "--help"])
+    assert all(name in res.stdout for name in CODECS)
+
+
+def test_compare_jxl_and_heif_with_bd_table(folder: Path, tmp_path: Path) -> None:
+    """JPEG XL and HEIF through the CLI: real, reproducible files at the bracketing qualities,
+    the Bjøntegaard table and one plot per metric (one image: each measurement costs an
+    ST-LPIPS pass)."""
+    out = tmp_path / "rd"
+    res = CliRunner().invoke(
+        _app(),
+        ["compare", str(folder / "a.png"), "--bpp", "0.6,1.0", "--codecs", "jxl,heif", "--out",
+         str(out), "--threads", "2"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "Bjøntegaard deltas" in res.stdout and "BD-PSNR" in res.stdout
+    for name in REPORT_FILES:
+        assert (out / name).stat().st_size > 0
+    data = json.loads((out / "rd.json").read_text())
+    assert data["codecs"] == ["jxl", "heif"]
+    targets = [p for p in data["points"] if p["codec"] in CODECS and p["target"] in ("0.6", "1")]
+    assert len(targets) == 2 * 2 and all(p["status"] == "ok" for p in targets)
+    for p in targets:
+        codec = CODECS[p["codec"]]
+        assert p["quality_lo"] in codec.qualities and p["quality_hi"] in codec.qualities
+        assert p["bpp_lo"] <= p["target_bpp"] <= p["bpp_hi"]
+        rgb = read_image(p["image"]).rgb
+        data_lo = codec.encode(rgb, p["quality_lo"])  # the same file again
+        assert len(data_lo) * 8 / (rgb.shape[0] * rgb.shape[1]) == p["bpp_lo"]
+        assert 15 < px.psnr(rgb, codec.decode(data_lo)) < 60
+    # HEIF against JPEG XL: two points each at the same two rates, so each PSNR curve is a line
+    # in log-rate and BD-PSNR is the mean of the PSNR gaps at the two ends
+    (row,) = [r for r in data["bd"] if r["curve"] == "heif"]
+    assert row["reference"] == "jxl" and row["points"] == row["reference_points"] == 2
+    rows = {(r["codec"], r["target"]): r for r in data["summary"]}
+    gaps = [rows[("heif", t)]["psnr"] - rows[("jxl", t)]["psnr"] for t in ("0.6", "1")]
+    assert row["bd_psnr"] == pytest.approx(sum(gaps) / 2, abs=1e-9)
+    assert row["bd_rate_msssim"] is not None
+
+
+@dataclass(frozen=True)
+class _Sized(Codec):
+    """A codec whose file at quality q has sizes[q] bytes (rate = size on a 1x8 image)."""
+
+    sizes: tuple[int, ...] = ()
+
+    def encode(self, rgb: np.ndarray, quality: int) -> bytes:
+        return bytes(self.sizes[quality])
+
+
+def test_qualities_below_a_seam_costlier_than_it_are_left_out() -> None:
+    rgb = np.zeros((1, 8, 3), np.uint8)
+    codec = _Sized("fake", "PNG", tuple(range(9)), seam=5, sizes=(1, 2, 3, 4, 5, 3, 4, 6, 8))
+    sweep = Sweep(codec, rgb, lambda a, b: {})
+    assert sweep.qualities == (0, 1, 5, 6, 7, 8)  # 2, 3, 4 cost as much as 5 or more
+    assert sweep.bracket(3.5) == (5, 6)  # not (2, 3) of the costlier branch
+    smooth = _Sized("fake", "PNG", tuple(range(9)), seam=5, sizes=(1, 2, 3, 4, 5, 6, 7, 8, 9))
+    assert Sweep(smooth, rgb, lambda a, b: {}).qualities == tuple(range(9))
+    # the real JPEG XL on a small photo, whatever libjxl's switch does there
+    real = Sweep(CODECS["jxl"], read_image(DATA / "photo_a.jpg").rgb, lambda a, b: {})
+    low = [q for q in real.qualities if q < 19]
+    assert low == list(range(len(low))) and real.bpp(low[-1]) < real.bpp(19)
+    assert len(low) == 19 or real.bpp(len(low)) >= real.bpp(19)
+    found = real.bracket(real.bpp(19) + 0.001)
+    assert isinstance(found, tuple) and found[0] >= 19

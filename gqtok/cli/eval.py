@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -160,30 +159,25 @@ def _compare_table(rep: CompareReport) -> Table:
     return table
 
 
-REPORTS = ("rd_points.csv", "rd.json", "rd_plot.png")
+def _bd_table(rep: CompareReport) -> Table:
+    from rich.table import Table
 
-
-def _compare_files(rep: CompareReport) -> dict[str, Callable[[Path], None]]:
-    """rd_points.csv, rd.json and rd_plot.png, each as a callback that fills a file."""
-    from gqtok.eval.compare import CSV_COLUMNS
-    from gqtok.eval.rdplot import plot_rd
-
-    def points(path: Path) -> None:
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for p in rep.points:
-                w.writerow({k: ("" if p.get(k) is None else p.get(k)) for k in CSV_COLUMNS})
-
-    def report(path: Path) -> None:
-        path.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
-
-    def plot(path: Path) -> None:
-        with tempfile.TemporaryDirectory() as tmp:  # the plotter picks its format by suffix
-            plot_rd(rep.summary, Path(tmp) / "rd_plot.png")
-            path.write_bytes((Path(tmp) / "rd_plot.png").read_bytes())
-
-    return dict(zip(REPORTS, (points, report, plot), strict=True))
+    table = Table(title="Bjøntegaard deltas against the reference (mean-over-images curves)")
+    table.add_column("curve", overflow="fold")
+    table.add_column("reference", overflow="fold")
+    for col in ("points (curve/ref.)", "BD-rate PSNR (%)", "BD-rate MS-SSIM (%)", "BD-PSNR (dB)"):
+        table.add_column(col, justify="right")
+    for row in rep.bd:
+        table.add_row(
+            clean(row["curve"]),
+            clean(row["reference"]),
+            f"{row['points']}/{row['reference_points']}",
+            _fmt(row["bd_rate_psnr"], 1),
+            _fmt(row["bd_rate_msssim"], 1),
+            _fmt(row["bd_psnr"], 2),
+        )
+    table.caption = "BD-rate < 0 / BD-PSNR > 0: the curve does better than the reference"
+    return table
 
 
 def _rates(bpp: list[str] | None, inputs: list[str]) -> tuple[list[float], list[str]]:
@@ -328,11 +322,19 @@ def compare_cmd(
     decoder: DecodersOpt = None,
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Folder for rd_points.csv, rd.json, rd_plot.png."),
+        typer.Option(
+            "--out", "-o",
+            help="Folder for rd_points.csv, rd.json, rd_plot.png and one plot per metric"
+            " (rd_psnr.png, rd_msssim.png, rd_stlpips.png).",
+        ),
     ] = Path("gqtok-compare"),
     codecs: Annotated[
         list[str] | None,
-        typer.Option("--codecs", help="Comma-separated subset of jpeg, webp, avif."),
+        typer.Option(
+            "--codecs",
+            help="Comma-separated subset of jpeg, webp, avif, jxl (JPEG XL), heif (HEVC)"
+            " (default: all that this install can write).",
+        ),
     ] = None,
     json_stdout: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON on stdout.")
@@ -363,8 +365,9 @@ def compare_cmd(
         ),
     ] = None,
 ) -> None:
-    """Rate-distortion of gqtok against JPEG, WebP and AVIF at matched bpp."""
-    from gqtok.eval.compare import CODECS, compare
+    """Rate-distortion of gqtok against JPEG, WebP, AVIF, JPEG XL and HEIF at matched bpp, with
+    Bjøntegaard deltas."""
+    from gqtok.eval.compare import CODECS, REPORT_FILES, compare, report_files
     from gqtok.zoo.paths import DEFAULT_MODEL
 
     rates, rest = _rates(bpp, inputs)
@@ -374,7 +377,7 @@ def compare_cmd(
     decoders = parse_decoders(decoder)
     paths = _images(rest, recursive)
     page_path = None if html is None else html / "index.html"
-    _check_reports([out / name for name in REPORTS] + ([page_path] if page_path else []),
+    _check_reports([out / name for name in REPORT_FILES] + ([page_path] if page_path else []),
                    overwrite, paths)  # fmt: skip
     page = None
     if page_path is not None:
@@ -400,7 +403,7 @@ def compare_cmd(
     )  # fmt: skip
     written = []
     try:
-        for name, fill in _compare_files(rep).items():
+        for name, fill in report_files(rep).items():
             write_output(out / name, fill, overwrite, paths)
             written.append(str(out / name))
         if page is not None and page_path is not None:
@@ -411,7 +414,11 @@ def compare_cmd(
     if json_stdout:
         write_output("-", json.dumps(rep.to_dict(), indent=2) + "\n", overwrite=True)
     elif not quiet:
-        show(_compare_table(rep), *(f"note: {note}" for note in rep.notes))
+        from rich.console import Group
+
+        deltas = any(v is not None for row in rep.bd for k, v in row.items() if k[:3] == "bd_")
+        tables = [_compare_table(rep)] + ([_bd_table(rep)] if deltas else [])
+        show(Group(*tables), *(f"note: {note}" for note in rep.notes))
     if not quiet:
         say("wrote " + ", ".join(written))
     failures.exit(len(paths), "image(s)")

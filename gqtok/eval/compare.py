@@ -1,4 +1,5 @@
-"""``gqtok compare``: rate-distortion of gqtok against JPEG, WebP and AVIF at matched bpp.
+"""``gqtok compare``: rate-distortion of gqtok against JPEG, WebP, AVIF, JPEG XL and HEIF (HEVC)
+at matched bpp.
 
 Classical codecs have a quality knob, not a rate knob, so for each image and target rate the
 quality is searched (rate = the real encoded file's size) for the two adjacent settings whose
@@ -16,11 +17,16 @@ codec and target over all images: a set metric cannot be interpolated image by i
 patch features of the reconstructions at the lower and at the upper bracketing quality are
 pooled into two sets, FID/KID is computed for each, and the two values are interpolated linearly
 at the set's mean target bpp between the two sets' mean bpps.
+
+Bjøntegaard deltas (``bjontegaard``) summarise whole curves: each curve is its mean-over-images
+(bpp, metric) points, a classical codec's at the ``targets``, and every gqtok curve is compared
+with every classical codec (and every classical codec with the first one, JPEG by default).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -33,6 +39,7 @@ import numpy as np
 from PIL import Image, features
 
 from gqtok.errors import GqtokError, OutputError
+from gqtok.eval.bjontegaard import bd_metric, bd_rate
 from gqtok.eval.evaluate import json_safe, preprocess, roundtrip
 from gqtok.eval.metrics import MetricUnavailable
 from gqtok.eval.metrics import fidelity as px
@@ -60,14 +67,22 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class Codec:
-    """A classical codec as Pillow drives it; qualities are ordered so that rate grows."""
+    """A classical codec as Pillow drives it; qualities are ordered so that rate grows.
+
+    ``seam``: the first quality after a switch of the encoder's mode, below which, on some
+    images only, files are larger than at the seam. Per image, the qualities below it are kept
+    only while their rate stays below the seam's (``Sweep.qualities``)."""
 
     name: str
     pil_format: str
     qualities: tuple[int, ...]
     options: tuple[tuple[str, Any], ...] = ()
+    seam: int | None = None
 
     def encode(self, rgb: np.ndarray, quality: int) -> bytes:
+        why = load_plugin(self.pil_format)
+        if why:
+            raise GqtokError(f"{self.name}: {why}")
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, self.pil_format, quality=quality, **dict(self.options))
         return buf.getvalue()
@@ -79,19 +94,63 @@ class Codec:
 
 
 # Pillow defaults apart from: optimised Huffman tables for JPEG (what any size-aware encoder
-# does), WebP's slowest/best method, and single-threaded AVIF so sizes are reproducible.
+# does), WebP's slowest/best method, and single-threaded AVIF, JPEG XL and HEVC so sizes are
+# reproducible (the same bytes as multi-threaded, measured for JPEG XL and HEVC).
+# JPEG XL (libjxl, effort 7): quality 100 is refused unless lossless, so the sweep ends at 99;
+# below quality 19 libjxl switches mode: on a 768x512 photo the rate goes on smoothly, on the
+# small test photos it jumps up (quality 18 costs 10-30 % more than 19, for about the same or
+# a lower PSNR), so 19 is a seam (see Codec).
+# HEIF (libheif + x265, 4:2:0): quality maps to the quantiser in steps of about 2 (neighbouring
+# qualities often give the same file) and 95-100 give one file, so the sweep ends at 95; x265's
+# thread pool is one thread.
 CODECS = {
     "jpeg": Codec("jpeg", "JPEG", tuple(range(1, 101)), (("optimize", True),)),
     "webp": Codec("webp", "WEBP", tuple(range(0, 101)), (("method", 6),)),
     "avif": Codec("avif", "AVIF", tuple(range(0, 101)), (("max_threads", 1),)),
+    "jxl": Codec("jxl", "JXL", tuple(range(0, 100)), (("num_threads", 0),), seam=19),
+    "heif": Codec("heif", "HEIF", tuple(range(0, 96)), (("enc_params", {"x265:pools": "1"}),)),
 }
+
+
+def _register_jxl() -> None:
+    import pillow_jxl  # noqa: F401 - importing it registers the "JXL" format with Pillow
+
+
+def _register_heif() -> None:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+
+
+# Formats that come from a Pillow plugin on PyPI (in the ``metrics`` extra): package, registration.
+PLUGINS: dict[str, tuple[str, Callable[[], None]]] = {
+    "JXL": ("pillow-jxl-plugin", _register_jxl),
+    "HEIF": ("pillow-heif", _register_heif),
+}
+
+
+def load_plugin(pil_format: str) -> str | None:
+    """Register the plugin that gives Pillow ``pil_format``, if it needs one and is not yet
+    registered; None when done or not needed, otherwise why it cannot be."""
+    entry = PLUGINS.get(pil_format)
+    if entry is None or pil_format in Image.SAVE:
+        return None
+    package, register = entry
+    try:
+        register()
+    except (ImportError, OSError) as e:
+        return f"the Pillow plugin {package} is not installed ({e}; pip install {package})"
+    return None if pil_format in Image.SAVE else f"{package} registered no {pil_format} writer"
 
 
 def available_codecs() -> tuple[list[str], dict[str, str]]:
     """(codec names this Pillow can write, {skipped name: reason})."""
     names, skipped = [], {}
-    for name in CODECS:
-        if name == "avif" and not features.check("avif"):
+    for name, codec in CODECS.items():
+        why = load_plugin(codec.pil_format)
+        if why:
+            skipped[name] = why
+        elif name == "avif" and not features.check("avif"):
             skipped[name] = "this Pillow build has no AVIF support (features.check('avif'))"
         elif name == "webp" and not features.check("webp"):
             skipped[name] = "this Pillow build has no WebP support"
@@ -138,13 +197,31 @@ class Sweep:
             self._metrics[q] = self.measure(self.rgb, self.codec.decode(self._data[q]))
         return self._metrics[q]
 
+    @functools.cached_property
+    def qualities(self) -> tuple[int, ...]:
+        """The codec's qualities for this image: at a seam, those below it whose rate is not
+        below the seam's are left out (costs up to 6 encodings), so that rate grows along the
+        list and the search does not bracket a target with the costlier branch."""
+        qs, seam = self.codec.qualities, self.codec.seam
+        if seam is None:
+            return qs
+        i = qs.index(seam)
+        cut, lo, hi = self.bpp(seam), 0, i  # rate grows within the lower branch
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.bpp(qs[mid]) < cut:
+                lo = mid + 1
+            else:
+                hi = mid
+        return qs[:lo] + qs[i:]
+
     def bracket(self, target: float) -> tuple[int, int] | str:
         """Adjacent qualities (lo, hi) with bpp(lo) <= target <= bpp(hi), or why there are none.
 
         Binary search assumes rate grows with quality; where it does not, a linear scan finds
         the first adjacent pair that brackets the target.
         """
-        qs = self.codec.qualities
+        qs = self.qualities
         if self.bpp(qs[0]) > target:
             return "below_range"
         if self.bpp(qs[-1]) < target:
@@ -256,6 +333,7 @@ class CompareReport:
     summary: list[dict[str, Any]] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    bd: list[dict[str, Any]] = field(default_factory=list)  # Bjøntegaard deltas, see bd_rows
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -315,6 +393,62 @@ def _summarise(report: CompareReport, patches: dict[tuple[str, str], PatchGroup]
                 f"{codec} @ {target}: {len(pts) - len(ok)} of {len(pts)} image(s) excluded"
                 " (target bpp outside the codec's reachable range); not plotted"
             )
+
+
+# Bjøntegaard deltas in the report: (field, metric, function, the range both curves must share).
+BD_FIELDS = (
+    ("bd_rate_psnr", "psnr", bd_rate, "PSNR"),
+    ("bd_rate_msssim", "msssim", bd_rate, "MS-SSIM"),
+    ("bd_psnr", "psnr", bd_metric, "bpp"),
+)
+
+
+def rd_curves(summary: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Curve name -> its summary rows by rate: a classical codec's rows at the numeric targets
+    (its "@model" rows are points at gqtok's per-image rates, not targets), a gqtok row
+    label's rows. Rows with excluded images are left out, as in the plot: their mean is over
+    another subset of images than the curve's other points."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for row in summary:
+        if row.get("bpp") is None or not row.get("images") or row.get("excluded"):
+            continue
+        if row["codec"] in CODECS and row["target"].startswith("@"):
+            continue
+        curves.setdefault(row["codec"], []).append(row)
+    return {k: sorted(v, key=lambda r: r["bpp"]) for k, v in curves.items()}
+
+
+def bd_rows(summary: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Bjøntegaard deltas of every gqtok curve against every classical codec, and of every
+    classical codec against the first one of the run (JPEG by default), on the mean-over-images
+    curves of ``rd_curves``; and notes on the deltas that are null and why.
+
+    Each row: ``curve``, ``reference``, their point counts, ``bd_rate_psnr`` and
+    ``bd_rate_msssim`` (% rate of the curve against the reference at equal PSNR / MS-SSIM;
+    negative: the curve needs fewer bits) and ``bd_psnr`` (dB at equal rate; positive: the
+    curve is better)."""
+    curves = rd_curves(summary)
+    classical = [c for c in CODECS if c in curves]
+    pairs = [(c, ref) for c in curves if c not in CODECS for ref in classical]
+    pairs += [(c, classical[0]) for c in classical[1:]]
+    rows, notes = [], []
+    short = [c for c in curves if len(curves[c]) < 2 and any(c in pair for pair in pairs)]
+    if short:
+        notes.append(f"bd: under 2 points on the curve of {', '.join(short)} (gqtok: one per"
+                     " model; classical codecs: one per --bpp target), so their Bjøntegaard"
+                     " deltas are null")  # fmt: skip
+    for curve, ref in pairs:
+        a, b = curves[ref], curves[curve]
+        row: dict[str, Any] = {"curve": curve, "reference": ref, "points": len(b),
+                               "reference_points": len(a)}  # fmt: skip
+        for name, metric, delta, shared in BD_FIELDS:
+            row[name] = delta([r["bpp"] for r in a], [r[metric] for r in a],
+                              [r["bpp"] for r in b], [r[metric] for r in b])  # fmt: skip
+            if row[name] is None and curve not in short and ref not in short:
+                notes.append(f"bd: {curve} against {ref}: no {name} (no shared {shared} range,"
+                             " or under 2 points with a value; not extrapolated)")  # fmt: skip
+        rows.append(row)
+    return rows, notes
 
 
 def _image_points(
@@ -445,6 +579,8 @@ def compare(
     _summarise(report, groups)
     if groups is not None:
         _patch_notes(report)
+    report.bd, notes = bd_rows(report.summary)
+    report.notes += notes
     return report
 
 
@@ -463,24 +599,46 @@ def _patch_notes(report: CompareReport) -> None:
         )
 
 
-def write_outputs(report: CompareReport, outdir: Path) -> dict[str, Path]:
-    """rd_points.csv, rd.json and rd_plot.png in ``outdir``; returns their paths."""
+# One plot per metric, besides rd_plot.png with the three side by side.
+PLOT_FILES = {"psnr": "rd_psnr.png", "msssim": "rd_msssim.png", "stlpips_alex": "rd_stlpips.png"}
+REPORT_FILES = ("rd_points.csv", "rd.json", "rd_plot.png", *PLOT_FILES.values())
+
+
+def report_files(report: CompareReport) -> dict[str, Callable[[Path], None]]:
+    """Each report file's name (``REPORT_FILES``) -> a callback that writes it at a given path
+    (any name: the plots are PNG whatever the suffix)."""
     from gqtok.eval.rdplot import plot_rd
 
+    def points(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for p in report.points:
+                w.writerow({k: ("" if p.get(k) is None else p.get(k)) for k in CSV_COLUMNS})
+
+    def rd_json(path: Path) -> None:
+        path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+    def plot(metrics: Sequence[str]) -> Callable[[Path], None]:
+        def fill(path: Path) -> None:
+            plot_rd(report.summary, path, metrics=metrics)
+
+        return fill
+
+    fills = [points, rd_json, plot(METRICS), *(plot([m]) for m in PLOT_FILES)]
+    return dict(zip(REPORT_FILES, fills, strict=True))
+
+
+def write_outputs(report: CompareReport, outdir: Path) -> dict[str, Path]:
+    """The ``REPORT_FILES`` in ``outdir``; returns their paths: "csv", "json", "png" (the three
+    panels) and "png_<metric>" (one plot each)."""
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create folder ({e.strerror or e})", str(outdir)) from None
-    paths = {
-        "csv": outdir / "rd_points.csv",
-        "json": outdir / "rd.json",
-        "png": outdir / "rd_plot.png",
-    }
-    with paths["csv"].open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for p in report.points:
-            w.writerow({k: ("" if p.get(k) is None else p.get(k)) for k in CSV_COLUMNS})
-    paths["json"].write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    plot_rd(report.summary, paths["png"])
+    keys = ("csv", "json", "png", *(f"png_{m}" for m in PLOT_FILES))
+    paths = {}
+    for key, (name, fill) in zip(keys, report_files(report).items(), strict=True):
+        paths[key] = outdir / name
+        fill(paths[key])
     return paths

@@ -197,6 +197,7 @@ class HtmlReport:
             "<section id=rd><h2>Rate–distortion</h2>",
             f"<img class=rdplot src='{plot}' alt='rate-distortion plot'>",
             _table(report.summary),
+            _bd_table(report.bd),
         ]
         if report.notes:
             parts.append("<ul class=notes>")
@@ -301,6 +302,26 @@ def _table(summary: list[dict[str, Any]]) -> str:
     )
 
 
+def _bd_table(rows: list[dict[str, Any]]) -> str:
+    """compare's Bjøntegaard deltas; nothing when all are null (no curve has 2 points)."""
+    if all(v is None for r in rows for k, v in r.items() if k.startswith("bd_")):
+        return ""
+    head = ["curve", "reference", "points", "BD-rate PSNR (%)", "BD-rate MS-SSIM (%)",
+            "BD-PSNR (dB)"]  # fmt: skip
+    body = "".join(
+        f"<tr><td>{_esc(r['curve'])}</td><td>{_esc(r['reference'])}</td>"
+        f"<td>{r['points']}/{r['reference_points']}</td><td>{_num(r['bd_rate_psnr'], 1)}</td>"
+        f"<td>{_num(r['bd_rate_msssim'], 1)}</td><td>{_num(r['bd_psnr'], 2)}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<table class=bd><caption>Bjøntegaard deltas of each curve against the reference"
+        " (mean-over-images points; BD-rate &lt; 0 or BD-PSNR &gt; 0: the curve does better)"
+        "</caption><thead><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead>"
+        "<tbody>" + body + "</tbody></table>"
+    )
+
+
 HEAD = """<!doctype html>
 <html lang=en><head><meta charset=utf-8>
 <meta name=viewport content='width=device-width, initial-scale=1'>
@@ -337,7 +358,7 @@ td:nth-child(-n+2),th:nth-child(-n+2){text-align:left;overflow-wrap:anywhere}
 
 HOWTO = """<p>Per image: drag the slider (or focus it and use the arrow keys): left of the line is
 the original, right of it the codec chosen in the list. gqtok is shown as decoded from its .gq
-file. JPEG/WebP/AVIF cannot hit a rate exactly, so each shows the real decoded file at the
+file. The classical codecs cannot hit a rate exactly, so each shows the real decoded file at the
 quality whose rate is nearest gqtok's on that image, with that file's own bpp and metrics. All
 images are lossless PNG; the crops are at native pixels. The table's numbers are interpolated
 at exactly the matched rate.</p>"""

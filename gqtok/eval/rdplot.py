@@ -1,4 +1,5 @@
-"""Rate-distortion plot (PSNR, MS-SSIM, ST-LPIPS against bpp) for ``gqtok compare``.
+"""Rate-distortion plots (PSNR, MS-SSIM, ST-LPIPS against bpp) for ``gqtok compare``: the three
+panels side by side, or any subset (one metric per file).
 
 matplotlib draws it when installed (it is in the ``metrics`` extra); otherwise a plain Pillow
 drawing with the same content (axes, ticks, legend) keeps the command working on the base
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -19,7 +21,19 @@ PANELS = (
     ("msssim", "MS-SSIM, higher is better"),
     ("stlpips_alex", "ST-LPIPS (AlexNet), lower is better"),
 )
-COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
+COLORS = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+)
+Panels = Sequence[tuple[str, str]]
 
 Series = dict[str, list[tuple[float, dict[str, float | None]]]]
 
@@ -37,18 +51,25 @@ def series_from_summary(summary: list[dict[str, Any]]) -> Series:
     return {k: sorted(v, key=lambda p: p[0]) for k, v in sorted(out.items())}
 
 
-def plot_rd(summary: list[dict[str, Any]], path: Path, backend: str | None = None) -> str:
-    """Write the plot PNG; returns the backend used ("matplotlib" or "pillow")."""
+def plot_rd(
+    summary: list[dict[str, Any]],
+    path: Path | IO[bytes],
+    backend: str | None = None,
+    metrics: Sequence[str] | None = None,
+) -> str:
+    """Write the plot as PNG (whatever the file name): one panel per metric of ``metrics``
+    (default: all of ``PANELS``); returns the backend used ("matplotlib" or "pillow")."""
     series = series_from_summary(summary)
+    panels = [p for p in PANELS if metrics is None or p[0] in metrics]
     if backend is None:
         try:
             backend = "matplotlib" if importlib.util.find_spec("matplotlib") else "pillow"
         except (ImportError, ValueError):
             backend = "pillow"
     if backend == "matplotlib":
-        _plot_matplotlib(series, path)
+        _plot_matplotlib(series, path, panels)
     else:
-        _plot_pillow(series, path)
+        _plot_pillow(series, path, panels)
     return backend
 
 
@@ -56,14 +77,17 @@ def _is_model(codec: str) -> bool:
     return codec.startswith("gqtok")
 
 
-def _plot_matplotlib(series: Series, path: Path) -> None:
+def _plot_matplotlib(series: Series, path: Path | IO[bytes], panels: Panels) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(15, 4.6))
-    for ax, (key, title) in zip(axes, PANELS, strict=True):
+    single = len(panels) == 1
+    size = (8, 5.5) if single else (5 * len(panels), 4.6)
+    fig, grid = plt.subplots(1, len(panels), figsize=size, squeeze=False)
+    axes = grid[0]
+    for ax, (key, title) in zip(axes, panels, strict=True):
         for i, (codec, pts) in enumerate(series.items()):
             xy = [(b, m[key]) for b, m in pts if m.get(key) is not None]
             if not xy:
@@ -78,9 +102,11 @@ def _plot_matplotlib(series: Series, path: Path) -> None:
         ax.set_xlabel("bits per pixel")
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=100)
+    ncol = max(1, min(len(labels), 3 if single else 7))
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
+    fig.tight_layout(rect=(0, (22 * rows + 12) / (100 * size[1]), 1, 1))  # legend: ~22 px a row
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -103,12 +129,27 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _plot_pillow(series: Series, path: Path) -> None:
+def _legend_rows(labels: list[str], font: Any, width: float) -> list[list[tuple[float, str]]]:
+    """Legend entries as rows of (x, label) that fit in ``width`` px (a swatch, then the text)."""
+    rows: list[list[tuple[float, str]]] = [[]]
+    x = 20.0
+    for label in labels:
+        step = 40 + font.getlength(label)
+        if rows[-1] and x + step > width:
+            rows.append([])
+            x = 20.0
+        rows[-1].append((x, label))
+        x += step
+    return rows
+
+
+def _plot_pillow(series: Series, path: Path | IO[bytes], panels: Panels) -> None:
     pw, ph, left, right, top, bottom = 500, 460, 70, 20, 40, 55
-    img = Image.new("RGB", (pw * len(PANELS), ph + 30), "white")
-    draw = ImageDraw.Draw(img)
     font, small = _font(14), _font(12)
-    for p, (key, title) in enumerate(PANELS):
+    legend = _legend_rows(list(series), small, pw * len(panels))
+    img = Image.new("RGB", (pw * len(panels), ph + 10 + 20 * len(legend)), "white")
+    draw = ImageDraw.Draw(img)
+    for p, (key, title) in enumerate(panels):
         x0, x1, y0, y1 = p * pw + left, (p + 1) * pw - right, top, ph - bottom
         pts = {c: [(b, m[key]) for b, m in s if m.get(key) is not None] for c, s in series.items()}
         xs = [b for v in pts.values() for b, _ in v]
@@ -149,9 +190,10 @@ def _plot_pillow(series: Series, path: Path) -> None:
             r = 7 if _is_model(codec) else 3
             for cx, cy in xy:
                 draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
-    x = 20.0
-    for i, codec in enumerate(series):  # legend strip under the panels
-        draw.rectangle((x, ph + 10, x + 10, ph + 20), fill=COLORS[i % len(COLORS)])
-        draw.text((x + 16, ph + 15), codec, fill="black", font=small, anchor="lm")
-        x += 40 + draw.textlength(codec, font=small)
+    color = {codec: COLORS[i % len(COLORS)] for i, codec in enumerate(series)}
+    for r, row in enumerate(legend):  # legend strip under the panels
+        y = ph + 10 + 20 * r
+        for x, codec in row:
+            draw.rectangle((x, y, x + 10, y + 10), fill=color[codec])
+            draw.text((x + 16, y + 5), codec, fill="black", font=small, anchor="lm")
     img.save(path, "PNG")
