@@ -52,6 +52,7 @@ from gqtok.format.card import (
     read_decoder_card,
     with_quantizer,
 )
+from gqtok.format.prior import PRIOR_NAMES, PriorParams
 from gqtok.io.allocator import retain_freed_memory
 from gqtok.io.files import atomic_write, atomic_write_bytes
 from gqtok.nets.config import UNetConfig, ViTConfig
@@ -168,12 +169,14 @@ class Model:
         layout: str = "bchw",
         decoders: DecoderSet | None = None,
         context: ctx.ContextParams | None = None,
+        prior: PriorParams | None = None,
     ) -> None:
         self.encoder = encoder.eval()
         self._decoder: torch.nn.Module | None = decoder.eval()
         self.quant = quant
         self.entropy = entropy_model
         self.context = context
+        self.prior = prior
         self.card = card
         self.weights_sha256 = weights_sha256
         self.source = source
@@ -288,14 +291,27 @@ class Model:
         emodel = self.entropy if card is self.card else ent.uniform(quant.size)
         if emodel.size != quant.size:
             emodel = ent.uniform(quant.size)
-        return self._variant(quant=quant, entropy=emodel, card=card, context=None)
+        context = None
+        q = self.quant
+        same_codebook = (quant.dim, quant.seed, quant.beta) == (q.dim, q.seed, q.beta)
+        if self.prior is not None and same_codebook:
+            # another codebook size of the same codebook: the prior's table for it, and the
+            # context model where its cells fit (gqtok.codec.rate codes every K this way)
+            from gqtok.quant.codebook import codebook_view
+
+            emodel = self.prior.table(codebook_view(quant.dim, quant.size, quant.seed).numpy())
+            if self.context is not None and self.context.bins**2 <= quant.size:
+                context = self.context
+        out = self._variant(quant=quant, entropy=emodel, card=card, context=context)
+        out.__dict__.pop("_context_coder", None)
+        return out
 
     @property
     def context_coder(self) -> ctx.ContextCoder | None:
         """The context entropy coder (.gq version 2) of this model's tokens, or None where
         none was fitted (or the quantizer settings were overridden since). Built on first use:
         it needs the codebook."""
-        if self.context is None or self.entropy.kind != "frequency":
+        if self.context is None or self.entropy.kind == "uniform":
             return None
         coder = self.__dict__.get("_context_coder")
         if coder is None:
@@ -311,7 +327,7 @@ class Model:
     @property
     def entropy_label(self) -> str:
         """How this model codes tokens by default, for people: context / frequency / uniform."""
-        if self.context is not None and self.entropy.kind == "frequency":
+        if self.context is not None and self.entropy.kind != "uniform":
             return "context"
         return self.entropy.kind
 
@@ -377,6 +393,7 @@ def build_from_state(
     source: str = "",
     counts: np.ndarray | None = None,
     context: dict[str, np.ndarray] | None = None,
+    prior: dict[str, np.ndarray] | None = None,
 ) -> Model:
     """Make a Model from network tensors and a card; missing or unexpected keys are errors,
     and so is a card outside the schema of gqtok.format.card (ModelError naming the field)."""
@@ -436,6 +453,7 @@ def build_from_state(
     else:
         emodel = ent.uniform(quant.size)
     cparams = _checked_context(context, ecard, emodel, quant, cfg, source)
+    pparams = _checked_prior(prior, ecard, quant.dim, source)
     clamp = card.get("clamp", [-1.0, 1.0] if arch == "vit" else None)
     return Model(
         encoder,
@@ -449,10 +467,27 @@ def build_from_state(
         card.get("layout", DEFAULT_LAYOUT[arch]),
         DecoderSet(decoder, lambda: decoder_cls(cfg), str(card.get("name", "unnamed"))),
         cparams,
+        pparams,
     )
 
 
 CONTEXT_PREFIX = "entropy.context."
+PRIOR_PREFIX = "entropy.prior."
+
+
+def _checked_prior(
+    arrays: dict[str, np.ndarray] | None, ecard: dict[str, Any], dim: int, source: str
+) -> PriorParams | None:
+    """The prior over codebook sizes of a file (gqtok.format.prior), or None: without one, or
+    when the quantizer settings were overridden (the card's entropy is then uniform)."""
+    if not arrays or ecard.get("kind") != "frequency":
+        return None
+    params = PriorParams({k: v for k, v in arrays.items() if k in PRIOR_NAMES})
+    try:
+        params.check(dim)
+    except ValueError as exc:
+        raise ModelError(f"bad entropy prior ({exc})", source) from None
+    return params
 
 
 def _checked_context(
@@ -510,19 +545,22 @@ def load_model_file(path: Path, opts: ModelOptions | None = None) -> Model:
         state: dict[str, torch.Tensor] = {}
         counts = None
         context: dict[str, np.ndarray] = {}
+        prior: dict[str, np.ndarray] = {}
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 if key == "entropy.counts":
                     counts = f.get_tensor(key).numpy()
                 elif key.startswith(CONTEXT_PREFIX):
                     context[key[len(CONTEXT_PREFIX) :]] = f.get_tensor(key).numpy()
+                elif key.startswith(PRIOR_PREFIX):
+                    prior[key[len(PRIOR_PREFIX) :]] = f.get_tensor(key).numpy()
                 else:
                     state[key] = f.get_tensor(key)
     except ModelError:
         raise
     except Exception as exc:
         raise ModelError(f"cannot read model file ({exc})", str(path)) from None
-    model = build_from_state(state, card, str(path), counts, context)
+    model = build_from_state(state, card, str(path), counts, context, prior)
     model._decoders.scan = find_decoders(Path(path), model.card, model.weights_sha256)
     return model
 
@@ -592,11 +630,13 @@ def save_model(
     half: bool = False,
     overwrite: bool = True,
     context: ctx.ContextParams | None = None,
+    prior: PriorParams | None = None,
 ) -> dict[str, Any]:
     """Write a model file (+ JSON sidecar); returns the card as stored (with weights hash).
     ModelError for a card outside the schema (a name .gq files cannot store, say); without
-    ``overwrite`` an existing model file is an OutputError, never replaced. ``context`` (with
-    ``counts``) keeps a context entropy model, described by the card's entropy.context."""
+    ``overwrite`` an existing model file is an OutputError, never replaced. ``context`` and
+    ``prior`` (with ``counts``) keep a context entropy model and a prior over codebook sizes,
+    described by the card's entropy.context and entropy.prior."""
     out = Path(path)
     check_card(card, str(out))
     state: dict[str, torch.Tensor] = {}
@@ -614,6 +654,7 @@ def save_model(
         state["entropy.counts"] = torch.from_numpy(counts.copy())
         e = ent.from_counts(counts, float(card.get("entropy", {}).get("smoothing", 0.5)))
         ccard = card.get("entropy", {}).get("context")
+        pcard = card.get("entropy", {}).get("prior")
         card["entropy"] = {
             "kind": "frequency",
             "smoothing": e.smoothing,
@@ -627,6 +668,10 @@ def save_model(
                 "bins": context.bins,
                 "fingerprint": ctx.coder_fingerprint(context, e).hex(),
             }
+        if prior is not None:
+            for k, arr in prior.arrays.items():
+                state[PRIOR_PREFIX + k] = torch.from_numpy(np.asarray(arr, dtype=np.int64))
+            card["entropy"]["prior"] = pcard or {}
     else:
         card["entropy"] = {
             "kind": "uniform",
@@ -658,6 +703,8 @@ def save_with_context(
     path: str | os.PathLike[str],
     overwrite: bool = False,
     static: ent.EntropyModel | None = None,
+    prior: PriorParams | None = None,
+    prior_card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``model``'s file again with a context entropy model added (or replaced): every
     other tensor byte for byte, so the weights hash, the tokens and every .gq file that names
@@ -674,12 +721,16 @@ def save_with_context(
     try:
         with safe_open(model.source, framework="np") as f:
             state = {
-                k: f.get_tensor(k) for k in f.keys() if not k.startswith(CONTEXT_PREFIX)  # noqa: SIM118
+                k: f.get_tensor(k)
+                for k in f.keys()  # noqa: SIM118
+                if not k.startswith((CONTEXT_PREFIX, PRIOR_PREFIX))
             }
     except Exception as exc:
         raise ModelError(f"cannot read model file ({exc})", model.source) from None
     for name, arr in params.arrays.items():
         state[CONTEXT_PREFIX + name] = np.ascontiguousarray(arr)
+    for name, arr in (prior.arrays if prior is not None else {}).items():
+        state[PRIOR_PREFIX + name] = np.ascontiguousarray(arr, dtype=np.int64)
     card = copy.deepcopy(model.card)
     if model.entropy.kind != "frequency":  # the table fitted along with the context model
         assert static.counts is not None
@@ -690,6 +741,9 @@ def save_with_context(
             "fingerprint": static.fingerprint.hex(),
         }
     card["entropy"] = dict(card.get("entropy", {}))
+    card["entropy"].pop("prior", None)
+    if prior is not None:
+        card["entropy"]["prior"] = prior_card or {}
     card["entropy"]["context"] = {
         **context_card,
         "bins": params.bins,

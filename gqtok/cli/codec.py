@@ -147,6 +147,14 @@ OutputOpt = Annotated[
 RecordsOpt = Annotated[bool, typer.Option("--json", help="Print one JSON record per file.")]
 
 
+def _rate_record(enc: Any) -> dict[str, Any]:
+    """The --bpp search's result for a JSON record (nothing without --bpp)."""
+    r = enc.rate
+    if r is None:
+        return {}
+    return {"target_bpp": r.target_bpp, "target_met": r.met, "sizes_tried": len(r.tried)}
+
+
 def _encode_each(
     net: Model,
     ready: list[tuple[Job, Any]],
@@ -154,13 +162,15 @@ def _encode_each(
     batch_size: int,
     budget: int | None,
     entropy: str,
+    rate: dict[str, float | None],
 ) -> list[tuple[Job, Any]]:
     """(job, EncodedFile or the exception) per job: one network batch, and if that fails, each
     image alone so that only the images that fail by themselves are lost."""
     from gqtok.codec import encode_pictures
 
     def run(items: list[tuple[Job, Any]]) -> list[Any]:
-        return encode_pictures(net, [pic for _, pic in items], pad, batch_size, budget, entropy)
+        pics = [pic for _, pic in items]
+        return encode_pictures(net, pics, pad, batch_size, budget, entropy, **rate)
 
     try:
         return list(zip([job for job, _ in ready], run(ready), strict=True))
@@ -185,6 +195,26 @@ def encode(
     batch_size: BatchOpt = 4,
     pad: PadOpt = PadMode.replicate,
     entropy: EntropyOpt = Entropy.context,
+    quality: Annotated[
+        float | None,
+        typer.Option(
+            "--quality",
+            "-q",
+            min=0,
+            max=100,
+            help="Quality 0..100 (75: the model's own codebook size; higher: larger codebooks,"
+            " more bits). See README, rate control.",
+        ),
+    ] = None,
+    bpp: Annotated[
+        float | None,
+        typer.Option(
+            "--bpp",
+            min=0.001,
+            max=64,
+            help="Target bits per pixel: the codebook size whose file comes closest, per image.",
+        ),
+    ] = None,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
     group: GroupOpt = None,
     codebook_size: SizeOpt = None,
@@ -206,6 +236,14 @@ def encode(
     jobs = plan(inputs, output, IMAGE_EXTS, recursive, ".gq")
     budget = parse_budget(memory_budget)
     check_group(model, group)
+    if quality is not None and bpp is not None:
+        raise typer.BadParameter("give --quality or --bpp, not both", param_hint="--quality")
+    if (quality is not None or bpp is not None) and codebook_size is not None:
+        raise typer.BadParameter(
+            "--quality and --bpp choose the codebook size: leave out --codebook-size",
+            param_hint="--codebook-size",
+        )
+    rate = {"quality": quality, "bpp": bpp}
     dev = setup_device(device, threads)
 
     def load(job: Job) -> Any:
@@ -231,7 +269,7 @@ def encode(
             if not ready:
                 continue
             t0 = time.perf_counter()
-            done = _encode_each(net, ready, pad.value, batch_size, budget, entropy.value)
+            done = _encode_each(net, ready, pad.value, batch_size, budget, entropy.value, rate)
             elapsed = (time.perf_counter() - t0) / len(ready)
             for job, enc in done:
                 bar.advance(job.display)
@@ -247,6 +285,11 @@ def encode(
                 totals["out_bytes"] += len(enc.data)
                 totals["pixels"] += enc.header.width * enc.header.height
                 totals["seconds"] += elapsed
+                if enc.rate is not None and not enc.rate.met and not quiet:
+                    warn(
+                        f"{job.display}: {enc.rate.target_bpp:g} bpp is out of reach; nearest"
+                        f" {enc.rate.bpp:.4f} bpp (codebook size {enc.rate.size})"
+                    )
                 if as_json:
                     emit(
                         {
@@ -260,6 +303,8 @@ def encode(
                             "bits_per_token": round(enc.bits_per_token, 4),
                             "entropy": enc.entropy,
                             "format_version": enc.header.version,
+                            "codebook_size": enc.header.size,
+                            **_rate_record(enc),
                             "seconds": round(elapsed, 4),
                             "model": net.name,
                         },

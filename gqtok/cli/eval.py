@@ -307,6 +307,21 @@ def eval_cmd(
     failures.exit(len(paths), "image(s)")
 
 
+def _qualities(values: list[str] | None) -> list[float]:
+    """--quality 10,30 50 -> [10.0, 30.0, 50.0]; a usage error outside 0..100."""
+    out: list[float] = []
+    for v in values or []:
+        for part in v.split(","):
+            try:
+                q = float(part)
+            except ValueError:
+                q = float("nan")
+            if not 0 <= q <= 100:  # also NaN and words
+                raise typer.BadParameter(f"{part!r} is not in 0..100", param_hint="--quality")
+            out.append(q)
+    return sorted(set(out))
+
+
 def compare_cmd(
     inputs: InputsArg,
     bpp: Annotated[
@@ -320,6 +335,14 @@ def compare_cmd(
         typer.Option("--model", "-m", help="Model name or file (default: the default model)."),
     ] = None,
     decoder: DecodersOpt = None,
+    quality: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--quality",
+            help="gqtok's curve: code each image at these qualities (0..100, e.g. --quality"
+            " 10,30,50,75,90); left out, each model at its own rate only.",
+        ),
+    ] = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -384,6 +407,7 @@ def compare_cmd(
         from gqtok.eval.html_report import HtmlReport
 
         page = HtmlReport()
+    qualities = _qualities(quality)
     dev = setup_device(device, threads)
     models: list[Model] = []
     for m in model or [DEFAULT_MODEL]:
@@ -398,7 +422,7 @@ def compare_cmd(
         paths, quiet,
         lambda paths, on_image: compare(
             paths, rates, models, chosen, resize, center_crop, dev, max_pixels, on_image,
-            patch_fid, on_reconstruction=page.add if page else None,
+            patch_fid, on_reconstruction=page.add if page else None, qualities=qualities,
         ),
     )  # fmt: skip
     written = []

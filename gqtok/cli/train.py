@@ -43,6 +43,18 @@ def fit_context(
         int, typer.Option(min=0, help="Shrink photos to this longer side first (0: keep).")
     ] = 0,
     seed: Annotated[int, typer.Option(min=0, help="Training seed.")] = 0,
+    prior_photos: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Training photos (at 512 px) for the prior over codebook sizes that rate"
+            " control codes other K with; 0: none.",
+        ),
+    ] = 40,
+    prior_only: Annotated[
+        bool,
+        typer.Option("--prior-only", help="Keep the context model; fit only the prior."),
+    ] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fit a context entropy model to a model's tokens and write the model file with it
@@ -50,12 +62,18 @@ def fit_context(
     from gqtok.cli.common import load_or_exit
     from gqtok.cli.ui import fail, say
     from gqtok.errors import GqtokError, InputError
-    from gqtok.train.context_fit import FitConfig, fit_and_save
+    from gqtok.train.context_fit import FitConfig, fit_and_save, fit_prior_and_save
 
     m = load_or_exit(model)
     cfg = FitConfig(bins=bins, hidden=hidden, epochs=epochs, seed=seed)
     try:
-        result = fit_and_save(m, train_dir, val, output, cfg, max_side, overwrite, log=say)
+        if prior_only:
+            fit_prior_and_save(m, train_dir, val, output, max(1, prior_photos), overwrite, say)
+            say(f"wrote {output}: prior over codebook sizes refitted")
+            return
+        result = fit_and_save(
+            m, train_dir, val, output, cfg, max_side, overwrite, log=say, prior_photos=prior_photos
+        )
     except (FileNotFoundError, ValueError) as e:
         raise fail(e, str(train_dir), InputError, "cannot fit") from None
     except GqtokError as e:

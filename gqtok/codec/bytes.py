@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gqtok.codec.engine import decode_to_array, encode_arrays
+from gqtok.codec import rate as rc
+from gqtok.codec.engine import decode_to_array, encode_arrays, tokens_by_model
 from gqtok.codec.tokens import Tokens
 from gqtok.errors import FormatError, GqtokError, ModelError
 from gqtok.format import container
@@ -32,6 +33,7 @@ from gqtok.io.images import (  # _pillow_limit: the alpha plane is read under ou
 )
 from gqtok.model import Model, select_decoder
 from gqtok.quant.codebook import codebook_fingerprint
+from gqtok.quant.config import QuantizerConfig
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Encoded:
     tokens: Tokens
     token_bytes: int
     timings: dict[str, float] = field(default_factory=dict)
+    rate: rc.RateSearch | None = None  # how a target bpp was reached (encode with bpp=)
 
     @property
     def entropy(self) -> str:
@@ -88,7 +91,9 @@ def _header_for(
         grid_w=gw,
         entropy_kind="context" if coder else model.entropy.kind,
         entropy_fingerprint=coder.fingerprint if coder else model.entropy.fingerprint,
-        version=container.CONTEXT_VERSION if coder else container.FORMAT_VERSION,
+        version=container.FORMAT_VERSION
+        if coder is None and model.entropy.kind in container.VERSION_KINDS[1]
+        else container.CONTEXT_VERSION,
         layout=model.layout,
         pad_mode=tok.pad_mode,
         has_alpha=picture is not None and picture.alpha is not None,
@@ -127,10 +132,21 @@ def encode_pictures(
     batch_size: int = 4,
     max_memory: int | str | None = None,
     entropy: str = "context",
+    *,
+    quality: float | None = None,
+    bpp: float | None = None,
 ) -> list[Encoded]:
     """Encode decoded input images to .gq bytes (batched through the network); ``entropy``
-    as in ``pack_tokens``."""
+    as in ``pack_tokens``. ``quality`` (0..100) encodes at that quality's codebook size,
+    ``bpp`` searches the codebook size per image whose file comes closest to that many bits
+    per pixel (gqtok.codec.rate; ``Encoded.rate`` says how close)."""
     context_coder(model, entropy)  # a bad choice fails before the network runs
+    if quality is not None and bpp is not None:
+        raise ValueError("give a quality or a target bpp, not both")
+    if quality is not None:
+        model = rc.at_size(model, rc.quality_size(model, quality))
+    if bpp is not None:
+        return [_encode_at_bpp(model, p, bpp, pad_mode, entropy, max_memory) for p in pictures]
     timings: dict[str, float] = {}
     rgbs = [p.rgb for p in pictures]
     toks = encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory)
@@ -143,6 +159,35 @@ def encode_pictures(
         enc.timings["entropy"] = time.perf_counter() - t0
         out.append(enc)
     return out
+
+
+def _encode_at_bpp(
+    model: Model,
+    picture: Picture,
+    bpp: float,
+    pad_mode: str,
+    entropy: str,
+    max_memory: int | str | None,
+) -> Encoded:
+    """The picture at the codebook size whose whole file is closest to ``bpp``."""
+    if not (bpp > 0 and bpp < float("inf")):
+        raise ValueError(f"target bpp must be a positive number, got {bpp!r}")
+    t0 = time.perf_counter()
+    tokens_at = tokens_by_model(model, picture.rgb, pad_mode, max_memory)
+    pixels = picture.rgb.shape[0] * picture.rgb.shape[1]
+    files: dict[int, Encoded] = {}
+
+    def trial(size: int) -> float:
+        m = rc.at_size(model, size)
+        files[size] = pack_tokens(m, tokens_at(m), picture, entropy)
+        return len(files[size].data) * 8 / pixels
+
+    start = min(rc.max_size(model), max(rc.K_MIN, model.quant.size))
+    size, tried = rc.search_size(trial, bpp, start, rc.K_MIN, rc.max_size(model))
+    enc = files[size]
+    enc.rate = rc.RateSearch(bpp, size, tried[size], sorted(tried.items()))
+    enc.timings = {"rate_search": time.perf_counter() - t0}
+    return enc
 
 
 def encode_file(
@@ -215,6 +260,23 @@ def check_compatible(model: Model, header: container.Header, name: str | None = 
         )
 
 
+def _at_header_settings(model: Model, header: container.Header) -> Model:
+    """``model`` under the file's quantizer settings when the file names its weights but
+    another codebook (rate control writes other K): the same network decodes every K."""
+    q = model.quant
+    if header.weights_hash != model.weights_fingerprint or (
+        (header.dim, header.size, header.seed) == (q.dim, q.size, q.seed)
+        and header.beta == np.float32(q.beta)
+    ):
+        return model
+    try:
+        return model.requantized(
+            QuantizerConfig(header.dim, header.size, header.seed, float(header.beta))
+        )
+    except ValueError:  # e.g. a G that does not divide the latent: check_compatible says so
+        return model
+
+
 def unpack_tokens(
     model: Model,
     data: bytes,
@@ -240,6 +302,7 @@ def _decode_parts(
     name: str | None,
     max_pixels: int,
 ) -> tuple[container.Header, Tokens, np.ndarray | None]:
+    model = _at_header_settings(model, header)
     check_compatible(model, header, name)
     shape = (header.groups, header.grid_h, header.grid_w)
     try:
@@ -295,7 +358,7 @@ def decode_bytes(
     try:
         if not isinstance(model, Model):
             model = model(header)
-        model = select_decoder(model, decoder, realism)
+        model = _at_header_settings(select_decoder(model, decoder, realism), header)
     except GqtokError as e:  # "model ... not available": say which file needs it
         if e.path is None and name is not None:
             raise type(e)(str(e), name) from None

@@ -7,7 +7,7 @@ pass would exceed the budget goes through gqtok.codec.windowed instead. No file 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -79,6 +79,26 @@ def encode_arrays(
                 h, w = images[i].shape[:2]
                 out[i] = Tokens(indices[j].cpu(), w, h, pad_mode)
     return [o for o in out if o is not None]
+
+
+def tokens_by_model(
+    model: Model, rgb: np.ndarray, pad_mode: str = "replicate", max_memory: int | str | None = None
+) -> Callable[[Model], Tokens]:
+    """A function from ``model`` at other quantizer settings (Model.requantized) to the
+    image's tokens under them. The network runs once, here, and only the GQ search per call
+    (rate control tries several codebook sizes); an image over the memory budget is encoded
+    window by window on each call instead."""
+    h, w = rgb.shape[:2]
+    budget = mem.resolve_budget(max_memory)
+    if mem.needs_tiling(model, h, w, "encode", budget):
+        return lambda m: Tokens(windowed.encode_large(m, rgb, pad_mode, budget), w, h, pad_mode)
+    moments = model.moments(_prepare(model, rgb, pad_mode)).cpu()
+
+    def tokens(m: Model) -> Tokens:
+        indices, _ = m.quantize(moments)
+        return Tokens(indices[0].cpu(), w, h, pad_mode)
+
+    return tokens
 
 
 def decode_tokens(model: Model, tokens: Tokens, max_memory: int | str | None = None) -> Image.Image:

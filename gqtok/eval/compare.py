@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, features
 
+from gqtok.codec.rate import at_size, quality_size
 from gqtok.errors import GqtokError, OutputError
 from gqtok.eval.bjontegaard import bd_metric, bd_rate
 from gqtok.eval.evaluate import json_safe, preprocess, roundtrip
@@ -462,11 +463,13 @@ def _image_points(
     max_pixels: int,
     inception: InceptionFeatures | None = None,
     on_reconstruction: OnReconstruction | None = None,
+    qualities: Sequence[float] = (),
 ) -> tuple[list[dict[str, Any]], PatchPending]:
     """All RD points of one image, and its patch features per (target, codec) when
     ``inception`` is given; any failure drops the image as a whole. ``on_reconstruction`` gets
     each gqtok reconstruction and, per classical codec and "@model" rate, the decoded file at
-    the bracketing quality nearest that rate."""
+    the bracketing quality nearest that rate. With ``qualities``, each model is coded at each
+    (gqtok.codec.rate), one "@model qQ" target each: gqtok's curve."""
     from gqtok.eval.metrics.patches import patch_features
 
     rgb = preprocess(read_image(name, max_pixels=max_pixels, name=name).rgb, resize, center_crop)
@@ -479,12 +482,16 @@ def _image_points(
         if not len(orig):
             inception = None  # smaller than a patch: no patch features for this image
     coded: dict[tuple[Any, ...], Any] = {}
-    for model in models:
+    runs = [(m, None) for m in models] if not qualities else [
+        (at_size(m, quality_size(m, q)), q) for m in models for q in qualities
+    ]  # fmt: skip
+    for model, q in runs:
         rec, nbytes, _ = roundtrip(model, Picture(rgb, None, "RGB", "PNG", 8), coded)
         bpp = nbytes * 8 / (rgb.shape[0] * rgb.shape[1])
-        if (model.name, bpp) not in own:
-            own.append((model.name, bpp))
-        point = {"image": name, "codec": f"gqtok:{model.label}", "target": f"@{model.name}"}
+        target = f"@{model.name}" if q is None else f"@{model.name} q{q:g}"
+        if (target, bpp) not in own:
+            own.append((target, bpp))
+        point = {"image": name, "codec": f"gqtok:{model.label}", "target": target}
         point.update(target_bpp=bpp, bpp=bpp, status="ok", **measure(rgb, rec))
         points.append(point)
         if on_reconstruction:
@@ -494,7 +501,7 @@ def _image_points(
         if inception is not None and orig is not None:
             f = patch_features(inception, rec)
             pending.append(((point["target"], point["codec"]), orig, f, f, bpp, bpp, bpp))
-    rates = [(f"{t:g}", float(t)) for t in targets] + [(f"@{m}", b) for m, b in own]
+    rates = [(f"{t:g}", float(t)) for t in targets] + own
     for codec in codecs:
         sweep = Sweep(CODECS[codec], rgb, measure)
         for label, bpp in rates:
@@ -525,6 +532,7 @@ def compare(
     on_image: Callable[[str, str | None], None] | None = None,
     patch_fid: bool = False,
     on_reconstruction: OnReconstruction | None = None,
+    qualities: Sequence[float] = (),
 ) -> CompareReport:
     """RD points of gqtok models and classical codecs on the given images (and patch FID/KID
     per codec and target with ``patch_fid``: slow, 2 Inception passes per patch and rate).
@@ -558,7 +566,7 @@ def compare(
         try:
             points, pending = _image_points(name, targets, models, names, measure, resize,
                                             center_crop, max_pixels, inception,
-                                            on_reconstruction)  # fmt: skip
+                                            on_reconstruction, qualities)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - one bad image never ends the run
             msg = str(e) if isinstance(e, GqtokError) and e.path else f"{name}: {e}"
             report.failures.append((name, msg))

@@ -45,8 +45,8 @@ _KNOWN_FLAGS = FLAG_ALPHA | FLAG_GRAY
 
 LAYOUTS = ("bchw", "blc")
 PAD_MODES = ("replicate", "reflect")
-ENTROPY_KINDS = ("uniform", "frequency", "context")
-VERSION_KINDS = {1: ("uniform", "frequency"), 2: ("context",)}  # entropy kinds per version
+ENTROPY_KINDS = ("uniform", "frequency", "context", "prior")
+VERSION_KINDS = {1: ("uniform", "frequency"), 2: ("context", "prior")}  # kinds per version
 
 _PRE = struct.Struct("<4sBBBBB")  # magic, version, flags, layout, pad_mode, model_id_len
 _MID = struct.Struct("<8sHIQf8sIIHIIB8sII")

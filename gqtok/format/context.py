@@ -288,7 +288,7 @@ class ContextCoder:
         self._shifts = a["shifts"].astype(np.int64)
         # cells, their members and the in-cell rows, per group; the rows hold counts +
         # smoothing (half-integers by default: exact, so is constriction's sum of a row)
-        if static.kind != "frequency" or static.counts is None:
+        if static.kind == "uniform" or static.counts is None:
             raise ValueError("a context model codes positions with a frequency table")
         probs = static.counts.astype(np.float64) + static.smoothing
         self.cells: list[np.ndarray] = []

@@ -38,7 +38,7 @@ from gqtok.format.bounds import (  # noqa: F401 - the stream bounds are part of 
     token_limit,
 )
 
-KIND_IDS = {"uniform": 0, "frequency": 1}
+KIND_IDS = {"uniform": 0, "frequency": 1, "prior": 3}  # prior: gqtok.format.prior
 
 def trailing_zeros(symbols: np.ndarray) -> int:
     nz = np.flatnonzero(symbols)
@@ -80,7 +80,7 @@ class EntropyModel:
             raise ValueError(f"unknown entropy model kind {self.kind!r}")
         if not MIN_SIZE <= self.size <= MAX_SIZE:
             raise ValueError(f"entropy model size must be in [{MIN_SIZE}, {MAX_SIZE}]")
-        if self.kind == "frequency":
+        if self.kind != "uniform":
             if self.counts is None or self.counts.shape != (self.size,):
                 raise ValueError(f"frequency model needs a counts table of length {self.size}")
             if (self.counts < 0).any():
@@ -105,7 +105,7 @@ class EntropyModel:
         """8 bytes identifying the exact table; stored in .gq headers and checked at decode."""
         h = hashlib.sha256()
         h.update(f"{self.kind}:{self.size}:{self.smoothing!r}".encode())
-        if self.kind == "frequency":
+        if self.kind != "uniform":
             assert self.counts is not None
             h.update(self.counts.astype("<i8").tobytes())
         return h.digest()[:8]

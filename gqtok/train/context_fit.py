@@ -21,6 +21,7 @@ import torch
 
 from gqtok.format import context as ctx
 from gqtok.format import entropy as ent
+from gqtok.format.prior import PriorParams, coordinate_bins, fit_values
 from gqtok.model import Model
 from gqtok.train.hardware import hardware_string
 
@@ -46,6 +47,7 @@ class FitResult:
     card: dict[str, Any]
     static: ent.EntropyModel
     per_photo: list[dict[str, float]] = field(default_factory=list)
+    prior_card: dict[str, Any] | None = None
 
 
 class _Net(torch.nn.Module):
@@ -249,6 +251,7 @@ def fit_and_save(
     max_side: int = 0,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    prior_photos: int = 40,
 ) -> FitResult:
     """``gqtok fit-context``: tokenize the photos, fit, and write the model file with the
     context model added (every other tensor unchanged)."""
@@ -263,11 +266,142 @@ def fit_and_save(
     else:  # no held-out photos: report on the last tenth of the training ones
         val = train[-max(1, len(train) // 10) :]
     result = fit_context(model, train, val, cfg, log)
+    prior = None
+    if prior_photos > 0:
+        picks, vpicks = prior_photos_of(train_dir, val_dir, prior_photos)
+        prior, result.prior_card = fit_prior(model, picks, vpicks, log=log)
     result.card["fitted"]["train_dir"] = str(train_dir)
     result.card["fitted"]["val_dir"] = str(val_dir) if val_dir else None
     result.card["fitted"]["max_side"] = max_side
     result.card["fitted"]["hardware"] = hardware_string(torch.device("cpu"))
     save_with_context(
-        model, result.params, result.card, output, overwrite=overwrite, static=result.static
-    )
+        model, result.params, result.card, output, overwrite=overwrite, static=result.static,
+        prior=prior, prior_card=result.prior_card,
+    )  # fmt: skip
     return result
+
+
+LADDER = tuple(1 << b for b in range(6, 21, 2))  # K = 64 .. 2^20, the prior's fitted rows
+SHRINK = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)  # factors tried per K (see fit_prior)
+
+
+def fit_prior(
+    model: Model,
+    train: Sequence[np.ndarray],
+    val: Sequence[np.ndarray],
+    ladder: Sequence[int] = LADDER,
+    log: Callable[[str], None] = print,
+) -> tuple[PriorParams, dict[str, Any]]:
+    """The parametric prior over codebook sizes (gqtok.format.prior) from the tokens of RGB
+    photos ``train`` at each ladder K (the network runs once per photo), measured on ``val``:
+    bits per token under the prior and under the uniform code it replaces."""
+    from gqtok.codec.engine import tokens_by_model
+    from gqtok.codec.rate import at_size
+    from gqtok.quant.codebook import codebook_view
+
+    q = model.quant
+    sizes = [k for k in ladder if k * q.dim <= 1 << 24]
+
+    def grids(photos: Sequence[np.ndarray]) -> list[dict[int, np.ndarray]]:
+        out = []
+        for rgb in photos:
+            tokens_at = tokens_by_model(model, rgb)
+            out.append({k: tokens_at(at_size(model, k)).indices.numpy() for k in sizes})
+        return out
+
+    tr = grids(train)
+    # a product of per-coordinate marginals is overconfident where few codewords are used
+    # (small K): shrink each K's values towards the uniform code by the factor that codes a
+    # quarter of the training photos, held out from the fit, best (0: uniform, never worse)
+    tune, fit = tr[: max(1, len(tr) // 4)], tr[max(1, len(tr) // 4) :] or tr
+    values = []
+    for k in sizes:
+        bins = coordinate_bins(codebook_view(q.dim, k, q.seed).numpy())
+        counts = np.zeros(k, dtype=np.int64)
+        for g in fit:
+            counts += np.bincount(g[k].reshape(-1), minlength=k)
+        full = fit_values(bins, counts)
+        tuned = np.concatenate([g[k].reshape(-1) for g in tune])
+
+        cb = codebook_view(q.dim, k, q.seed).numpy()
+
+        def cost(alpha: float, full=full, tuned=tuned, cb=cb) -> float:  # noqa: ANN001
+            v = np.rint(alpha * full).astype(np.int64)
+            p = PriorParams({"ladder": np.array([cb.shape[0]]), "values": v[None]})
+            return p.table(cb).ideal_bits(tuned)
+
+        alpha = min(SHRINK, key=cost)
+        values.append(np.rint(alpha * full).astype(np.int64))
+        log(f"prior: K={k} fitted on {int(counts.sum())} tokens, shrink {alpha}")
+    params = PriorParams(
+        {"ladder": np.array(sizes, dtype=np.int64), "values": np.stack(values).astype(np.int64)}
+    )
+    params.check(q.dim)
+    bits: dict[str, dict[str, float]] = {}
+    for g in grids(val):
+        for k in sizes:
+            table = params.table(codebook_view(q.dim, k, q.seed).numpy())
+            b = bits.setdefault(str(k), {"tokens": 0, "prior": 0.0})
+            b["tokens"] += int(g[k].size)
+            b["prior"] += table.ideal_bits(g[k].reshape(-1))
+    report = {
+        k: {"prior_bits": round(v["prior"] / max(1, v["tokens"]), 4),
+            "uniform_bits": round(math.log2(int(k)), 4)}
+        for k, v in bits.items()
+    }  # fmt: skip
+    for k, v in report.items():
+        log(f"prior: K={k}: {v['prior_bits']:.3f} bits/token (uniform {v['uniform_bits']:.0f})")
+    return params, {
+        "ladder": sizes, "kind": "coordinate-bins", "train_photos": len(train),
+        "val_photos": len(val),
+        "val_bits": report,
+    }  # fmt: skip
+
+
+def prior_photos_of(
+    train_dir: Path, val_dir: Path | None, count: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``count`` training photos spread over the sorted list and the held-out ones (or the
+    last two training photos), shrunk to 512 px: the K = 2^20 search is the slow part."""
+    from gqtok.train.data import list_images, load_photo
+
+    paths = list_images(train_dir)
+    if not paths:
+        raise FileNotFoundError(f"no images under {train_dir}")
+    step = max(1, len(paths) // max(1, count))
+    vpaths = list_images(val_dir) if val_dir is not None else paths[-2:]
+    return [load_photo(p, 512) for p in paths[::step][:count]], [
+        load_photo(p, 512) for p in vpaths
+    ]
+
+
+def fit_prior_and_save(
+    model: Model,
+    train_dir: Path,
+    val_dir: Path | None,
+    output: Path,
+    photos: int = 40,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """``gqtok fit-context --prior-only``: add (or refit) the prior over codebook sizes of a
+    model that has its context model already, keeping that model as it is."""
+    from gqtok.errors import ModelError, OutputError
+    from gqtok.model import save_with_context
+
+    if output.exists() and not overwrite:
+        raise OutputError("exists (use --overwrite)", str(output))
+    if model.context is None:
+        raise ModelError("--prior-only needs a model with a context model", model.source)
+    train, val = prior_photos_of(train_dir, val_dir, photos)
+    prior, prior_card = fit_prior(model, train, val, log=log)
+    ccard = {
+        k: v
+        for k, v in model.card["entropy"]["context"].items()
+        if k not in ("bins", "fingerprint")
+    }
+    save_with_context(
+        model, model.context, ccard, output, overwrite=overwrite, prior=prior,
+        prior_card=prior_card,
+    )  # fmt: skip
+    return prior_card

@@ -273,7 +273,7 @@ def save_converted(
 
     The stored float32 tensors hash exactly like the checkpoint loaded directly, so .gq files
     written with either decode with the other; a float16 gqtok file stays float16 (same bytes,
-    same weights hash) and keeps its frequency table and context model.
+    same weights hash) and keeps its frequency table, context model and prior.
     """
     card = dict(model.card)
     if name:
@@ -281,5 +281,6 @@ def save_converted(
     counts = model.entropy.counts if model.entropy.kind == "frequency" else None
     half = card.get("storage_dtype") == "float16"
     return save_model(
-        dst, model.encoder, model.decoder, card, counts, half=half, context=model.context
-    )
+        dst, model.encoder, model.decoder, card, counts, half=half, context=model.context,
+        prior=model.prior,
+    )  # fmt: skip

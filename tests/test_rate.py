@@ -1,0 +1,148 @@
+"""Rate control (gqtok.codec.rate): the quality scale, --bpp targets, and the prior over
+codebook sizes that codes every K (gqtok.format.prior), with the shipped default model on real
+photos, the real GQ search, entropy coder and decoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from gqtok import load_model
+from gqtok.cli.app import app
+from gqtok.codec import decode_bytes, encode_pictures
+from gqtok.codec import rate as rc
+from gqtok.errors import ModelError
+from gqtok.format import container
+from gqtok.format.prior import PriorParams
+from gqtok.io.images import read_image
+from gqtok.quant.codebook import codebook_view
+from tests.conftest import DATA, REPO
+
+MODEL = load_model()
+runner = CliRunner()
+PHOTOS = [DATA / "photo_a.jpg", DATA / "photo_c.jpg"]
+QUALITIES = (0, 20, 40, 60, 75, 90, 100)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / mse))
+
+
+def test_the_quality_scale() -> None:
+    sizes = [rc.quality_size(MODEL, q) for q in range(101)]
+    assert sizes[0] == rc.K_MIN and sizes[75] == MODEL.quant.size and sizes[100] == 1 << 20
+    assert all(a < b for a, b in zip(sizes, sizes[1:], strict=False))
+    assert all(k % 16 == 0 for k in sizes if k >= 8192)
+    for bad in (-1, 100.5, float("nan"), True):
+        with pytest.raises(ValueError):
+            rc.quality_size(MODEL, bad)
+
+
+@pytest.mark.parametrize("photo", PHOTOS, ids=lambda p: p.name)
+def test_quality_is_monotone_in_rate_and_fidelity(photo: Path) -> None:
+    pic = read_image(str(photo))
+    points = []
+    for q in QUALITIES:
+        enc = encode_pictures(MODEL, [pic], quality=q)[0]
+        assert enc.header.size == rc.quality_size(MODEL, q)
+        image, header = decode_bytes(enc.data, MODEL)  # another K: the same network decodes
+        points.append((enc.bpp, _psnr(np.asarray(image), pic.rgb), header.entropy_kind))
+    bpps = [p[0] for p in points]
+    psnrs = [p[1] for p in points]
+    assert all(a < b for a, b in zip(bpps, bpps[1:], strict=False)), points
+    assert all(a < b for a, b in zip(psnrs, psnrs[1:], strict=False)), points
+    # every K is coded with a model of its own: the context model where its 32x32 cells fit
+    # (K >= 1024), the prior's table below; never the uniform code
+    kinds = [p[2] for p in points]
+    assert "uniform" not in kinds and kinds[-1] == "context" and kinds[0] == "prior"
+
+
+def test_a_target_bpp_is_met_or_the_nearest_rate_is_reported() -> None:
+    pic = read_image(str(REPO / "examples" / "sample.jpg"))
+    for target in (0.12, 0.16, 0.24):
+        enc = encode_pictures(MODEL, [pic], bpp=target)[0]
+        assert enc.rate is not None and enc.rate.met, enc.rate
+        assert abs(enc.bpp - target) <= rc.TOLERANCE * target
+        assert enc.header.size == enc.rate.size and len(enc.rate.tried) <= rc.MAX_STEPS
+        image, _ = decode_bytes(enc.data, MODEL)
+        assert image.size == (768, 512)
+    far = encode_pictures(MODEL, [pic], bpp=3.0)[0]
+    assert far.rate is not None and not far.rate.met and far.header.size == 1 << 20
+    with pytest.raises(ValueError):
+        encode_pictures(MODEL, [pic], bpp=0.2, quality=50)
+
+
+def test_the_prior_beats_the_uniform_code_it_replaces() -> None:
+    """Bits per token of real tokens at K = 4096 and 300 000 (not on the ladder): the prior's
+    table against log2 K, and its weights are the same integers in every call."""
+    pic = read_image(str(DATA / "photo_a.jpg"))
+    for size in (4096, 300_000):
+        m = rc.at_size(MODEL, size)
+        assert m.entropy.kind == "prior"
+        tok = encode_pictures(m, [pic], entropy="static")[0]
+        assert tok.header.version == 2 and tok.entropy == "prior"
+        bits = m.entropy.ideal_bits(tok.tokens.indices.numpy().reshape(-1)) / tok.header.num_tokens
+        assert bits < np.log2(size) - 0.3
+        again = MODEL.prior.weights(codebook_view(16, size, 42).numpy())
+        assert np.array_equal(again, m.entropy.counts)
+
+
+def test_cli_quality_and_bpp(tmp_path: Path) -> None:
+    src = str(DATA / "photo_a.jpg")
+    out = tmp_path / "a.gq"
+    r = runner.invoke(app, ["encode", src, "-o", str(out), "--quality", "40", "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rec["codebook_size"] == rc.quality_size(MODEL, 40) and rec["format_version"] == 2
+    assert container.unpack(out.read_bytes())[0].size == rec["codebook_size"]
+    r = runner.invoke(app, ["decode", str(out), "-o", str(tmp_path / "a.png")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["encode", src, "-o", str(tmp_path / "b.gq"), "--bpp", "5"])
+    assert r.exit_code == 0 and "out of reach" in r.output
+    r = runner.invoke(app, ["encode", src, "-o", str(tmp_path / "c.gq"), "--bpp", "0.2",
+                            "--quality", "50"])  # fmt: skip
+    assert r.exit_code == 2 and not (tmp_path / "c.gq").exists()
+    r = runner.invoke(app, ["encode", src, "-o", str(tmp_path / "c.gq"), "--quality", "50",
+                            "--codebook-size", "4096"])  # fmt: skip
+    assert r.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"ladder": np.array([64, 64]), "values": np.zeros((2, 16, 32), np.int64)},
+         "increasing"),
+        ({"ladder": np.array([64]), "values": np.zeros((1, 16, 32))}, "integer"),
+        ({"ladder": np.array([64]), "values": np.zeros((1, 8, 32), np.int64)}, "shape"),
+        ({"ladder": np.array([64]), "values": np.zeros((1, 16, 31), np.int64)}, "shape"),
+        ({"ladder": np.array([64]), "values": np.full((1, 16, 32), 1 << 40)}, "outside"),
+        ({"ladder": np.array([1 << 30]), "values": np.zeros((1, 16, 32), np.int64)}, "sizes"),
+        ({"ladder": np.array([64])}, "lacks"),
+    ],
+)  # fmt: skip
+def test_hostile_priors_are_refused(arrays: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        PriorParams(arrays).check(16)
+
+
+def test_a_hostile_prior_in_a_model_file_is_a_model_error(tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    src = REPO / "weights" / "default.safetensors"
+    with safe_open(str(src), framework="np") as f:
+        meta = dict(f.metadata())
+    state = load_file(str(src))
+    state["entropy.prior.values"] = state["entropy.prior.values"][:, :8].copy()
+    path = tmp_path / "m.safetensors"
+    save_file(state, str(path), metadata=meta)
+    from gqtok.model import load_model_file
+
+    with pytest.raises(ModelError, match="bad entropy prior") as info:
+        load_model_file(path)
+    assert "\n" not in str(info.value)
