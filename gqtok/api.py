@@ -61,10 +61,18 @@ def encode(
     value_range: tuple[float, float] = (0.0, 1.0),
     pad_mode: str = "replicate",
     max_memory: int | str | None = None,
+    quality: float | None = None,
 ) -> Tokens:
-    """Token grid of one image (see to_rgb_array for what counts as an image)."""
+    """Token grid of one image (see to_rgb_array for what counts as an image); ``quality``
+    (0..100) codes it at that quality's codebook size (gqtok.codec.rate)."""
     rgb = to_rgb_array(image, value_range)
-    return encode_arrays(model, [rgb], pad_mode, max_memory=max_memory)[0]
+    return encode_arrays(_at_quality(model, quality), [rgb], pad_mode, max_memory=max_memory)[0]
+
+
+def _at_quality(model: Model, quality: float | None) -> Model:
+    from gqtok.codec.rate import at_size, quality_size
+
+    return model if quality is None else at_size(model, quality_size(model, quality))
 
 
 def encode_batch(
@@ -75,10 +83,12 @@ def encode_batch(
     value_range: tuple[float, float] = (0.0, 1.0),
     pad_mode: str = "replicate",
     max_memory: int | str | None = None,
+    quality: float | None = None,
 ) -> list[Tokens]:
     """Token grids of many images; images of equal size share network batches."""
     rgbs = [to_rgb_array(im, value_range) for im in images]
-    return encode_arrays(model, rgbs, pad_mode, batch_size, max_memory=max_memory)
+    net = _at_quality(model, quality)
+    return encode_arrays(net, rgbs, pad_mode, batch_size, max_memory=max_memory)
 
 
 def as_tokens(grid: GridLike, downsample: int, size: tuple[int, int] | None = None) -> Tokens:

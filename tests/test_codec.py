@@ -107,8 +107,15 @@ def test_mismatched_model_and_codebook_are_refused(model, tmp_path) -> None:  # 
     )
     with pytest.raises(FormatError, match="codebook"):
         decode_bytes(forged, model)
+    # another seed: the model is taken to that codebook (as the CLI does from a header), which
+    # its context model was not fitted for
     reseeded = container.pack(container.Header(**{**header.__dict__, "seed": 7}), tok, alpha)
-    with pytest.raises(ModelError, match="codebook"):
+    with pytest.raises(ModelError, match="context model, but this model has none for its codebook"):
+        decode_bytes(reseeded, model)
+    static = encode_file(model, str(DATA / "photo_b.png"), entropy="static").data
+    header, tok, alpha = container.unpack(static)
+    reseeded = container.pack(container.Header(**{**header.__dict__, "seed": 7}), tok, alpha)
+    with pytest.raises(ModelError, match="entropy model does not match"):
         decode_bytes(reseeded, model)
 
 

@@ -146,3 +146,17 @@ def test_a_hostile_prior_in_a_model_file_is_a_model_error(tmp_path: Path) -> Non
     with pytest.raises(ModelError, match="bad entropy prior") as info:
         load_model_file(path)
     assert "\n" not in str(info.value)
+
+
+def test_compare_draws_gqtok_curve_over_qualities() -> None:
+    from gqtok.eval.compare import compare
+
+    rep = compare([str(DATA / "photo_c.jpg")], [0.15, 0.3], [MODEL], codecs=["jpeg"],
+                  qualities=[30, 75])  # fmt: skip
+    rows = {(r["target"], r["codec"]): r for r in rep.summary}
+    ours = [rows[(f"@{MODEL.name} q{q}", f"gqtok:{MODEL.name}")] for q in (30, 75)]
+    assert ours[0]["bpp"] < ours[1]["bpp"] and ours[0]["psnr"] < ours[1]["psnr"]
+    # JPEG is also measured at each of gqtok's rates, image by image
+    assert (f"@{MODEL.name} q30", "jpeg") in rows
+    pair = [b for b in rep.bd if b["curve"] == f"gqtok:{MODEL.name}" and b["reference"] == "jpeg"]
+    assert len(pair) == 1

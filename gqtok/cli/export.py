@@ -204,6 +204,13 @@ def export_cmd(
     memory_budget: MemoryOpt = None,
     group: GroupOpt = None,
     codebook_size: SizeOpt = None,
+    quality: Annotated[
+        float | None,
+        typer.Option(
+            "--quality", "-q", min=0, max=100,
+            help="Tokens at this quality's codebook size (as gqtok encode --quality).",
+        ),
+    ] = None,
     seed: SeedOpt = None,
     beta: BetaOpt = None,
     overwrite: OverwriteOpt = False,
@@ -214,14 +221,22 @@ def export_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Tokenize a folder into sharded safetensors for training (resumable; docs/tokens.md)."""
+    from gqtok.codec.rate import at_size, quality_size
     from gqtok.export import export_tokens
     from gqtok.quant.config import ModelOptions
 
     budget = parse_budget(memory_budget)
     check_group(model, group)
+    if quality is not None and codebook_size is not None:
+        raise typer.BadParameter(
+            "--quality chooses the codebook size: leave out --codebook-size",
+            param_hint="--codebook-size",
+        )
     dev = setup_device(device, threads, pipelined=True)
     opts = ModelOptions(group, codebook_size, seed, beta, trust_pickle=trust_pickle)
     net = load_or_exit(model, opts, dev)
+    if quality is not None:
+        net = at_size(net, quality_size(net, quality))
     t0 = time.perf_counter()
     with Bar("exporting", None, not (quiet or as_json)) as bar:
         try:

@@ -240,8 +240,9 @@ def check_compatible(model: Model, header: container.Header, name: str | None = 
         coder = model.context_coder
         if coder is None:
             raise ModelError(
-                "file was coded with a context model, but this model has none"
-                " (a model file from an older gqtok?)",
+                "file was coded with a context model, but this model has none for its codebook"
+                f" (dim {header.dim}, K {header.size}, seed {header.seed}; a model file from an"
+                " older gqtok?)",
                 name,
             )
         if coder.fingerprint != header.entropy_fingerprint:
