@@ -6,8 +6,10 @@ quality is searched (rate = the real encoded file's size) for the two adjacent s
 rates bracket the target, both are decoded and measured, and the metric is interpolated
 linearly in bpp between them. A target outside the codec's reachable range for an image is not
 extrapolated: that image is excluded for that codec and rate, and the exclusions are counted.
-gqtok has no rate knob: each model is shown at its own rate, and the classical codecs are also
-interpolated at gqtok's exact per-image rate ("@model" rows), the fairest single comparison.
+gqtok is shown at its own rate per model, and the classical codecs are also interpolated at
+gqtok's exact per-image rate ("@model" rows), the fairest single comparison; with ``qualities``
+each model is coded at each quality of gqtok.codec.rate (one "@model qQ" target each), which
+makes gqtok's curve.
 Several decoders of one model (``Model.with_decoder``) share its tokens and so its rate: the
 image is encoded once, decoded by each, and each is a row (``gqtok:<model>+<decoder>``) of
 the same "@model" target.
