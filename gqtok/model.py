@@ -541,7 +541,8 @@ def load_model_file(path: Path, opts: ModelOptions | None = None) -> Model:
     retain_freed_memory()  # fewer page faults per image: see gqtok.io.allocator
     opts = opts or ModelOptions()
     try:
-        card = with_quantizer(read_card(path), opts)
+        own = read_card(path)
+        card = with_quantizer(own, opts)
         state: dict[str, torch.Tensor] = {}
         counts = None
         context: dict[str, np.ndarray] = {}
@@ -560,7 +561,16 @@ def load_model_file(path: Path, opts: ModelOptions | None = None) -> Model:
         raise
     except Exception as exc:
         raise ModelError(f"cannot read model file ({exc})", str(path)) from None
-    model = build_from_state(state, card, str(path), counts, context, prior)
+    old, new = own.get("quantizer", {}), card.get("quantizer", {})
+    changed = {k for k in new if new[k] != old.get(k)}
+    if card is not own and changed == {"size"} and prior:
+        # only another codebook size: the file's prior (and context model) code it, as for
+        # --quality (Model.requantized); the overridden card is checked all the same
+        check_card(card, str(path))
+        model = build_from_state(state, own, str(path), counts, context, prior)
+        model = model.requantized(QuantizerConfig(**card["quantizer"]))
+    else:
+        model = build_from_state(state, card, str(path), counts, context, prior)
     model._decoders.scan = find_decoders(Path(path), model.card, model.weights_sha256)
     return model
 

@@ -45,7 +45,8 @@ from tests import gqedit
 from tests.conftest import DATA, REPO
 
 MODEL = load_model()
-SMALL_K = MODEL.requantized(QuantizerConfig(16, 4096, 42, 1.0))  # a uniform entropy model
+SMALL_K = MODEL.requantized(QuantizerConfig(16, 4096, 42, 1.0))  # the prior + context model
+RESEEDED = MODEL.requantized(QuantizerConfig(16, 4096, 7, 1.0))  # the uniform code
 DOCUMENTED = (FormatError, ModelError, InputError)  # InputError covers DecompressionBombError
 SECONDS = 20.0  # per case, generous for a shared 2-core machine (a case takes ~0.1 s)
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck),
@@ -65,6 +66,7 @@ BASES = [
     encode_file(MODEL, str(DATA / "photo_b.png")).data,  # format version 2 (context model)
     encode_file(MODEL, str(DATA / "photo_b.png"), entropy="static").data,  # version 1
     encode_file(SMALL_K, str(DATA / "photo_b.png")).data,
+    encode_file(RESEEDED, str(DATA / "photo_b.png")).data,
     _rgba(),
 ]
 
