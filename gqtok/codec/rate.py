@@ -45,7 +45,8 @@ def quality_size(model: Model, quality: float) -> int:
     """The codebook size of ``quality`` (0..100) for this model (monotone in quality)."""
     if isinstance(quality, bool) or not (isinstance(quality, (int, float)) and 0 <= quality <= 100):
         raise ValueError(f"quality must be in 0..100, got {quality!r}")
-    lo, own, hi = math.log2(K_MIN), math.log2(model.quant.size), math.log2(max_size(model))
+    lo, hi = math.log2(K_MIN), math.log2(max_size(model))
+    own = min(hi, max(lo, math.log2(model.quant.size)))  # a model outside the range: monotone
     if quality <= MODEL_QUALITY:
         x = lo + (own - lo) * quality / MODEL_QUALITY
     else:
