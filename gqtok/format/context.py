@@ -356,18 +356,6 @@ class ContextCoder:
     def _inputs(self, table: np.ndarray, ppos: np.ndarray, offs: np.ndarray, k: int) -> np.ndarray:
         return grid_inputs(table, ppos, offs, k, self.groups, self.dim)
 
-    def _offsets(self, w: int) -> np.ndarray:
-        return neighbour_offsets(w)
-
-    def _table(self, h: int, w: int) -> np.ndarray:
-        return empty_table(h, w, self.groups * self.dim)
-
-    def _padded(self, pos: np.ndarray, w: int) -> np.ndarray:
-        return padded_positions(pos, w)
-
-    def _filled(self, indices: np.ndarray) -> np.ndarray:
-        return filled_table(self.features, indices)
-
     # -- coding --------------------------------------------------------------------------
 
     @cached_property
@@ -381,8 +369,8 @@ class ContextCoder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The (3n,) symbols a, b, position and their (3n, width) rows of the tokens of group
         k at grid positions ``pos`` (one wavefront), in the order the decoder reads them."""
-        ppos = self._padded(pos, w)
-        h2 = self._hidden(k, self._inputs(table, ppos, self._offsets(w), k))
+        ppos = padded_positions(pos, w)
+        h2 = self._hidden(k, self._inputs(table, ppos, neighbour_offsets(w), k))
         idx = indices[k].reshape(-1)[pos]
         cell = self.cells[k][idx]
         a, b = np.divmod(cell, self.bins)
@@ -401,7 +389,7 @@ class ContextCoder:
             raise ValueError(f"grid has {ng} token groups, the context model {self.groups}")
         if ind.size and (ind.min() < 0 or ind.max() >= self.size):
             raise ValueError(f"symbols must lie in [0, {self.size})")
-        table = self._filled(ind)
+        table = filled_table(self.features, ind)
         order, starts = wavefronts(h, w)
         coder = constriction.stream.stack.AnsCoder()
         coder.encode_reverse(np.array([SENTINEL], dtype=np.int32), _sentinel_model())
@@ -426,9 +414,9 @@ class ContextCoder:
                 for j in range(3)
             ]
             sel = np.concatenate(pick)
-            syms = [np.concatenate([p[0] for p in parts])[sel]]
-            rows = [np.concatenate([p[1] for p in parts])[sel]]
-            coder.encode_reverse(np.concatenate(syms), self._family, np.concatenate(rows))
+            syms = np.concatenate([p[0] for p in parts])[sel]
+            rows = np.concatenate([p[1] for p in parts])[sel]
+            coder.encode_reverse(syms, self._family, rows)
             end = begin
         return coder.get_compressed().astype("<u4").tobytes()
 
@@ -461,14 +449,14 @@ class ContextCoder:
         check_payload(len(payload), count, self.max_tokens(len(payload)), "context model")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         out = np.zeros((ng, h * w), dtype=np.int64)
-        table = self._table(h, w)
+        table = empty_table(h, w, self.groups * self.dim)
         order, starts = wavefronts(h, w)
-        offs = self._offsets(w)
+        offs = neighbour_offsets(w)
         try:
             coder = constriction.stream.stack.AnsCoder(words)
             for s in range(len(starts) - 1):
                 pos = order[starts[s] : starts[s + 1]]
-                ppos = self._padded(pos, w)
+                ppos = padded_positions(pos, w)
                 for k in range(ng):
                     h2 = self._hidden(k, self._inputs(table, ppos, offs, k))
                     a = np.asarray(coder.decode(self._family, self._rows_a(k, h2)), np.int64)
@@ -500,7 +488,7 @@ class ContextCoder:
         """Information content of a grid under this model, in bits (what ANS approaches)."""
         ind = np.asarray(indices, dtype=np.int64)
         ng, h, w = ind.shape
-        table = self._filled(ind)
+        table = filled_table(self.features, ind)
         pos = np.arange(h * w)
         bits = 0.0
         for k in range(ng):
