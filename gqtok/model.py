@@ -187,6 +187,7 @@ class Model:
         self.decoder_name = FIDELITY
         self.realism: float | None = None
         self._variants: OrderedDict[tuple[str, float | None], Model] = OrderedDict()
+        self._requantized: OrderedDict[QuantizerConfig, Model] = OrderedDict()
 
     @property
     def name(self) -> str:
@@ -243,6 +244,7 @@ class Model:
         out = copy.copy(self)
         out.__dict__.update(changes)
         out._variants = OrderedDict()
+        out._requantized = OrderedDict()
         return out
 
     def with_decoder(self, name: str = FIDELITY, realism: float | None = None) -> Model:
@@ -283,9 +285,20 @@ class Model:
 
     def requantized(self, quant: QuantizerConfig) -> Model:
         """The same network under other GQ settings (e.g. a .gq header's); a frequency table
-        fitted to the old settings does not describe the new tokens, so it becomes uniform."""
+        fitted to the old settings does not describe the new tokens, so it becomes the prior's
+        table for another codebook size (see below) or else uniform. The last few are kept:
+        their entropy tables and context coder cost a pass over up to 2^20 codewords, and rate
+        control and compare ask for the same sizes image after image."""
         if quant == self.quant:
             return self
+        if quant not in self._requantized:
+            while len(self._requantized) >= 4:
+                self._requantized.popitem(last=False)
+            self._requantized[quant] = self._requantize(quant)
+        self._requantized.move_to_end(quant)
+        return self._requantized[quant]
+
+    def _requantize(self, quant: QuantizerConfig) -> Model:
         opts = ModelOptions(quant.dim, quant.size, quant.seed, quant.beta)
         card = with_quantizer(self.card, opts)
         emodel = self.entropy if card is self.card else ent.uniform(quant.size)
