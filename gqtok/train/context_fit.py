@@ -316,14 +316,12 @@ def fit_prior(
     tune, fit = tr[: max(1, len(tr) // 4)], tr[max(1, len(tr) // 4) :] or tr
     values = []
     for k in sizes:
-        bins = coordinate_bins(codebook_view(q.dim, k, q.seed).numpy())
+        cb = codebook_view(q.dim, k, q.seed).numpy()
         counts = np.zeros(k, dtype=np.int64)
         for g in fit:
             counts += np.bincount(g[k].reshape(-1), minlength=k)
-        full = fit_values(bins, counts)
+        full = fit_values(coordinate_bins(cb), counts)
         tuned = np.concatenate([g[k].reshape(-1) for g in tune])
-
-        cb = codebook_view(q.dim, k, q.seed).numpy()
 
         def cost(alpha: float, full=full, tuned=tuned, cb=cb) -> float:  # noqa: ANN001
             v = np.rint(alpha * full).astype(np.int64)
@@ -337,18 +335,15 @@ def fit_prior(
         {"ladder": np.array(sizes, dtype=np.int64), "values": np.stack(values).astype(np.int64)}
     )
     params.check(q.dim)
-    bits: dict[str, dict[str, float]] = {}
-    for g in grids(val):
-        for k in sizes:
-            table = params.table(codebook_view(q.dim, k, q.seed).numpy())
-            b = bits.setdefault(str(k), {"tokens": 0, "prior": 0.0})
-            b["tokens"] += int(g[k].size)
-            b["prior"] += table.ideal_bits(g[k].reshape(-1))
-    report = {
-        k: {"prior_bits": round(v["prior"] / max(1, v["tokens"]), 4),
-            "uniform_bits": round(math.log2(int(k)), 4)}
-        for k, v in bits.items()
-    }  # fmt: skip
+    held = grids(val)
+    report = {}
+    for k in sizes:  # one table per K for all held-out photos
+        table = params.table(codebook_view(q.dim, k, q.seed).numpy())
+        tokens = np.concatenate([g[k].reshape(-1) for g in held])
+        report[str(k)] = {
+            "prior_bits": round(table.ideal_bits(tokens) / max(1, tokens.size), 4),
+            "uniform_bits": round(math.log2(k), 4),
+        }
     for k, v in report.items():
         log(f"prior: K={k}: {v['prior_bits']:.3f} bits/token (uniform {v['uniform_bits']:.0f})")
     return params, {
