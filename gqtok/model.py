@@ -686,11 +686,7 @@ def save_model(
         if context is not None:
             for k, arr in context.arrays.items():
                 state[CONTEXT_PREFIX + k] = torch.from_numpy(np.ascontiguousarray(arr))
-            card["entropy"]["context"] = {
-                **(ccard or {}),
-                "bins": context.bins,
-                "fingerprint": ctx.coder_fingerprint(context, e).hex(),
-            }
+            card["entropy"]["context"] = _context_card(context, e, ccard)
         if prior is not None:
             for k, arr in prior.arrays.items():
                 state[PRIOR_PREFIX + k] = torch.from_numpy(np.asarray(arr, dtype=np.int64))
@@ -705,6 +701,18 @@ def save_model(
     _write_model_file(out, card, lambda tmp, meta: save_file(state, str(tmp), metadata=meta),
                       overwrite)  # fmt: skip
     return card
+
+
+def _context_card(
+    params: ctx.ContextParams, static: ent.EntropyModel, about: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The card's entropy.context: what ``about`` says of the fit, and the two fields a loader
+    checks the tensors against (bins, and the coder's fingerprint)."""
+    return {
+        **(about or {}),
+        "bins": params.bins,
+        "fingerprint": ctx.coder_fingerprint(params, static).hex(),
+    }
 
 
 def _write_model_file(
@@ -767,11 +775,7 @@ def save_with_context(
     card["entropy"].pop("prior", None)
     if prior is not None:
         card["entropy"]["prior"] = prior_card or {}
-    card["entropy"]["context"] = {
-        **context_card,
-        "bins": params.bins,
-        "fingerprint": ctx.coder_fingerprint(params, static).hex(),
-    }
+    card["entropy"]["context"] = _context_card(params, static, context_card)
     save = lambda tmp, meta: save_numpy(state, str(tmp), metadata=meta)  # noqa: E731
     _write_model_file(Path(path), card, save, overwrite)
     return card
