@@ -49,6 +49,12 @@ class OutputError(GqtokError):
     exit_code = 6
 
 
+class UsageError(GqtokError):
+    """Options or an environment that cannot work together (exit code 2, like a usage error)."""
+
+    exit_code = 2
+
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2

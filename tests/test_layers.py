@@ -3,7 +3,7 @@
 gqtok is layered; a module may import from its own sub-package and from lower layers only:
 
     0  errors, version                      leaf modules
-    1  quant/ nets/ io/                     GQ itself, the networks, bytes and pixels
+    1  quant/ nets/ io/ dist                GQ itself, the networks, bytes and pixels, ranks
     2  format/                              .gq container, entropy coder, cards, token shards
     3  model                                one model file: networks + GQ settings + entropy
     4  zoo/                                 names, registry, Hub, checkpoint conversion
@@ -29,7 +29,7 @@ PKG = Path(__file__).resolve().parent.parent / "gqtok"
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "version"),
-    ("quant", "nets", "io"),
+    ("quant", "nets", "io", "dist"),
     ("format",),
     ("model",),
     ("zoo",),
