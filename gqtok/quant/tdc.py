@@ -15,9 +15,13 @@ multipliers therefore move half as fast per optimiser step as in the reference.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+# all-reduces a tensor over the ranks of a job, in place: (tensor, "sum" | "min" | "max")
+Reduce = Callable[[torch.Tensor, str], torch.Tensor]
 
 BITS_PER_NAT = 1.4426  # the reference's constant (~1/ln 2 = 1.442695)
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -75,11 +79,22 @@ class TargetDivergence:
         """lam * (1/B) * sum of weighted token KLs (bits); uses the current multipliers."""
         return self.lam * (self.weights(kl2) * kl2).sum() / kl2.shape[0]
 
-    def update(self, kl2: torch.Tensor) -> dict[str, float]:
-        """Apply the multiplier rules to one batch's statistics; call after forming the loss."""
+    def update(self, kl2: torch.Tensor, reduce: Reduce | None = None) -> dict[str, float]:
+        """Apply the multiplier rules to one batch's statistics; call after forming the loss.
+
+        With several ranks, ``reduce`` (gqtok.dist.World.all_reduce) makes the statistics
+        those of the global batch: sums, counts, minima and maxima all-reduced, so every rank
+        applies the same rule and holds the same multipliers.
+        """
         k = kl2.detach().float()
-        stats = torch.stack([k.mean(), k.min(), k.max()]).tolist()
-        mean, lo, hi = (float(v) for v in stats)
+        if reduce is not None:
+            count = float(k.numel())
+            total = reduce(torch.stack([k.sum().double(), k.new_tensor(count).double()]), "sum")
+            ends = reduce(torch.stack([-k.min(), k.max()]), "max")
+            mean, lo, hi = float(total[0] / total[1]), -float(ends[0]), float(ends[1])
+        else:
+            stats = torch.stack([k.mean(), k.min(), k.max()]).tolist()
+            mean, lo, hi = (float(v) for v in stats)
         f = self.factor
         self.lam = self.lam * f if mean > self.target else self.lam / f
         up = hi > self.target + self.tau

@@ -11,6 +11,8 @@ passes --trust-pickle (gqtok.zoo.convert's loader, shared with reference checkpo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,8 @@ class TrainState:
     hardware: str = ""
     disc: torch.nn.Module | None = None  # --decoder-only: the patch discriminator
     disc_optimizer: torch.optim.Optimizer | None = None
+    # under torchrun: the DistributedDataParallel wrappers the steps call instead
+    forward: tuple[torch.nn.Module, torch.nn.Module] | None = None
 
     def wall_time(self) -> float:
         """Training wall time over all sessions (steps, evals and checkpoints; not data loading)."""
@@ -75,8 +79,14 @@ def load_checkpoint(path: Path, trust_pickle: bool = False) -> dict[str, Any]:
     return state
 
 
-def checkpoint_to_resume(path: Path, cfg: TrainConfig, trust_pickle: bool) -> dict[str, Any] | None:
-    """The checkpoint in the run's out dir when cfg resumes it, None for a fresh run."""
+def checkpoint_to_resume(
+    path: Path, cfg: TrainConfig, trust_pickle: bool, world_size: int = 1
+) -> dict[str, Any] | None:
+    """The checkpoint in the run's out dir when cfg resumes it, None for a fresh run.
+
+    A run resumes with the number of processes that wrote the checkpoint: --batch is per
+    rank, so another count would change the global batch and the crops every step draws.
+    """
     if not path.exists():
         return None
     if not cfg.resume:
@@ -86,7 +96,26 @@ def checkpoint_to_resume(path: Path, cfg: TrainConfig, trust_pickle: bool) -> di
     for key in ("network", "dim", "codebook_size", "codebook_seed", "decoder_only"):
         if getattr(saved, key) != getattr(cfg, key):
             raise ValueError(f"cannot resume: {key} differs from the checkpoint's")
+    ranks = int(state.get("world_size", 1))
+    if ranks != world_size:
+        how = "without torchrun" if ranks == 1 else f"under torchrun with {ranks} processes"
+        raise ValueError(f"cannot resume: {path} was written by {ranks} process(es), this run"
+                         f" has {world_size}; the global batch (--batch x processes) would"
+                         f" change. Resume it {how}")
     return state
+
+
+def replica_digest(ts: TrainState) -> str:
+    """sha256 over the trained weights and the TDC multipliers: equal on every rank of a
+    healthy distributed run (DDP averages the same gradients, the TDC rule sees the same
+    all-reduced statistics)."""
+    h = hashlib.sha256()
+    for module in (ts.encoder, ts.decoder):
+        for name, t in module.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(ts.tdc.state_dict(), sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def restore(ts: TrainState, state: dict[str, Any], device: torch.device) -> None:
@@ -111,12 +140,14 @@ def restore(ts: TrainState, state: dict[str, Any], device: torch.device) -> None
 
 def save_checkpoint(
     path: Path, ts: TrainState, feed: CropSampler | Prefetcher, cfg: TrainConfig,
-    data_summary: dict[str, Any], device: torch.device,
+    data_summary: dict[str, Any], device: torch.device, world_size: int = 1,
+    replicas: list[str] | None = None,
 ) -> None:
     """Write the checkpoint atomically: a crash mid-write leaves the previous one intact.
 
     The sampler state comes from ``feed``, which a Prefetcher keeps at the last batch handed
-    out, not at the batches it drew ahead.
+    out, not at the batches it drew ahead. ``world_size`` processes trained it (its sampler
+    and noise states are every rank's); ``replicas`` are their replica_digest values.
     """
     rng: dict[str, Any] = {"torch": torch.get_rng_state(), "noise": ts.noise.get_state().cpu()}
     if device.type == "cuda":
@@ -127,8 +158,10 @@ def save_checkpoint(
         "sampler": feed.state_dict(), "rng": rng, "step": ts.step,
         "images_seen": ts.images_seen, "wall_time_s": ts.wall_time(), "config": cfg.to_dict(),
         "hardware": ts.hardware, "data": data_summary, "last_eval": ts.last_eval,
-        "init": ts.init,
+        "init": ts.init, "world_size": world_size,
     }
+    if replicas is not None:
+        state["replicas"] = replicas
     if ts.disc is not None and ts.disc_optimizer is not None:
         state["disc"] = ts.disc.state_dict()
         state["disc_optimizer"] = ts.disc_optimizer.state_dict()

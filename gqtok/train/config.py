@@ -41,7 +41,7 @@ class TrainConfig:
     codebook_size: int = 65536  # K; the TDC target is log2(K) bits per token
     codebook_seed: int = 42
     crop: int = 128
-    batch: int = 8
+    batch: int = 8  # crops per process: under torchrun the global batch is batch x WORLD_SIZE
     lr: float = 1e-4  # Adam, PyTorch default betas, as in the reference
     lr_schedule: str = "constant"  # "constant" | "cosine" (lr -> lr_min over the steps)
     lr_min: float = 0.0
@@ -106,6 +106,9 @@ class TrainConfig:
 # Command line (`gqtok train` and `gqtok export-model` hand their arguments to this parser)
 
 
+HELP_NOTES = {"batch": " (per process: torchrun's global batch is batch x WORLD_SIZE)"}
+
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
@@ -123,7 +126,7 @@ def _add_config_flags(tr: argparse.ArgumentParser) -> None:
             continue
         kind = Path if isinstance(value, Path) else type(value)
         tr.add_argument(flag, type=kind, default=value, choices=CHOICES.get(f.name),
-                        help=f"default {value}")
+                        help=f"default {value}{HELP_NOTES.get(f.name, '')}")
     net = asdict(defaults.network)
     for key in NET_FIELDS:
         value = net[key]

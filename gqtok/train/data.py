@@ -132,9 +132,11 @@ class CropSampler:
         self.rng = np.random.default_rng(seed)
         w = np.sqrt(np.array([p.shape[0] * p.shape[1] for p in photos], dtype=np.float64))
         self.p = w / w.sum()
+        self.share = (0, 1)  # (rank, ranks): which slice of the global batch batch() cuts
 
-    def _one(self, photo: np.ndarray) -> np.ndarray:
-        h, w = photo.shape[:2]
+    def _draw(self, index: int) -> tuple[Any, ...]:
+        """The random choices of one crop of photo ``index`` (scale, corner, flip)."""
+        h, w = self.photos[index].shape[:2]
         c = self.crop
         lo = max(self.scale_range[0], c / min(h, w))  # smallest scale where the crop fits
         hi = max(self.scale_range[1], lo)
@@ -143,6 +145,14 @@ class CropSampler:
         x0 = int(self.rng.integers(0, int(w - side) + 1))
         y0 = int(self.rng.integers(0, int(h - side) + 1))
         flip = self.flip and bool(self.rng.random() < 0.5)
+        return side, x0, y0, flip
+
+    def _cut(self, index: int, choice: tuple[Any, ...]) -> np.ndarray:
+        """The pixels of the crop _draw chose; draws nothing."""
+        photo = self.photos[index]
+        side, x0, y0, flip = choice
+        h, w = photo.shape[:2]
+        c = self.crop
         if side == c:
             out = photo[y0 : y0 + c, x0 : x0 + c]
         else:
@@ -154,13 +164,18 @@ class CropSampler:
             out = np.asarray(sub.resize((c, c), Image.Resampling.BICUBIC, box=box))
         return out[:, ::-1] if flip else out
 
-    def _pick(self, index: int) -> np.ndarray:
-        return self._one(self.photos[index])
-
     def batch(self, n: int) -> np.ndarray:
-        """(n, crop, crop, 3) uint8."""
-        idx = self.rng.choice(len(self.photos), size=n, p=self.p)
-        return np.stack([self._pick(int(i)) for i in idx])
+        """(n, crop, crop, 3) uint8: this rank's n crops of the global batch.
+
+        Every rank draws the choices of all ``n * ranks`` crops from the same Generator and
+        cuts only its own slice of them, so the ranks hold one sampler state (a checkpoint
+        stores it once) and together see exactly the crops one process drawing the global
+        batch would see.
+        """
+        rank, ranks = self.share
+        idx = self.rng.choice(len(self.photos), size=n * ranks, p=self.p)
+        choices = [(int(i), self._draw(int(i))) for i in idx]
+        return np.stack([self._cut(i, c) for i, c in choices[rank * n : (rank + 1) * n]])
 
     def state_dict(self) -> dict[str, Any]:
         """The Generator's state: a dict of str and int, so torch.load(weights_only=True)
@@ -198,16 +213,21 @@ class PyramidSampler(CropSampler):
         # mirrored copies: slicing them is ~5x faster than copying a negative-stride view
         self.mirrored = [[lv[:, ::-1].copy() for lv in lvs] for lvs in self.levels] if flip else []
 
-    def _pick(self, index: int) -> np.ndarray:
+    def _draw(self, index: int) -> tuple[Any, ...]:
         levels = self.levels[index]
         k = int(self.rng.integers(0, len(levels)))
         h, w = levels[k].shape[:2]
         c = self.crop
         y0 = int(self.rng.integers(0, h - c + 1))
         x0 = int(self.rng.integers(0, w - c + 1))
-        if self.flip and self.rng.random() < 0.5:  # = levels[k][y0:y0+c, x0:x0+c][:, ::-1]
+        return k, y0, x0, bool(self.flip and self.rng.random() < 0.5)
+
+    def _cut(self, index: int, choice: tuple[Any, ...]) -> np.ndarray:
+        k, y0, x0, flip = choice
+        w, c = self.levels[index][k].shape[1], self.crop
+        if flip:  # = levels[k][y0:y0+c, x0:x0+c][:, ::-1]
             return self.mirrored[index][k][y0 : y0 + c, w - x0 - c : w - x0]
-        return levels[k][y0 : y0 + c, x0 : x0 + c]
+        return self.levels[index][k][y0 : y0 + c, x0 : x0 + c]
 
 
 def _resized(photo: np.ndarray, scale: float) -> np.ndarray:
@@ -219,13 +239,20 @@ def _resized(photo: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def make_sampler(cfg: TrainConfig, photos: list[np.ndarray]) -> CropSampler:
-    """PyramidSampler with --scale-levels, else a CropSampler that resizes every crop."""
+def make_sampler(
+    cfg: TrainConfig, photos: list[np.ndarray], rank: int = 0, ranks: int = 1
+) -> CropSampler:
+    """PyramidSampler with --scale-levels, else a CropSampler that resizes every crop; it cuts
+    slice ``rank`` of ``ranks`` of each global batch."""
     scale_range = (cfg.scale_min, cfg.scale_max)
+    sampler: CropSampler
     if cfg.scale_levels > 0:
-        return PyramidSampler(photos, cfg.crop, scale_range, cfg.scale_levels, cfg.flip,
-                              cfg.seed)
-    return CropSampler(photos, cfg.crop, scale_range, cfg.flip, cfg.seed)
+        sampler = PyramidSampler(photos, cfg.crop, scale_range, cfg.scale_levels, cfg.flip,
+                                 cfg.seed)
+    else:
+        sampler = CropSampler(photos, cfg.crop, scale_range, cfg.flip, cfg.seed)
+    sampler.share = (rank, ranks)
+    return sampler
 
 
 class Prefetcher:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gqtok import dist
+from gqtok.dist import World
 from gqtok.io.pipeline import pick_device
 from gqtok.nets.patchgan import PatchDiscriminator
 from gqtok.nets.unet import Decoder, Encoder
@@ -31,6 +33,7 @@ from gqtok.train.checkpoints import (
     TrainState,
     checkpoint_to_resume,
     load_init,
+    replica_digest,
     restore,
     save_checkpoint,
 )
@@ -62,24 +65,49 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
     """Train (or resume) according to cfg; returns the path of the final checkpoint.
 
     ``trust_pickle`` lets a resumed checkpoint that needs full unpickling load (runs code).
+    Under torchrun (WORLD_SIZE > 1) every rank runs this with its slice of each global batch
+    of ``cfg.batch * WORLD_SIZE`` crops (see _distributed); one process trains as it always did.
     """
-    t_begin = time.perf_counter()  # the time budget counts data loading too
-    log = Log(console)
+    world = World.from_env()
+    if world.group and cfg.decoder_only:
+        raise ValueError("--decoder-only trains in one process: its adaptive adversarial weight"
+                         " needs the whole batch's gradients (run it without torchrun)")
+    cfg.check()
+    device = _device(cfg, world)
+    dist.start(world, "nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _run(cfg, world, device, Log(console, world.is_main), trust_pickle)
+    finally:
+        dist.stop(world)
+
+
+def _device(cfg: TrainConfig, world: World) -> torch.device:
+    """The configured device; under torchrun a GPU rank takes the GPU of its LOCAL_RANK."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = torch.device(pick_device(cfg.device))
-    cfg.check()
+    if device.type == "cuda" and world.group:
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _run(cfg: TrainConfig, world: World, device: torch.device, log: Log,
+         trust_pickle: bool) -> Path:
+    t_begin = time.perf_counter()  # the time budget counts data loading too
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
-    saved = checkpoint_to_resume(ckpt_path, cfg, trust_pickle)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    world.barrier()  # the other ranks look for the checkpoint only once the folder exists
+    saved = checkpoint_to_resume(ckpt_path, cfg, trust_pickle, world.size)
 
     t_load = time.perf_counter()
     data = load_training_data(cfg)
     log(f"data: {len(data.train)} train / {len(data.val)} val photos "
         f"({time.perf_counter() - t_load:.1f} s to decode)")
 
-    ts = _build(cfg, device, data.train)
+    ts = _build(cfg, device, data.train, world)
     perceptual = build_perceptual(cfg)  # after the networks: it draws from the same torch RNG
     if perceptual is not None:
         perceptual.to(device)
@@ -90,7 +118,7 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
         ts.init = load_init(Path(cfg.init), cfg, ts.encoder, ts.decoder, ts.tdc)
         log(f"starting from {cfg.init} ({ts.init['model']}, {ts.init['steps']} steps), "
             f"TDC lam {ts.tdc.lam:.3g}")
-    metrics = MetricsFile(out / METRICS, ts.step if saved is not None else None)
+    metrics = MetricsFile(out / METRICS, ts.step if saved is not None else None, world.is_main)
     n_params = sum(p.numel() for m in (ts.encoder, ts.decoder) for p in m.parameters())
     log(f"network: {n_params / 1e6:.2f} M params, f={cfg.network.downsample}, device {device}, "
         f"{torch.get_num_threads()} threads, perceptual {cfg.perceptual}")
@@ -98,7 +126,11 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
         n_disc = sum(p.numel() for p in ts.disc.parameters())
         log(f"decoder only: encoder frozen, discriminator {n_disc / 1e6:.2f} M params, "
             f"adversarial terms from step {cfg.disc_start}")
-    ts.hardware = _hardware(device, saved)
+    ts.hardware = _hardware(device, saved, world)
+    if world.group:
+        log(f"distributed: {world.size} ranks ({'nccl' if device.type == 'cuda' else 'gloo'}),"
+            f" {cfg.batch} crops each, global batch {cfg.batch * world.size}")
+        _distributed(ts, device, world)
 
     ts.started = time.perf_counter()
     if device.type == "cuda":
@@ -112,10 +144,12 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
     prefetch = device.type != "cpu" or cfg.scale_levels > 0
     with _stop_on_sigint(stop), batches(ts.sampler, cfg.batch, prefetch) as feed:
         while ts.step < cfg.steps:
-            if cfg.minutes > 0 and time.perf_counter() - t_begin > cfg.minutes * 60:
+            over = cfg.minutes > 0 and time.perf_counter() - t_begin > cfg.minutes * 60
+            over, interrupted = _agree(world, over, stop["stop"], device)
+            if over:
                 log(f"time budget of {cfg.minutes:g} min reached")
                 break
-            if stop["stop"]:
+            if interrupted:
                 log("interrupted: saving the checkpoint")
                 break
             t0 = time.perf_counter()
@@ -124,10 +158,10 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
                 losses, extra = _decoder_step(cfg, ts, x, perceptual)
                 st = FROZEN_TDC | ts.tdc.stats()
             else:
-                losses, extra = _train_step(cfg, ts, x, perceptual), {}
+                losses, extra = _train_step(cfg, ts, x, perceptual, world), {}
                 st = ts.tdc.stats()
-            win.add(cfg.batch, time.perf_counter() - t0, losses, 3 * cfg.crop * cfg.crop, st,
-                    extra)
+            win.add(cfg.batch * world.size, time.perf_counter() - t0, losses,
+                    3 * cfg.crop * cfg.crop, st, extra)
             if not math.isfinite(losses[0]):
                 raise FloatingPointError(f"loss is {losses[0]} at step {ts.step}")
             if (cfg.log_every and ts.step % cfg.log_every == 0) or ts.step == cfg.steps:
@@ -136,30 +170,73 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
                 metrics.add(row)
                 log(train_line(row))
                 win = Window()
-            if cfg.eval_every and ts.step % cfg.eval_every == 0 and data.val_set:
+            if (cfg.eval_every and ts.step % cfg.eval_every == 0 and data.val_set
+                    and world.is_main):
                 _evaluate(cfg, ts, data.val_set, device, metrics, log, perceptual)
             if cfg.ckpt_every and ts.step % cfg.ckpt_every == 0:
-                save_checkpoint(ckpt_path, ts, feed, cfg, data.summary, device)
-    save_checkpoint(ckpt_path, ts, feed, cfg, data.summary, device)
+                _checkpoint(ckpt_path, ts, feed, cfg, data.summary, device, world, log)
+    _checkpoint(ckpt_path, ts, feed, cfg, data.summary, device, world, log)
     log(f"checkpoint {ckpt_path} (step {ts.step}, {ts.images_seen} images, "
         f"{ts.wall_time() / 60:.1f} min)")
     return ckpt_path
+
+
+def _distributed(ts: TrainState, device: torch.device, world: World) -> None:
+    """Wrap the trained networks in DistributedDataParallel (gradients averaged over the
+    ranks, weights broadcast from rank 0 once). Each rank's loss is a mean over its slice, so
+    the averaged gradient is the global batch's; the TDC statistics are all-reduced in
+    step_losses. ts.encoder / ts.decoder stay the bare modules that checkpoints save."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    ts.forward = (DDP(ts.encoder, device_ids=ids), DDP(ts.decoder, device_ids=ids))
+
+
+def _agree(
+    world: World, over: bool, interrupted: bool, device: torch.device
+) -> tuple[bool, bool]:
+    """Stop decisions every rank takes together: one rank leaving the loop alone would leave
+    the others waiting in the next gradient all-reduce. (On the training device: NCCL
+    reduces CUDA tensors only.)"""
+    if not world.group:
+        return over, interrupted
+    flags = torch.tensor([float(over), float(interrupted)], device=device)
+    flags = world.all_reduce(flags, "max").tolist()
+    return bool(flags[0]), bool(flags[1])
+
+
+def _checkpoint(
+    path: Path, ts: TrainState, feed: Any, cfg: TrainConfig, data_summary: dict[str, Any],
+    device: torch.device, world: World, log: Log,
+) -> None:
+    """Rank 0 writes the checkpoint; with several ranks it first gathers a digest of every
+    rank's weights and TDC multipliers, kept in the checkpoint, and says if they differ."""
+    digests = world.gather(replica_digest(ts)) if world.group else None
+    if world.is_main:
+        if digests is not None and len(set(digests)) > 1:
+            log(f"warning: the ranks' weights differ at step {ts.step} ({len(set(digests))}"
+                " distinct digests)")
+        save_checkpoint(path, ts, feed, cfg, data_summary, device, world.size, digests)
+    world.barrier()  # a rank that resumes right after finds the whole file
 
 
 # A decoder-only run does not move the encoder, so there are no KL statistics to log.
 FROZEN_TDC = {"bits_mean": math.nan, "bits_min": math.nan, "bits_max": math.nan}
 
 
-def _build(cfg: TrainConfig, device: torch.device, photos: list[np.ndarray]) -> TrainState:
+def _build(
+    cfg: TrainConfig, device: torch.device, photos: list[np.ndarray], world: World
+) -> TrainState:
     """Fresh networks (seeded), Adam, TDC multipliers, crop sampler and noise generator; for
-    --decoder-only also the discriminator and its Adam, and only the decoder is optimised."""
+    --decoder-only also the discriminator and its Adam, and only the decoder is optimised.
+    Every rank seeds alike: their samplers and noise generators stay in one state."""
     torch.manual_seed(cfg.seed)
     encoder, decoder = Encoder(cfg.network).to(device), Decoder(cfg.network).to(device)
     trained = [*decoder.parameters()] if cfg.decoder_only else [
         *encoder.parameters(), *decoder.parameters()]
     opt = torch.optim.Adam(trained, lr=cfg.lr)
     tdc = TargetDivergence(cfg.codebook_size)
-    sampler = make_sampler(cfg, photos)
+    sampler = make_sampler(cfg, photos, world.rank, world.size)
     noise = torch.Generator(device=device)
     noise.manual_seed(cfg.seed + 1)
     ts = TrainState(encoder, decoder, opt, tdc, sampler, noise)
@@ -171,19 +248,24 @@ def _build(cfg: TrainConfig, device: torch.device, photos: list[np.ndarray]) -> 
 
 
 def _train_step(
-    cfg: TrainConfig, ts: TrainState, x: torch.Tensor, perceptual: torch.nn.Module | None
+    cfg: TrainConfig, ts: TrainState, x: torch.Tensor, perceptual: torch.nn.Module | None,
+    world: World,
 ) -> tuple[float, float, float, float]:
-    """One optimiser step on batch x; returns (loss, L1, perceptual, TDC term) as floats."""
+    """One optimiser step on batch x; returns (loss, L1, perceptual, TDC term) as floats
+    (means over the ranks)."""
     for group in ts.optimizer.param_groups:
         group["lr"] = learning_rate(cfg, ts.step)
-    loss, l1, p_mean, kl_loss = step_losses(cfg, ts.encoder, ts.decoder, x, ts.tdc, ts.noise,
-                                            perceptual)
+    encoder, decoder = ts.forward or (ts.encoder, ts.decoder)
+    loss, l1, p_mean, kl_loss = step_losses(cfg, encoder, decoder, x, ts.tdc, ts.noise,
+                                            perceptual, world)
     ts.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     ts.optimizer.step()
     ts.step += 1
-    ts.images_seen += cfg.batch
+    ts.images_seen += cfg.batch * world.size
     vals = torch.stack([loss.detach(), l1.detach(), p_mean.detach(), kl_loss.detach()])
+    if world.group:
+        vals = world.all_reduce(vals.float()) / world.size
     v_loss, v_l1, v_p, v_kl = (float(v) for v in vals.tolist())  # one device sync per step
     return v_loss, v_l1, v_p, v_kl
 
@@ -222,9 +304,11 @@ def _evaluate(
     log(eval_line(ts.step, ts.last_eval))
 
 
-def _hardware(device: torch.device, saved: dict[str, Any] | None) -> str:
+def _hardware(device: torch.device, saved: dict[str, Any] | None, world: World) -> str:
     """Where this session trains, after the checkpoint's record when it resumed elsewhere."""
     here = hardware_string(device)
+    if world.group:
+        here = f"{world.size} ranks x {here}"
     if saved is not None and saved.get("hardware") and here not in saved["hardware"]:
         return f"{saved['hardware']} | {here}"  # resumed on another machine
     return here

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from gqtok.dist import World
 from gqtok.nets.patchgan import hinge_d_loss
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.search import LOGVAR_MAX, LOGVAR_MIN, quantize
@@ -51,24 +52,32 @@ def reconstruction_loss(
 def step_losses(
     cfg: TrainConfig, encoder: Encoder, decoder: Decoder, x: torch.Tensor,
     tdc: TargetDivergence, noise: torch.Generator, perceptual: torch.nn.Module | None,
+    world: World | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward pass of one training step: (loss, L1, perceptual, TDC term), and the TDC update.
 
     Shared by the training loop and bench/train_speed.py, so the bench times the step that
-    trains.
+    trains. With several ranks (``world``), x is this rank's slice of the global batch: the
+    noise is drawn for the whole global batch and sliced the same way (every rank's generator
+    is in the same state), and the TDC statistics are all-reduced, so the ranks together
+    compute what one process would on the global batch.
     """
     amp = x.device.type == "cuda"
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         moments = encoder(x)
     mu, logvar = moments.float().chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-    eps = torch.randn(std.shape, generator=noise, device=x.device)
+    rank, ranks = (world.rank, world.size) if world is not None and world.group else (0, 1)
+    b = std.shape[0]
+    eps = torch.randn((b * ranks, *std.shape[1:]), generator=noise, device=x.device)
+    eps = eps[rank * b : (rank + 1) * b]
     z = mu + eps * std
     loss, _, l1, p_mean = reconstruction_loss(cfg, decoder, z, x, perceptual)
     kl2 = kl_bits_per_token(mu, logvar, cfg.dim)
     kl_loss = tdc.loss(kl2)
     loss = loss + cfg.kl_weight * kl_loss
-    tdc.update(kl2)  # once per AE step: there is no discriminator step (see gqtok.quant.tdc)
+    # once per AE step: there is no discriminator step (see gqtok.quant.tdc)
+    tdc.update(kl2, world.all_reduce if world is not None and world.group else None)
     return loss, l1, p_mean, kl_loss
 
 

@@ -25,7 +25,8 @@ METRIC_COLUMNS = (
 class Log:
     """rich when available, plain print otherwise (training must not need rich)."""
 
-    def __init__(self, console: Any | None) -> None:
+    def __init__(self, console: Any | None, enabled: bool = True) -> None:
+        self.enabled = enabled  # False on the ranks other than 0 of a distributed run
         if console is None:
             try:
                 from rich.console import Console
@@ -36,6 +37,8 @@ class Log:
         self.console = console
 
     def __call__(self, msg: str) -> None:
+        if not self.enabled:
+            return
         if self.console is not None:
             self.console.print(msg, markup=False, highlight=False, soft_wrap=True)
         else:
@@ -45,8 +48,11 @@ class Log:
 class MetricsFile:
     """Appends rows to out/metrics.csv; a resumed run first drops rows past its checkpoint."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled  # only rank 0 of a distributed run writes the file
+        if not enabled:
+            return
         rows: list[dict[str, Any]] = []
         if resume_step is not None and path.exists():
             with path.open(newline="") as f:
@@ -61,6 +67,8 @@ class MetricsFile:
             w.writerows(rows)
 
     def add(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         fmt = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
         self._write([fmt], "a")
 
