@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from gqtok import dist
 from gqtok.cli.common import (
     MAX_PIXELS,
     CropOpt,
@@ -40,7 +41,8 @@ from gqtok.cli.common import (
 )
 from gqtok.cli.outputs import check_folder, check_output, write_output
 from gqtok.cli.ui import Bar, Failures, clean, fail, say, show
-from gqtok.errors import EXIT_USAGE, GqtokError, OutputError
+from gqtok.dist import World
+from gqtok.errors import EXIT_PARTIAL, EXIT_USAGE, GqtokError, OutputError, UsageError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -227,10 +229,14 @@ def _measure(
     paths: list[Path],
     quiet: bool,
     run: Callable[[list[Path], Callable[[str, str | None], None]], Any],
+    world: World | None = None,
 ) -> tuple[Any, Failures]:
-    """``run(paths, on_image)`` under the progress bar, one error line per failed image."""
+    """``run(paths, on_image)`` under the progress bar, one error line per failed image. Under
+    torchrun only rank 0 shows a bar (of its own share); each rank prints its own failures, so
+    every failed image is told once, when it fails."""
+    world = world or World()
     failures = Failures(quiet)
-    with Bar("measuring", len(paths), not quiet) as bar:
+    with Bar("measuring", len(world.part(paths)), not quiet and world.is_main) as bar:
 
         def on_image(name: str, error: str | None) -> None:
             if error:
@@ -241,6 +247,37 @@ def _measure(
             return run(paths, on_image), failures
         except Exception as e:  # noqa: BLE001 - a failure outside one image's step
             raise fail(e, None, GqtokError, "stopped") from None
+
+
+def _plan(
+    world: World, inputs: list[str], recursive: bool, reports: list[str | Path], overwrite: bool
+) -> list[Path]:
+    """The images, listed and the report files checked by rank 0 alone, its decision sent to
+    every rank: all start the same work on the same list, or all stop (a rank that left early
+    would leave the others waiting in the final gather)."""
+    code, paths = 0, []
+    if world.is_main:
+        try:
+            paths = _images(inputs, recursive)
+            _check_reports(reports, overwrite, paths)
+        except typer.Exit as e:
+            code = e.exit_code
+    code, paths = world.broadcast((code, paths))
+    if code:
+        raise typer.Exit(code)  # rank 0 said why
+    return paths
+
+
+def _rank_device(dev: str, world: World) -> str:
+    """One GPU per process under torchrun: ``cuda`` (also what --device auto picks) becomes
+    cuda:LOCAL_RANK, round-robin when a node runs more processes than it has GPUs."""
+    if dev != "cuda" or not world.group:
+        return dev
+    import torch
+
+    index = world.local_rank % max(1, torch.cuda.device_count())
+    torch.cuda.set_device(index)
+    return f"cuda:{index}"
 
 
 InputsArg = Annotated[list[str], typer.Argument(help="Images and/or folders of images.")]
@@ -283,17 +320,29 @@ def eval_cmd(
     bad = sorted(set(wanted) - set(ALL_METRICS))
     if bad:
         raise typer.BadParameter(f"unknown {bad}; choose from {', '.join(ALL_METRICS)}")
-    reports = [d for d in (json_out, per_image) if d is not None]
-    paths = _images(inputs, recursive)
-    _check_reports(reports, overwrite, paths)
-    dev = setup_device(device, threads)
-    net = decoder_or_exit(load_or_exit(model, None, dev), decoder, realism, model or DEFAULT_MODEL)
-    rep, failures = _measure(
-        paths, quiet,
-        lambda paths, on_image: evaluate(
-            net, paths, wanted, resize, center_crop, dev, max_pixels, on_image=on_image
-        ),
-    )  # fmt: skip
+    reports: list[str | Path] = [d for d in (json_out, per_image) if d is not None]
+    world = World.from_env()
+    try:
+        dist.start(world)
+    except Exception as e:  # noqa: BLE001 - torch's rendezvous errors, as one line
+        raise fail(e, None, UsageError, "cannot join torchrun's process group") from None
+    try:
+        paths = _plan(world, inputs, recursive, reports, overwrite)
+        dev = _rank_device(setup_device(device, threads), world)
+        net = decoder_or_exit(
+            load_or_exit(model, None, dev), decoder, realism, model or DEFAULT_MODEL
+        )
+        rep, _ = _measure(
+            paths, quiet,
+            lambda paths, on_image: evaluate(
+                net, paths, wanted, resize, center_crop, dev, max_pixels, on_image, world
+            ),
+            world,
+        )  # fmt: skip
+    finally:
+        dist.stop(world)
+    if rep is None:
+        return  # not rank 0: rank 0 writes the reports
     try:
         if per_image:
             write_output(per_image, _per_image_csv(rep), overwrite, paths)
@@ -304,7 +353,10 @@ def eval_cmd(
     if not quiet and "-" not in reports:
         notes = [f"{LABELS.get(n, n)}: {why}" for n, why in rep.unavailable.items()]
         show(_eval_table(rep), *notes, *(f"note: {note}" for note in rep.notes))
-    failures.exit(len(paths), "image(s)")
+    if rep.failures:  # each told by the rank that measured it; the count by rank 0
+        if len(paths) > 1 and not quiet:
+            say(f"{len(rep.failures)} of {len(paths)} image(s) failed")
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _qualities(values: list[str] | None) -> list[float]:

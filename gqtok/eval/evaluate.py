@@ -4,6 +4,10 @@ Every number comes from the path a user gets: the image is encoded to a complete
 rate is that file's size (header and alpha plane included) over the pixel count, and the
 metrics compare the original with the image decoded from those bytes. Metrics whose weights
 are not installed are reported as unavailable (None), never approximated by something else.
+
+The work is split in three steps so that one process and torchrun's N processes run the same
+code: ``measure_image`` (one image -> a ``Measured`` record), ``measure`` (a process's share of
+the list -> a ``Share``) and ``combine`` (all shares, put back in source order -> the report).
 """
 
 from __future__ import annotations
@@ -12,11 +16,12 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from PIL import Image
 
+from gqtok.dist import World
 from gqtok.errors import GqtokError, InputError
 from gqtok.eval.metrics import ALL_METRICS, MetricUnavailable
 from gqtok.eval.metrics import fidelity as fid_px
@@ -26,7 +31,7 @@ from gqtok.io.images import DEFAULT_MAX_PIXELS, Picture, read_image
 from gqtok.model import Model
 
 if TYPE_CHECKING:
-    from gqtok.eval.metrics.patches import PatchFID
+    from gqtok.eval.metrics.inception import InceptionFeatures
 
 PER_IMAGE = ("psnr", "ssim", "msssim", "stlpips_alex", "stlpips_vgg", "lpips")
 PERCEPTUAL = ("stlpips_alex", "stlpips_vgg", "lpips")
@@ -216,6 +221,217 @@ def _stat(values: list[float]) -> Stat:
     return Stat(float(a.mean()), float(a.std()), len(values))
 
 
+@dataclass
+class Measured:
+    """One image's results, as its process hands them on to the summary.
+
+    ``index`` is the image's place in the whole list: rank 0 puts every rank's images back in
+    source order, so means, FID and KID see the features in the order one process would.
+    Features are float32, the Inception network's own precision (nothing is lost; half the
+    memory of float64): ``features`` (2, 2048) for the whole original and reconstruction,
+    ``patches`` (2, n, 2048) for their n patches (None without patches).
+    """
+
+    index: int
+    path: str
+    row: ImageRow | None = None
+    error: str | None = None
+    features: np.ndarray | None = None
+    patches: np.ndarray | None = None
+
+
+@dataclass
+class Share:
+    """What one process measured: its images, the token histogram of their tokens as used
+    entries and counts (integer sums, so the shares can be added in any order), and the
+    metrics it could not load."""
+
+    images: list[Measured]
+    tokens: tuple[np.ndarray, np.ndarray]
+    unavailable: dict[str, str]
+
+
+class Meters:
+    """The networks of the requested metrics, loaded once per process; the ones that cannot
+    load here are in ``unavailable`` (and so unavailable for the whole set)."""
+
+    def __init__(self, wanted: Sequence[str], device: str) -> None:
+        self.unavailable: dict[str, str] = {}
+        self.nets = load_perceptual(wanted, device, self.unavailable)
+        self.inception: InceptionFeatures | None = None
+        self.whole = self.patches = False
+        if any(m in wanted for m in INCEPTION):
+            from gqtok.eval.metrics.inception import InceptionFeatures
+
+            try:
+                self.inception = InceptionFeatures(device=device)
+            except MetricUnavailable as e:
+                for m in INCEPTION:
+                    if m in wanted:
+                        self.unavailable[m] = f"not available offline ({e})"
+            else:
+                self.whole = "fid" in wanted or "kid" in wanted
+                self.patches = "patch_fid" in wanted or "patch_kid" in wanted
+
+
+def check_metrics(metrics: Sequence[str]) -> list[str]:
+    """The requested metrics in ALL_METRICS order; ValueError for an unknown name."""
+    unknown = sorted(set(metrics) - set(ALL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown} (choose from {list(ALL_METRICS)})")
+    return [m for m in ALL_METRICS if m in metrics]
+
+
+def measure_image(
+    model: Model,
+    index: int,
+    path: str | Path,
+    meters: Meters,
+    wanted: Sequence[str],
+    resize: int | None = None,
+    center_crop: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[Measured, np.ndarray | None]:
+    """One image through .gq bytes and the metrics: its record and its token indices (None
+    when it failed). Any exception of the image is its failure, never the run's."""
+    name = str(path)
+    try:
+        pic = read_image(path, max_pixels=max_pixels, name=name)
+        if resize or center_crop:
+            rgb = preprocess(pic.rgb, resize, center_crop)
+            pic = Picture(rgb, None, "RGB", pic.source_format, 8)
+        rec, nbytes, indices = roundtrip(model, pic)
+    except Exception as e:  # noqa: BLE001 - one bad image never ends the run
+        if isinstance(e, GqtokError):
+            msg = str(e) if e.path else f"{name}: {e}"
+        else:
+            msg = f"{name}: {type(e).__name__}: {e}"
+        return Measured(index, name, error=msg), None
+    h, w = pic.rgb.shape[:2]
+    row = ImageRow(name, w, h, nbytes, nbytes * 8 / (w * h))
+    for key, value in pixel_metrics(pic.rgb, rec, wanted).items():
+        setattr(row, key, value)
+    for key, dist in meters.nets.items():
+        setattr(row, key, dist(pic.rgb, rec))
+    out = Measured(index, name, row)
+    net = meters.inception
+    if net is not None and meters.whole:
+        out.features = np.concatenate([net([pic.rgb]), net([rec])]).astype(np.float32)
+    if net is not None and meters.patches:
+        from gqtok.eval.metrics.patches import patch_features
+
+        a = patch_features(net, pic.rgb)
+        if len(a):
+            out.patches = np.stack([a, patch_features(net, rec)]).astype(np.float32)
+    return out, indices
+
+
+def measure(
+    model: Model,
+    items: Iterable[tuple[int, str | Path]],
+    wanted: Sequence[str],
+    resize: int | None = None,
+    center_crop: int | None = None,
+    device: str = "cpu",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    on_image: Callable[[str, str | None], None] | None = None,
+) -> Share:
+    """This process's share: the (index, path) pairs it was given, measured in that order.
+
+    ``on_image(path, error)`` is called after each image (error None on success).
+    """
+    meters = Meters(wanted, device)
+    counter = TokenCounter(model.quant.size)
+    images = []
+    for index, path in items:
+        record, indices = measure_image(
+            model, index, path, meters, wanted, resize, center_crop, max_pixels
+        )
+        if indices is not None:
+            counter.add(indices)
+        images.append(record)
+        if on_image:
+            on_image(record.path, record.error)
+    used = np.flatnonzero(counter.counts)
+    return Share(images, (used, counter.counts[used]), meters.unavailable)
+
+
+def combine(
+    model: Model,
+    wanted: Sequence[str],
+    shares: Iterable[Share],
+    resize: int | None = None,
+    center_crop: int | None = None,
+) -> EvalReport:
+    """One report from the shares of all processes, images in source order: the same report
+    whichever process measured which image."""
+    report = EvalReport(
+        model.label, list(wanted), {"resize": resize, "center_crop": center_crop, "color": "RGB"}
+    )
+    report.decoder, report.realism = model.decoder_name, model.realism
+    counter = TokenCounter(model.quant.size)
+    images: list[Measured] = []
+    for share in shares:
+        for name, why in share.unavailable.items():
+            report.unavailable.setdefault(name, why)
+        np.add.at(counter.counts, share.tokens[0], share.tokens[1])
+        images.extend(share.images)
+    images.sort(key=lambda m: m.index)
+    for m in images:
+        if m.row is None:
+            report.failures.append((m.path, m.error or "failed"))
+            continue
+        for name in report.unavailable:  # a metric one rank lacks is missing for all images
+            if name in PER_IMAGE:
+                setattr(m.row, name, None)
+        report.rows.append(m.row)
+    done = [m for m in images if m.row is not None]
+    whole = patches = None
+    if not {"fid", "kid"} & set(report.unavailable):
+        whole = [m.features for m in done if m.features is not None]
+    if not {"patch_fid", "patch_kid"} & set(report.unavailable):
+        patches = [m.patches for m in done if m.patches is not None]
+    _summarise(report, list(wanted), _pairs(whole), counter)
+    if patches is not None and ("patch_fid" in wanted or "patch_kid" in wanted):
+        _summarise_patches(report, list(wanted), _pairs(patches))
+    return report
+
+
+def _pairs(feats: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Original and reconstruction features, one row per image or patch in image order, in
+    float64 as FID and KID compute (float32 to float64 is exact)."""
+    from gqtok.eval.metrics.inception import FEATURES
+
+    if not feats:
+        return np.zeros((0, FEATURES)), np.zeros((0, FEATURES))
+    a, b = ([f[i].reshape(-1, FEATURES) for f in feats] for i in (0, 1))
+    return np.concatenate(a).astype(np.float64), np.concatenate(b).astype(np.float64)
+
+
+@overload
+def evaluate(
+    model: Model,
+    paths: Sequence[str | Path],
+    metrics: Sequence[str] = ...,
+    resize: int | None = ...,
+    center_crop: int | None = ...,
+    device: str = ...,
+    max_pixels: int = ...,
+    on_image: Callable[[str, str | None], None] | None = ...,
+    world: None = ...,
+) -> EvalReport: ...
+@overload
+def evaluate(
+    model: Model,
+    paths: Sequence[str | Path],
+    metrics: Sequence[str] = ...,
+    resize: int | None = ...,
+    center_crop: int | None = ...,
+    device: str = ...,
+    max_pixels: int = ...,
+    on_image: Callable[[str, str | None], None] | None = ...,
+    world: World = ...,
+) -> EvalReport | None: ...
 def evaluate(
     model: Model,
     paths: Sequence[str | Path],
@@ -225,86 +441,35 @@ def evaluate(
     device: str = "cpu",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_image: Callable[[str, str | None], None] | None = None,
-) -> EvalReport:
+    world: World | None = None,
+) -> EvalReport | None:
     """Round-trip every image through .gq bytes and measure it; failures are recorded, not fatal.
 
-    ``on_image(path, error)`` is called after each image (error None on success).
+    ``on_image(path, error)`` is called after each of this process's images (error None on
+    success). With a ``world`` of several ranks (torchrun), every rank measures its
+    ``world.part`` of ``paths`` (the same list on every rank) and rank 0 gathers the records
+    and returns the report, the one a single process would give; the other ranks return None.
+    A job array's rank (no process group) gets the report of its own share alone.
     """
-    wanted = [m for m in ALL_METRICS if m in metrics]
-    unknown = sorted(set(metrics) - set(ALL_METRICS))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown} (choose from {list(ALL_METRICS)})")
-    report = EvalReport(
-        model.label, wanted, {"resize": resize, "center_crop": center_crop, "color": "RGB"}
-    )
-    report.decoder, report.realism = model.decoder_name, model.realism
-    nets = load_perceptual(wanted, device, report.unavailable)
-    inception = patch_acc = None
-    if any(m in wanted for m in INCEPTION):
-        from gqtok.eval.metrics.inception import InceptionFeatures
-        from gqtok.eval.metrics.patches import PatchFID
-
-        try:
-            net = InceptionFeatures(device=device)
-        except MetricUnavailable as e:
-            for m in INCEPTION:
-                if m in wanted:
-                    report.unavailable[m] = f"not available offline ({e})"
-        else:
-            if "fid" in wanted or "kid" in wanted:
-                inception = net
-            if "patch_fid" in wanted or "patch_kid" in wanted:
-                patch_acc = PatchFID(net)
-    counter = TokenCounter(model.quant.size)
-    feats_a: list[np.ndarray] = []
-    feats_b: list[np.ndarray] = []
-    bits = pixels = 0
-    for path in paths:
-        name = str(path)
-        try:
-            pic = read_image(path, max_pixels=max_pixels, name=name)
-            if resize or center_crop:
-                rgb = preprocess(pic.rgb, resize, center_crop)
-                pic = Picture(rgb, None, "RGB", pic.source_format, 8)
-            rec, nbytes, indices = roundtrip(model, pic)
-        except Exception as e:  # noqa: BLE001 - one bad image never ends the run
-            if isinstance(e, GqtokError):
-                msg = str(e) if e.path else f"{name}: {e}"
-            else:
-                msg = f"{name}: {type(e).__name__}: {e}"
-            report.failures.append((name, msg))
-            if on_image:
-                on_image(name, msg)
-            continue
-        h, w = pic.rgb.shape[:2]
-        row = ImageRow(name, w, h, nbytes, nbytes * 8 / (w * h))
-        for key, value in pixel_metrics(pic.rgb, rec, wanted).items():
-            setattr(row, key, value)
-        for key, dist in nets.items():
-            setattr(row, key, dist(pic.rgb, rec))
-        if inception is not None:
-            feats_a.append(inception([pic.rgb]))
-            feats_b.append(inception([rec]))
-        if patch_acc is not None:
-            patch_acc.add(pic.rgb, rec)
-        counter.add(indices)
-        bits += nbytes * 8
-        pixels += w * h
-        report.rows.append(row)
-        if on_image:
-            on_image(name, None)
-    _summarise(report, wanted, feats_a, feats_b, counter, bits, pixels)
-    if patch_acc is not None:
-        _summarise_patches(report, wanted, patch_acc)
-    return report
+    wanted = check_metrics(metrics)
+    world = world or World()
+    mine = world.part(list(enumerate(paths)))
+    share = measure(model, mine, wanted, resize, center_crop, device, max_pixels, on_image)
+    shares = world.gather(share)
+    if shares is None:
+        return None
+    return combine(model, wanted, shares, resize, center_crop)
 
 
-def _summarise_patches(report: EvalReport, wanted: list[str], acc: PatchFID) -> None:
+def _summarise_patches(
+    report: EvalReport, wanted: list[str], feats: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from gqtok.eval.metrics.inception import frechet_distance, kernel_inception_distance
     from gqtok.eval.metrics.patches import FID_MIN_PATCHES, PATCH
 
-    n = report.patches = acc.patches
+    n = report.patches = len(feats[0])
     if "patch_fid" in wanted:
-        report.patch_fid = acc.fid()
+        report.patch_fid = frechet_distance(*feats) if n >= 2 else None
         if report.patch_fid is None:
             report.notes.append(
                 f"patch_fid: needs at least 2 patches of {PATCH} px (got {n}; images smaller"
@@ -316,27 +481,24 @@ def _summarise_patches(report: EvalReport, wanted: list[str], acc: PatchFID) -> 
                 " (HiFiC used ~28k patches): compare patch KID or use more/larger photos"
             )
     if "patch_kid" in wanted:
-        kid = acc.kid()
-        if kid is None:
+        if n < 4:
             report.notes.append(f"patch_kid: needs at least 4 patches of {PATCH} px (got {n})")
         else:
-            report.patch_kid = asdict(kid)
+            report.patch_kid = asdict(kernel_inception_distance(*feats))
 
 
 def _summarise(
     report: EvalReport,
     wanted: list[str],
-    feats_a: list[np.ndarray],
-    feats_b: list[np.ndarray],
+    feats: tuple[np.ndarray, np.ndarray],
     counter: TokenCounter,
-    bits: int,
-    pixels: int,
 ) -> None:
     from gqtok.eval.metrics import inception as inc
 
     rows = report.rows
     report.summary["bpp"] = _stat([r.bpp for r in rows])
-    report.bpp_aggregate = bits / pixels if pixels else None
+    pixels = sum(r.width * r.height for r in rows)
+    report.bpp_aggregate = sum(r.bytes * 8 for r in rows) / pixels if pixels else None
     for m in PER_IMAGE:
         if m in report.unavailable:
             report.summary[m] = Stat(None, None, 0)  # shown as null, never as a number
@@ -356,10 +518,9 @@ def _summarise(
         )
     if rows:
         report.usage = counter.summary()
-    n = len(feats_a)
-    report.feature_images = n
+    a, b = feats
+    n = report.feature_images = len(a)
     if n:  # features exist only when the Inception network loaded
-        a, b = np.concatenate(feats_a), np.concatenate(feats_b)
         if "fid" in wanted:
             if n >= 2:
                 report.fid = inc.frechet_distance(a, b)
