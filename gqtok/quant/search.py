@@ -14,10 +14,19 @@ shortlist is too long are searched exhaustively in float64. The result is the ex
 Most tokens of a trained model never need the whole codebook: an interval along their sharpest
 coordinate provably holds the winner (_windows), and the GEMM runs over those intervals of the
 codebook sorted by that coordinate. docs/search.md has the argument and the measurements.
+
+The search runs on the tokens' device (CPU or CUDA) with the same result, bit for bit: the
+codebook is built on the CPU and copied, every float64 score sums its G terms in one fixed
+order (torch's own reductions order them by device), the float32 GEMM runs in IEEE mode
+(TF32 or bf16 matmul settings and autocast are switched off around it) and its guard uses the
+rounding error of the mode actually in effect.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -47,34 +56,136 @@ _WIN_ROWS = 128  # tokens per windowed GEMM block (sorted by window centre)
 _WIN_GROUP = 16  # codewords per max-group in the windowed shortlist
 _WIN_WIDE_QUANTILE = 0.75  # windows wider than this quantile are scanned in blocks of their own
 _WIN_MAX_SHARE = 0.25  # windows expected to hold more of the codebook go to the dense search
+_EXHAUSTIVE_CPU = 1 << 21  # float64 scores per exhaustive step (16 MB)
+_RESCORE_CPU = 8192  # (token, codeword) pairs per float64 re-scoring chunk: stays in cache
+# A GPU has no cache to fit and pays per kernel launch: larger blocks, fewer launches.
+_CUDA_ROW_CHUNK = 2048  # score tile 2048 x _CUDA_COL_TILE floats (128 MB)
+_CUDA_COL_TILE = 16384
+_CUDA_WIN_ROWS = 512
+_CUDA_EXHAUSTIVE = 1 << 25  # 256 MB of float64 scores per step
+_CUDA_RESCORE = 1 << 18
+# Relative error of one product in a float32 GEMM whose inputs are first cut to TF32 or bf16
+# (rounded or truncated: one unit in the last kept place, 10 and 7 fraction bits).
+_GEMM_INPUT_ERROR = {"ieee": 0.0, "none": 0.0, "tf32": 2.0**-10, "bf16": 2.0**-7}
 
 
-@lru_cache(maxsize=8)
+def _sizes(device: torch.device) -> tuple[int, int, int, int, int]:
+    """(row chunk, column tile, windowed rows, exhaustive step, re-scoring chunk) for a
+    device; read at call time so that tests can shrink the CPU values."""
+    if device.type == "cuda":
+        return _CUDA_ROW_CHUNK, _CUDA_COL_TILE, _CUDA_WIN_ROWS, _CUDA_EXHAUSTIVE, _CUDA_RESCORE
+    return _ROW_CHUNK, _COL_TILE, _WIN_ROWS, _EXHAUSTIVE_CPU, _RESCORE_CPU
+
+
+def _matmul_backend(device: torch.device) -> object | None:
+    """The torch.backends object whose ``fp32_precision`` rules float32 torch.mm on device."""
+    if device.type == "cuda":
+        return torch.backends.cuda.matmul
+    if device.type == "cpu":
+        return torch.backends.mkldnn.matmul  # "medium" matmul precision sets bf16 here
+    return None
+
+
+def gemm_input_error(device: str | torch.device) -> float:
+    """Relative error a float32 GEMM on ``device`` adds to each product by cutting its inputs
+    (0 in IEEE mode), as torch is configured now; an unknown backend counts as bf16."""
+    backend = _matmul_backend(torch.device(device))
+    mode = getattr(backend, "fp32_precision", "bf16")
+    return _GEMM_INPUT_ERROR.get(str(mode), _GEMM_INPUT_ERROR["bf16"])
+
+
+_MODE_LOCK = threading.Lock()
+_MODE_USERS: dict[int, list] = {}  # id(backend) -> [searches running, mode to restore]
+
+
+@contextmanager
+def ieee_gemm(device: str | torch.device) -> Iterator[None]:
+    """float32 GEMMs on ``device`` in IEEE precision and outside autocast while inside.
+
+    ``torch.set_float32_matmul_precision("high")`` (TF32 on CUDA) or ``"medium"`` (bf16, also
+    for CPU matmuls) would make the search's shortlist guard far wider: searches share the
+    switch (the last one out restores the user's mode) and the guard reads the mode in effect
+    anyway (gemm_input_error), so a thread that changes it meanwhile costs time, not exactness.
+    """
+    dev = torch.device(device)
+    backend = _matmul_backend(dev)
+    if not hasattr(backend, "fp32_precision"):  # a torch without the switch: the guard widens
+        backend = None
+    if backend is not None:
+        with _MODE_LOCK:
+            users = _MODE_USERS.setdefault(id(backend), [0, None])
+            if users[0] == 0:
+                users[1] = backend.fp32_precision  # type: ignore[attr-defined]
+                if users[1] not in ("ieee", "none"):
+                    backend.fp32_precision = "ieee"  # type: ignore[attr-defined]
+            users[0] += 1
+    try:
+        with torch.autocast(dev.type, enabled=False):
+            yield
+    finally:
+        if backend is not None:
+            with _MODE_LOCK:
+                users[0] -= 1
+                if users[0] == 0 and users[1] not in ("ieee", "none"):
+                    backend.fp32_precision = users[1]  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=32)
+def _codebook_on(dim: int, size: int, seed: int, device: str) -> torch.Tensor:
+    """The codebook on ``device``: built on the CPU (bit-identical everywhere), then copied."""
+    cb = codebook_view(dim, size, seed)
+    return cb if device == "cpu" else cb.to(device)
+
+
+@lru_cache(maxsize=16)
 def _search_tables(
-    dim: int, size: int, seed: int
+    dim: int, size: int, seed: int, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(K, 2G) matrix [c^2, c], per-dimension max c^2 and max |c| for the error bound."""
+    if device != "cpu":
+        return tuple(t.to(device) for t in _search_tables(dim, size, seed))  # type: ignore[return-value]
     cb = codebook_view(dim, size, seed)
     table = torch.cat([cb * cb, cb], dim=1).contiguous()
     return table, (cb * cb).amax(0), cb.abs().amax(0)
 
 
+def _sum_terms(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dimension in one fixed pairwise order, the same on every device.
+
+    torch.sum orders its additions by device and kernel, so the last bit of a float64 score
+    could differ between CPU and GPU and flip a near-tie; elementwise IEEE adds in a fixed
+    tree cannot (adding 0.0 to a lone odd term is exact)."""
+    while x.shape[-1] > 1:
+        n = x.shape[-1]
+        half = (n + 1) // 2
+        lo, hi = x[..., :half], x[..., half:]
+        if n % 2:
+            hi = torch.nn.functional.pad(hi, (0, 1))
+        x = lo + hi
+    return x[..., 0]
+
+
 def _exact_scores(
     mu: torch.Tensor, std: torch.Tensor, cb: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """Direct-form float64 scores of tokens (R, G) against codewords (R, J, G) or (J, G)."""
+    """Direct-form float64 scores of tokens (R, G) against codewords (R, J, G) or (J, G).
+
+    Operation for operation the arithmetic of _rescore: the two must agree to the last bit."""
     c = cb.double()
     m = mu.double().unsqueeze(-2)
     s = std.double().unsqueeze(-2)
-    return (beta * c * c - ((c - m) / s) ** 2).sum(-1)
+    d = (c - m) / s
+    return _sum_terms(c * beta * c - d * d)
 
 
 def _exhaustive(mu: torch.Tensor, std: torch.Tensor, cb: torch.Tensor, beta: float) -> torch.Tensor:
-    """Exact argmax over the whole codebook, a few tokens at a time (bounded memory)."""
-    out = torch.empty(mu.shape[0], dtype=torch.int64)
-    step = max(1, (1 << 21) // (cb.shape[0] * cb.shape[1]))
+    """Exact argmax over the whole codebook, a few tokens at a time (bounded memory); first
+    index on ties (torch.argmax's rule on every device)."""
+    out = torch.empty(mu.shape[0], dtype=torch.int64, device=mu.device)
+    step = max(1, _sizes(mu.device)[3] // (cb.shape[0] * cb.shape[1]))
+    cb64 = cb.double()  # once, not per step
     for r in range(0, mu.shape[0], step):
-        scores = _exact_scores(mu[r : r + step], std[r : r + step], cb, beta)
+        scores = _exact_scores(mu[r : r + step], std[r : r + step], cb64, beta)
         out[r : r + step] = scores.argmax(dim=1)
     return out
 
@@ -92,13 +203,14 @@ class _Scratch:
     page-faults its memory in (with the chunked re-scoring, 0.24 -> 0.19 s on the sample's
     6144 tokens)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self._bufs: dict[str, torch.Tensor] = {}
 
     def get(self, name: str, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         buf = self._bufs.get(name)
         if buf is None or buf.numel() < numel or buf.dtype != dtype:
-            buf = self._bufs[name] = torch.empty(numel, dtype=dtype)
+            buf = self._bufs[name] = torch.empty(numel, dtype=dtype, device=self.device)
         return buf[:numel]
 
 
@@ -115,9 +227,9 @@ def _scan(
     (2G, J), J a multiple of block: (row, column) pairs that may hold each row's winner. Rows
     whose shortlist is too long (or not finite) get no pairs: the caller searches them again.
 
-    One GEMM (in cache-sized column tiles) gives approximate scores, a max over groups of
-    ``block`` columns finds the groups whose best could beat the approximate winner given a
-    rigorous float32 rounding bound; every column of those groups is a candidate.
+    One GEMM (in column tiles) gives approximate scores, a max over groups of ``block``
+    columns finds the groups whose best could beat the approximate winner given a rigorous
+    rounding bound for the GEMM as configured; every column of those groups is a candidate.
     """
     c2max, cmax = bound_tables
     rows_here, j_total = m.shape[0], table_t.shape[1]
@@ -128,11 +240,14 @@ def _scan(
     # group max is then an elementwise max of contiguous rows (7x faster than reducing
     # runs of 16 adjacent floats), and any partition of the columns serves the shortlist.
     bmax = scratch.get("bmax", rows_here * n_groups).view(rows_here, n_groups)
-    wt = -(-n_groups // -(-n_groups // max(1, _COL_TILE // block)))  # groups per tile:
+    col_tile = _sizes(m.device)[1]
+    wt = -(-n_groups // -(-n_groups // max(1, col_tile // block)))  # groups per tile:
     # tiles of (nearly) equal width, no small remainder GEMM
     n_tiles = -(-n_groups // wt)
     tile = wt * block
     buf = scratch.get("tile", rows_here * min(tile, j_total))
+    # read where the GEMMs run: ieee_gemm normally made it 0
+    input_error = gemm_input_error(m.device)
     for c0 in range(0, j_total, tile):
         c1 = min(j_total, c0 + tile)
         w = (c1 - c0) // block
@@ -141,8 +256,9 @@ def _scan(
         g0 = c0 // block
         torch.amax(part.view(rows_here, block, w), dim=1, out=bmax[:, g0 : g0 + w])
     top = bmax.amax(dim=1)
-    # gamma_n for the length-2G dot product, plus slack for forming a and c^2 in float32.
-    gamma = (2 * m.shape[1] + 6) * _F32_EPS
+    # gamma_n for the length-2G dot product, plus slack for forming a and c^2 in float32, plus
+    # twice the input cut of a TF32/bf16 GEMM (both factors of each product are cut).
+    gamma = (2 * m.shape[1] + 6) * _F32_EPS + 2.01 * input_error
     bound = gamma * ((a1.abs() * c2max).sum(1) + (a2.abs() * cmax).sum(1))
     # A codeword whose exact score could beat the approximate winner scores above thr.
     thr = top - 2.0 * bound * (1.0 + 1e-3)
@@ -154,7 +270,7 @@ def _scan(
     t_idx = g_idx // wt  # tile of each group; the last tile may hold fewer groups
     width = torch.where(t_idx == n_tiles - 1, n_groups - (n_tiles - 1) * wt, wt)
     cols = (t_idx * tile + g_idx - t_idx * wt).unsqueeze(1) + width.unsqueeze(1) * torch.arange(
-        block
+        block, device=m.device
     )
     return r_idx.repeat_interleave(block), cols.reshape(-1)
 
@@ -167,19 +283,20 @@ def _rescore(
     tok: torch.Tensor,
     code: torch.Tensor,
     out: torch.Tensor,
-    chunk: int = 8192,
 ) -> None:
     """out[t] = the candidate code of token t with the best float64 direct-form score, the
     smallest code on ties, for every token t named in tok (pairs tok[i], code[i]).
 
-    Same arithmetic as _exact_scores, done in place in cache-sized chunks."""
+    Same arithmetic as _exact_scores, done in place in chunks (cache-sized on a CPU)."""
     if not tok.numel():
         return
     n, dim = mu.shape
+    dev = mu.device
+    chunk = _sizes(dev)[4]
     m64, s64 = mu.double(), std.double()
-    exact = torch.empty(tok.numel(), dtype=torch.float64)
-    c32 = torch.empty(chunk, dim)
-    c, m, sq, d = (torch.empty(chunk, dim, dtype=torch.float64) for _ in range(4))
+    exact = torch.empty(tok.numel(), dtype=torch.float64, device=dev)
+    c32 = torch.empty(chunk, dim, device=dev)
+    c, m, sq, d = (torch.empty(chunk, dim, dtype=torch.float64, device=dev) for _ in range(4))
     for i in range(0, tok.numel(), chunk):
         k = min(chunk, tok.numel() - i)
         t_i, j_i = tok[i : i + k], code[i : i + k]
@@ -188,26 +305,31 @@ def _rescore(
         torch.index_select(m64, 0, t_i, out=m[:k])
         torch.index_select(s64, 0, t_i, out=d[:k])
         torch.sub(c[:k], m[:k], out=m[:k])
-        m[:k].div_(d[:k]).mul_(m[:k])  # ((c - m) / s)^2
-        torch.mul(c[:k], beta, out=sq[:k]).mul_(c[:k]).sub_(m[:k])  # beta*c*c - ...
-        torch.sum(sq[:k], dim=1, out=exact[i : i + k])
-    best = torch.full((n,), float("-inf"), dtype=torch.float64)
+        m[:k].div_(d[:k])
+        m[:k].mul_(m[:k])  # ((c - m) / s)^2
+        torch.mul(c[:k], beta, out=sq[:k]).mul_(c[:k]).sub_(m[:k])  # c*beta*c - ...
+        exact[i : i + k] = _sum_terms(sq[:k])
+    best = torch.full((n,), float("-inf"), dtype=torch.float64, device=dev)
     best.scatter_reduce_(0, tok, exact, reduce="amax", include_self=True)
     is_best = exact == best[tok]
-    first = torch.full((n,), torch.iinfo(torch.int64).max, dtype=torch.int64)
-    first.scatter_reduce_(0, tok[is_best], code[is_best], reduce="amin")
-    hit = first < torch.iinfo(torch.int64).max
-    out[hit] = first[hit]
+    never = torch.iinfo(torch.int64).max
+    first = torch.full((n,), never, dtype=torch.int64, device=dev)
+    # the smallest code among each token's best: no masked indexing, so no host sync
+    first.scatter_reduce_(0, tok, torch.where(is_best, code, never), reduce="amin")
+    out.copy_(torch.where(first < never, first, out))
 
 
-@lru_cache(maxsize=16)  # 9 MB each at K=2^16, G=16; a trained model uses a few
+@lru_cache(maxsize=32)  # 9 MB each at K=2^16, G=16; a trained model uses a few per device
 def _sorted_by(
-    dim: int, size: int, seed: int, d: int
+    dim: int, size: int, seed: int, d: int, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The codebook ordered by coordinate d: (codebook indices, [c^2, c] columns (2G, K), keys).
 
-    In this order a token's window along d is one contiguous slice of codewords.
+    In this order a token's window along d is one contiguous slice of codewords. Sorted on
+    the CPU (stable), copied to other devices.
     """
+    if device != "cpu":
+        return tuple(t.to(device) for t in _sorted_by(dim, size, seed, d))  # type: ignore[return-value]
     cb = codebook_view(dim, size, seed)
     order = torch.sort(cb[:, d], stable=True).indices
     keys = cb[order, d].double().contiguous()
@@ -230,11 +352,13 @@ def _lower_bounds(
     return _exact_scores(mu, std, cb[j0].unsqueeze(1), beta).squeeze(1)
 
 
-@lru_cache(maxsize=8)
-def _ranges(dim: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+@lru_cache(maxsize=16)
+def _ranges(
+    dim: int, size: int, seed: int, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-coordinate min and max of the codebook, in float64."""
     cb = codebook_view(dim, size, seed)
-    return cb.amin(0).double(), cb.amax(0).double()
+    return cb.amin(0).double().to(device), cb.amax(0).double().to(device)
 
 
 def _windows(
@@ -289,24 +413,27 @@ def _search_windowed(
     mu: torch.Tensor, std: torch.Tensor, dim: int, size: int, seed: int, beta: float
 ) -> torch.Tensor:
     """Exact argmax restricted to each token's window (see _windows); -1 where none prunes
-    or the shortlist is too long."""
-    cb = codebook_view(dim, size, seed)
-    table, c2max, cmax = _search_tables(dim, size, seed)
+    or the shortlist is too long. Host syncs: a few per coordinate and one per block."""
+    dev = mu.device
+    where = str(dev)
+    cb = _codebook_on(dim, size, seed, where)
+    table, c2max, cmax = _search_tables(dim, size, seed, where)
     n = mu.shape[0]
-    out = torch.full((n,), -1, dtype=torch.int64)
+    out = torch.full((n,), -1, dtype=torch.int64, device=dev)
     lower = _lower_bounds(mu, std, cb, table, beta)
     # Windows over a large share of the codebook cost more than the dense search (a block
     # scans the union of its windows).
-    d, lo, hi = _windows(mu, std, _ranges(dim, size, seed), beta, lower, _WIN_MAX_SHARE)
+    d, lo, hi = _windows(mu, std, _ranges(dim, size, seed, where), beta, lower, _WIN_MAX_SHARE)
     g = _WIN_GROUP
+    win_rows = _sizes(dev)[2]
     toks, codes = [], []
-    scratch = _Scratch()
+    scratch = _Scratch(dev)
     useful = lo <= hi
     for dd in torch.unique(d[useful]).tolist():
         sel = torch.nonzero((d == dd) & useful).squeeze(1)
         if sel.numel() < _WINDOW_MIN_TOKENS:  # the sorted copy and blocks would not pay
             continue
-        order, table_t, keys = _sorted_by(dim, size, seed, dd)
+        order, table_t, keys = _sorted_by(dim, size, seed, dd, where)
         start = torch.searchsorted(keys, lo[sel])
         end = torch.searchsorted(keys, hi[sel], right=True)
         # A block scans the union of its tokens' windows, which the widest one dominates:
@@ -319,8 +446,8 @@ def _search_windowed(
         sel, c0s, ends = sel[by_key], (start[by_key] // g * g).tolist(), end[by_key].tolist()
         n_narrow = int((~wide).sum())
         for lo_r, hi_r in ((0, n_narrow), (n_narrow, sel.numel())):
-            for r0 in range(lo_r, hi_r, _WIN_ROWS):
-                r1 = min(hi_r, r0 + _WIN_ROWS)
+            for r0 in range(lo_r, hi_r, win_rows):
+                r1 = min(hi_r, r0 + win_rows)
                 rows = sel[r0:r1]
                 # at least one group: a window holds the probe's codeword, so it is never
                 # empty, but rounding must not make the slice empty either
@@ -343,34 +470,52 @@ def search(
     size: int = 65536,
     seed: int = 42,
     beta: float = 1.0,
-    row_chunk: int = _ROW_CHUNK,
+    row_chunk: int | None = None,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
-    """Exact GQ argmax for tokens mu, std of shape (N, dim); returns int64 indices (N,).
+    """Exact GQ argmax for tokens mu, std of shape (N, dim); returns int64 indices (N,) on
+    ``device`` (default: mu's), where the search runs; every device gives the same indices.
 
     Large codebooks first try each token's window (a provable superset of the winners, a few %
     of the codebook for a trained model's tokens); tokens no window prunes take the dense
     guarded GEMM over every codeword, and the rare token whose shortlist stays too long there
     is searched exhaustively in float64.
     """
-    cb = codebook_view(dim, size, seed)
-    _, c2max, cmax = _search_tables(dim, size, seed)
+    dev = torch.device(device) if device is not None else mu.device
+    with torch.no_grad(), ieee_gemm(dev):
+        return _search(mu.to(dev).float(), std.to(dev).float(), dim, size, seed, beta, row_chunk)
+
+
+def _search(
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    dim: int,
+    size: int,
+    seed: int,
+    beta: float,
+    row_chunk: int | None,
+) -> torch.Tensor:
+    dev = mu.device
+    where = str(dev)
+    cb = _codebook_on(dim, size, seed, where)
+    _, c2max, cmax = _search_tables(dim, size, seed, where)
     k = cb.shape[0]
     n = mu.shape[0]
-    mu, std = mu.float(), std.float()
-    out = torch.full((n,), -1, dtype=torch.int64)
+    out = torch.full((n,), -1, dtype=torch.int64, device=dev)
     if k >= _WINDOW_MIN_K and k % _WIN_GROUP == 0 and n >= _WINDOW_MIN_TOKENS:
         finite = torch.nonzero(torch.isfinite(mu).all(1) & torch.isfinite(std).all(1))
         rows = finite.squeeze(1)
         if rows.numel():
             out[rows] = _search_windowed(mu[rows], std[rows], dim, size, seed, beta)
     block = _BLOCK if k % _BLOCK == 0 else 1
-    table_t = _transposed(dim, size, seed)
+    table_t = _transposed(dim, size, seed, where)
     left = torch.nonzero(out < 0).squeeze(1)
-    scratch = _Scratch()
-    for r0 in range(0, left.numel(), row_chunk):
-        rows = left[r0 : r0 + row_chunk]
+    scratch = _Scratch(dev)
+    step = row_chunk or _sizes(dev)[0]
+    for r0 in range(0, left.numel(), step):
+        rows = left[r0 : r0 + step]
         r_idx, cols = _scan(mu[rows], std[rows], beta, table_t, (c2max, cmax), block, scratch)
-        sub = torch.full((rows.numel(),), -1, dtype=torch.int64)
+        sub = torch.full((rows.numel(),), -1, dtype=torch.int64, device=dev)
         _rescore(mu[rows], std[rows], cb, beta, r_idx, cols, sub)
         out[rows] = sub
     rest = torch.nonzero(out < 0).squeeze(1)
@@ -379,10 +524,10 @@ def search(
     return out
 
 
-@lru_cache(maxsize=8)
-def _transposed(dim: int, size: int, seed: int) -> torch.Tensor:
+@lru_cache(maxsize=16)
+def _transposed(dim: int, size: int, seed: int, device: str = "cpu") -> torch.Tensor:
     """[c^2, c] as (2G, K) columns: the GEMM reads column slices of it faster than rows.t()."""
-    return _search_tables(dim, size, seed)[0].t().contiguous()
+    return _search_tables(dim, size, seed, device)[0].t().contiguous()
 
 
 def search_naive(
@@ -394,14 +539,17 @@ def search_naive(
     beta: float = 1.0,
     row_chunk: int = 16,
 ) -> torch.Tensor:
-    """Reference broadcast search in float32 direct form (the upstream kernel formula)."""
-    cb = codebook_view(dim, size, seed)
-    out = torch.empty(mu.shape[0], dtype=torch.int64)
-    for r in range(0, mu.shape[0], row_chunk):
-        m = mu[r : r + row_chunk].unsqueeze(1)
-        s = std[r : r + row_chunk].unsqueeze(1)
-        scores = (beta * cb * cb - ((cb - m) / s) ** 2).sum(-1)
-        out[r : r + row_chunk] = scores.argmax(dim=1)
+    """Reference broadcast search in float32 direct form (the upstream kernel formula): every
+    token against all K codewords, ``row_chunk`` tokens at a time, on mu's device. The
+    baseline of the benchmarks; float32 rounding makes it differ from search on near-ties."""
+    cb = _codebook_on(dim, size, seed, str(mu.device))
+    out = torch.empty(mu.shape[0], dtype=torch.int64, device=mu.device)
+    with torch.no_grad():
+        for r in range(0, mu.shape[0], row_chunk):
+            m = mu[r : r + row_chunk].unsqueeze(1)
+            s = std[r : r + row_chunk].unsqueeze(1)
+            scores = (beta * cb * cb - ((cb - m) / s) ** 2).sum(-1)
+            out[r : r + row_chunk] = scores.argmax(dim=1)
     return out
 
 
@@ -412,18 +560,25 @@ def quantize(
     seed: int = 42,
     beta: float = 1.0,
     layout: Layout = "bchw",
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize encoder moments; returns (indices, zhat) in the reference layouts.
+    """Quantize encoder moments; returns (indices, zhat) in the reference layouts, on the
+    moments' device. The search runs on ``device`` (default: the moments'), on the moments
+    cast to float32 whatever the network's precision.
 
     bchw: moments (B, 2C, h, w) -> indices (B, NG, h, w), zhat (B, C, h, w)
     blc:  moments (B, L, 2C)    -> indices (B, L, NG),    zhat (B, L, C)
+
+    The posterior's std = exp(logvar / 2) is always computed on the CPU: float32 exp differs
+    by an ulp between CPU and CUDA libraries, and the same moments must give the same tokens.
     """
     x = to_blc(moments, layout)
     if not torch.isfinite(x).all():
         raise ValueError("moments contain NaN or infinity")
+    dev = torch.device(device) if device is not None else moments.device
     with torch.inference_mode():
-        mu, std = split_moments(moments.detach().cpu(), dim, layout)
-        flat = search(mu, std, dim, size, seed, beta)
+        mu, std = split_moments(moments.detach().float().cpu(), dim, layout)
+        flat = search(mu, std, dim, size, seed, beta, device=dev)
     idx = grid_from_tokens(flat, moments.shape, dim, layout).to(moments.device)
     return idx, dequantize(idx, dim, size, seed, layout)
 
@@ -431,9 +586,10 @@ def quantize(
 def dequantize(
     indices: torch.Tensor, dim: int, size: int = 65536, seed: int = 42, layout: Layout = "bchw"
 ) -> torch.Tensor:
-    """Codeword latents for indices; the exact inverse of quantize's token layout."""
-    cb = codebook_view(dim, size, seed)
-    idx = indices.long().cpu()
+    """Codeword latents for indices, on their device; the exact inverse of quantize's token
+    layout (a gather: the same float32 values on every device)."""
+    idx = indices.long()
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
         raise ValueError(f"indices must lie in [0, {size})")
-    return latent_from_codewords(cb, idx, layout).to(indices.device)
+    cb = _codebook_on(dim, size, seed, str(idx.device))
+    return latent_from_codewords(cb, idx, layout)
