@@ -15,6 +15,7 @@ tokens, .gq headers and checks stay the same, and the decoder is chosen when dec
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -23,7 +24,7 @@ import numbers
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,46 @@ from gqtok.nets.unet import Decoder, Encoder
 from gqtok.nets.vit import ViTDecoder, ViTEncoder
 from gqtok.quant.config import ModelOptions, QuantizerConfig
 from gqtok.quant.search import dequantize, quantize
+
+PRECISIONS = ("fp32", "bf16")  # how the networks run; the GQ search is float32/float64 always
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+@contextlib.contextmanager
+def network_precision(device: torch.device, precision: str = "fp32") -> Iterator[None]:
+    """The arithmetic of a network pass on ``device``.
+
+    "bf16": autocast to bfloat16 (fast on GPUs; on CPUs without bf16 units slower than fp32).
+    "fp32": IEEE float32 everywhere, also on CUDA, where torch would otherwise run convolutions
+    in TF32 (10-bit mantissa) by default: moments, hence tokens, then stay as close to the
+    CPU's as GPU kernels allow. The TF32 settings are restored on the way out.
+    """
+    check_precision(precision)
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    if device.type != "cuda":
+        yield
+        return
+    switches = [
+        s
+        for s in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul)
+        if hasattr(s, "fp32_precision")  # torch >= 2.9
+    ]
+    saved = [s.fp32_precision for s in switches]
+    try:
+        for s in switches:
+            s.fp32_precision = "ieee"
+        yield
+    finally:
+        for s, mode in zip(switches, saved, strict=True):
+            s.fp32_precision = mode
 
 
 def weights_hash(state: dict[str, torch.Tensor]) -> str:
@@ -183,6 +224,7 @@ class Model:
         self.clamp = clamp
         self.layout = layout
         self.device = torch.device("cpu")
+        self.precision = "fp32"
         self._decoders = decoders or DecoderSet(decoder, None, self.name)
         self.decoder_name = FIDELITY
         self.realism: float | None = None
@@ -344,34 +386,47 @@ class Model:
             return "context"
         return self.entropy.kind
 
-    def to(self, device: str | torch.device) -> Model:
+    def to(self, device: str | torch.device, precision: str | None = None) -> Model:
+        """Run the networks and the GQ search on ``device``; ``precision`` ("fp32", "bf16")
+        is the networks' arithmetic (network_precision), unchanged when None."""
+        if precision is not None:
+            self.precision = check_precision(precision)
         self.device = torch.device(device)
         self.encoder.to(self.device)
         if self._decoder is not None:
             self._decoder.to(self.device)
         return self
 
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The context every network pass of this model runs in (its device and precision)."""
+        return network_precision(self.device, self.precision)
+
     @torch.inference_mode()
     def moments(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder output (B, 2C, h, w) for images (B, 3, H, W) in [-1, 1], sides multiples of f."""
-        return self.encoder(x.to(self.device, torch.float32)).float()
+        """Encoder output (B, 2C, h, w) in float32 for images (B, 3, H, W) in [-1, 1], sides
+        multiples of f. A batch in pinned memory is copied to a GPU asynchronously."""
+        with self.autocast():
+            return self.encoder(x.to(self.device, torch.float32, non_blocking=True)).float()
 
     def quantize(self, moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(indices (B, NG, h, w), zhat (B, C, h, w)) for a moments grid from ``moments``."""
+        """(indices (B, NG, h, w), zhat (B, C, h, w)) for a moments grid from ``moments``, on
+        the moments' device; the search runs on the model's device, with the same result."""
         q = self.quant
-        return quantize(moments, q.dim, q.size, q.seed, q.beta, "bchw")
+        return quantize(moments, q.dim, q.size, q.seed, q.beta, "bchw", device=self.device)
 
     @torch.inference_mode()
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.decoder(z.to(self.device, torch.float32)).float()
+        with self.autocast():
+            out = self.decoder(z.to(self.device, torch.float32, non_blocking=True)).float()
         if self.clamp is not None:
             out = out.clamp(*self.clamp)
         return out
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in roughly [-1, 1] for token indices (B, NG, h, w)."""
+        """Images (B, 3, H, W) in roughly [-1, 1] for token indices (B, NG, h, w); the
+        codewords are looked up on the model's device (indices are 8x smaller than latents)."""
         q = self.quant
-        z = dequantize(indices, q.dim, q.size, q.seed, "bchw")
+        z = dequantize(indices.to(self.device), q.dim, q.size, q.seed, "bchw")
         return self.decode_latent(z)
 
     def describe(self) -> dict[str, Any]:

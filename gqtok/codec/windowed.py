@@ -166,7 +166,8 @@ def encoder_stats(model: Model, rgb: np.ndarray, stride: int, pad_mode: str) -> 
         small = np.ascontiguousarray(rgb[dy::stride, dx::stride])
         x, _ = pad_to_multiple(to_tensor(small), model.downsample, pad_mode)
         net, stats = measuring(model.encoder)
-        net(x.to(model.device))
+        with model.autocast():
+            net(x.to(model.device))
         return stats
 
     return _over_phases(stride, one)
@@ -180,7 +181,8 @@ def decoder_stats(model: Model, indices: torch.Tensor, stride: int) -> NormStats
     def one(dy: int, dx: int) -> NormStats:
         sub = indices[None, :, dy::stride, dx::stride]
         net, stats = measuring(model.decoder)
-        net(dequantize(sub, q.dim, q.size, q.seed).to(model.device, torch.float32))
+        with model.autocast():
+            net(dequantize(sub, q.dim, q.size, q.seed).to(model.device, torch.float32))
         return stats
 
     return _over_phases(stride, one)
@@ -229,7 +231,8 @@ def encode_large(
             x1 = min(w, x0 + core_w)
             c, d = max(0, x0 - ENC_CONTEXT), min(w, x1 + ENC_CONTEXT)
             window = np.take(band, cols[c * f : d * f], axis=1)
-            moments = net(to_tensor(window).to(model.device)).float()
+            with model.autocast():
+                moments = net(to_tensor(window).to(model.device)).float()
             core = moments[:, :, y0 - a : y1 - a, x0 - c : x1 - c].cpu()
             t0 = _add_time(timings, "network", t0)
             del moments
@@ -281,7 +284,8 @@ def decode_large(
         for x, wt_x in zip(xs, wx, strict=True):
             x1 = min(w, x + plan.window_w)
             z = dequantize(indices[None, :, y:y1, x:x1], q.dim, q.size, q.seed)
-            img = net(z.to(model.device, torch.float32)).float()
+            with model.autocast():
+                img = net(z.to(model.device, torch.float32)).float()
             if model.clamp is not None:
                 img = img.clamp(*model.clamp)
             weight = torch.from_numpy(np.outer(wy[i], wt_x)).float()

@@ -44,7 +44,9 @@ def _measure(mod: nn.GroupNorm, sink: NormStats, key: int, x: torch.Tensor) -> t
         raise ValueError("statistics are measured on one image at a time")
     if key in sink.layers:
         raise ValueError("a GroupNorm ran twice in one measuring pass")
-    var, mean = torch.var_mean(x.detach().reshape(mod.num_groups, -1), dim=1, correction=0)
+    # float32 statistics also under bf16 autocast (a no-op for float32 activations)
+    flat = x.detach().float().reshape(mod.num_groups, -1)
+    var, mean = torch.var_mean(flat, dim=1, correction=0)
     sink.layers[key] = (mean.double().cpu(), var.double().cpu())
     return F.group_norm(x, mod.num_groups, mod.weight, mod.bias, mod.eps)
 
