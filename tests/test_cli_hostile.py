@@ -117,7 +117,7 @@ def test_library_exceptions_of_any_type_are_one_line_per_file(
         f"error: {src / 'd.jpg'}: cannot encode (RuntimeError: CUDA error: an illegal memory"
         " access)"
     ]
-    real_decode, real_save = gqtok.codec.decode_bytes, gqtok.io.images.encode_image_bytes
+    real_decode, real_save = gqtok.codec.read_token_file, gqtok.io.images.encode_image_bytes
     (out / "x.gq").write_bytes((out / "a.gq").read_bytes())
 
     def decode(data, model, name=None, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -130,7 +130,7 @@ def test_library_exceptions_of_any_type_are_one_line_per_file(
             raise ValueError("encoder error -2")
         return real_save(image, fmt, quality)
 
-    monkeypatch.setattr(gqtok.codec, "decode_bytes", decode)
+    monkeypatch.setattr(gqtok.codec, "read_token_file", decode)  # decode's first half
     monkeypatch.setattr(gqtok.io.images, "encode_image_bytes", save)
     dec = tmp_path / "dec"
     r = runner.invoke(app, ["decode", str(out), "-o", str(dec)])

@@ -36,6 +36,8 @@ from gqtok.cli.common import (
     OverwriteOpt,
     PadMode,
     PadOpt,
+    Precision,
+    PrecisionOpt,
     QualityOpt,
     QuietOpt,
     RealismOpt,
@@ -44,6 +46,7 @@ from gqtok.cli.common import (
     SizeOpt,
     ThreadsOpt,
     TrustOpt,
+    WorkersOpt,
     check_group,
     chosen_decoder,
     load_or_exit,
@@ -224,7 +227,9 @@ def encode(
     memory_budget: MemoryOpt = None,
     as_json: RecordsOpt = False,
     device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
     threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Encode images into .gq token files."""
@@ -251,13 +256,14 @@ def encode(
         return read_image(read_input_bytes(job.src), max_pixels=max_pixels, name=job.display)
 
     opts = ModelOptions(group, codebook_size, seed, beta, trust_pickle=trust_pickle)
-    net = load_or_exit(model, opts, dev)
+    net = load_or_exit(model, opts, dev).to(dev, precision.value)
     to_stderr = _records_to_stderr(jobs)
     failures = Failures(quiet)
     totals = {"files": 0, "out_bytes": 0, "pixels": 0, "seconds": 0.0}
     with Bar("encoding", len(jobs), not quiet and not as_json) as bar:
-        # Reading and decoding the next images overlaps the network (one I/O thread).
-        loaded = prefetch(load, jobs, workers=0 if len(jobs) == 1 else default_io_workers())
+        # Reading and decoding the next images overlaps the network (--workers threads).
+        n_io = 0 if len(jobs) == 1 else (default_io_workers() if workers is None else workers)
+        loaded = prefetch(load, jobs, workers=n_io)
         for chunk in batched(loaded, batch_size):
             ready = []
             for job, res in chunk:
@@ -400,17 +406,20 @@ def decode(
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
     as_json: RecordsOpt = False,
     device: DeviceOpt = Device.auto,
+    precision: PrecisionOpt = Precision.fp32,
     threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Decode .gq token files back into images (with the model's own decoder, or another of
     its decoders: --decoder, --realism)."""
+    import threading
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from gqtok.codec import decode_bytes
+    from gqtok.codec import read_token_file, render_token_file
     from gqtok.io.images import encode_image_bytes, format_from_path
-    from gqtok.io.pipeline import prefetch
+    from gqtok.io.pipeline import default_io_workers, prefetch
     from gqtok.zoo.load import model_for_header
 
     if fmt is None and output not in (None, "-") and not Path(output).is_dir():
@@ -421,24 +430,36 @@ def decode(
     budget = parse_budget(memory_budget)
     dev = setup_device(device, threads)
     cache: dict[tuple[Any, ...], Model] = {}
+    loading = threading.Lock()  # worker threads resolve models; each is made once
 
     def resolve(header: Any) -> Model:
         key = (model or header.model_id, header.dim, header.size, header.seed, header.beta)
-        if key not in cache:
-            try:
-                cache[key] = model_for_header(header, model, trust_pickle).to(dev)
-            except GqtokError:
-                raise
-            except Exception as e:  # noqa: BLE001 - e.g. codebook settings no model has
-                raise ModelError(f"no model for this file ({type(e).__name__}: {e})") from None
-        return chosen_decoder(cache[key], decoder, realism)  # each variant is made once
+        with loading:
+            if key not in cache:
+                try:
+                    cache[key] = model_for_header(header, model, trust_pickle).to(
+                        dev, precision.value
+                    )
+                except GqtokError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - e.g. codebook settings no model has
+                    raise ModelError(f"no model for this file ({type(e).__name__}: {e})") from None
+            chosen = chosen_decoder(cache[key], decoder, realism)  # each variant is made once
+            _ = chosen.context_coder  # built here, once, not by two workers at a time
+            return chosen
 
     to_stderr = _records_to_stderr(jobs)
     failures = Failures(quiet)
 
-    def read(job: Job) -> bytes:
+    def read(job: Job) -> tuple[bytes, Any]:
+        """The file's bytes and its verified, entropy-decoded tokens (or why not): the CPU
+        half of decoding, done ahead on worker threads while the network decodes."""
         check_output(job.dst, overwrite, [job.src])
-        return _read_gq_input(job.src, job.display, max_pixels)
+        data = _read_gq_input(job.src, job.display, max_pixels)
+        try:
+            return data, read_token_file(data, resolve, job.display, max_pixels=max_pixels)
+        except Exception as e:  # noqa: BLE001 - a crafted file raises anything
+            return data, e
 
     def save(job: Job, image: Any) -> None:
         write_output(job.dst, encode_image_bytes(image, out_fmt, quality), overwrite, [job.src])
@@ -462,23 +483,26 @@ def decode(
                 to_stderr,
             )  # fmt: skip
 
-    # The next file is read and the previous image compressed and written on I/O threads
-    # while the network decodes (PNG compression alone is ~20 % of a batch's time).
+    # The next files are read and entropy-decoded (--workers threads) and the previous image
+    # compressed and written on I/O threads while the network decodes (PNG compression alone
+    # is ~20 % of a batch's time).
     overlap = len(jobs) > 1
+    n_io = (default_io_workers() if workers is None else workers) if overlap else 0
     writer = ThreadPoolExecutor(1, thread_name_prefix="gqtok-write") if overlap else None
     pending: deque[tuple[Job, float, Any, int, Future[None] | None]] = deque()
     with Bar("decoding", len(jobs), not quiet and not as_json) as bar:
         try:
-            for job, res in prefetch(read, jobs, workers=1 if overlap else 0, ahead=2):
+            for job, res in prefetch(read, jobs, workers=n_io, ahead=max(2, 2 * n_io)):
                 t0 = time.perf_counter()
                 step: tuple[str, type[GqtokError], str] = (job.display, InputError, "cannot read")
                 try:
                     if isinstance(res, BaseException):
                         raise res
+                    data, tokens = res
                     step = (job.display, FormatError, "cannot decode")
-                    image, header = decode_bytes(
-                        res, resolve, job.display, budget, max_pixels=max_pixels
-                    )
+                    if isinstance(tokens, BaseException):
+                        raise tokens
+                    image, header = render_token_file(tokens, budget)
                     step = (job.dst, OutputError, "cannot write")
                     done = writer.submit(save, job, image) if writer else save(job, image)
                 except Exception as e:  # noqa: BLE001 - a crafted file raises anything
@@ -487,7 +511,7 @@ def decode(
                     failures.add(e, *step)
                     bar.advance(job.display)
                     continue
-                pending.append((job, t0, header, len(res), done))
+                pending.append((job, t0, header, len(data), done))
                 while len(pending) > 1 or (pending and pending[0][4] is None):
                     settle(*pending.popleft())
             while pending:

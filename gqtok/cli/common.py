@@ -228,6 +228,32 @@ CropOpt = Annotated[
 ]
 
 
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="Network arithmetic. fp32: IEEE float32 on every device (TF32 off on GPUs), the"
+        " reproducible tokens. bf16: autocast, fast on GPUs, slower on most CPUs; the moments"
+        " change slightly, so some tokens may differ. The GQ search itself is exact either way.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=0,
+        max=256,
+        help="Threads working ahead of the network: reading images (encode), reading and"
+        " entropy-decoding .gq files (decode). 0: inline. Default: 1 on 2 cores, up to 4.",
+    ),
+]
+
+
 def setup_device(device: Device, threads: int | None, *, pipelined: bool = False) -> str:
     """Thread count and device for torch; passive OpenMP first (it only works before import).
 

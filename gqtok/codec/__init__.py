@@ -7,11 +7,14 @@ The names below are the codec's public API; import them from here.
 
 from gqtok.codec.bytes import (
     Encoded,
+    TokenFile,
     check_compatible,
     decode_bytes,
     encode_file,
     encode_pictures,
     pack_tokens,
+    read_token_file,
+    render_token_file,
     unpack_tokens,
 )
 from gqtok.codec.engine import decode_to_array, decode_tokens, encode_arrays, encode_pil
@@ -20,6 +23,7 @@ from gqtok.codec.windowed import decode_large, encode_large
 
 __all__ = [
     "Encoded",
+    "TokenFile",
     "Tokens",
     "check_compatible",
     "decode_bytes",
@@ -32,5 +36,7 @@ __all__ = [
     "encode_pictures",
     "encode_pil",
     "pack_tokens",
+    "read_token_file",
+    "render_token_file",
     "unpack_tokens",
 ]

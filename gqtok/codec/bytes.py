@@ -337,6 +337,62 @@ def _alpha_plane(
         raise FormatError("alpha plane is corrupt", name) from None
 
 
+@dataclass
+class TokenFile:
+    """A verified, entropy-decoded .gq file and the model variant that decodes it: the CPU
+    half of decode_bytes. A batch tool runs it for the next files on worker threads while the
+    decoder network renders this one (render_token_file)."""
+
+    header: container.Header
+    tokens: Tokens
+    alpha: np.ndarray | None
+    model: Model
+
+
+def read_token_file(
+    data: bytes,
+    model: Model | Callable[[container.Header], Model],
+    name: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    decoder: str | None = None,
+    realism: float | None = None,
+) -> TokenFile:
+    """Parse, verify and entropy-decode .gq bytes (no network); arguments as decode_bytes.
+
+    Safe on worker threads when ``model`` is a ready Model, or a callable that serialises its
+    own loading: the variant used (decoder, codebook settings) must exist already, with its
+    decoder and context coder built, or two threads may build it twice."""
+    header, payload, alpha_bytes = container.unpack(data, name)
+    container.check_pixels(header, max_pixels, name)
+    try:
+        if not isinstance(model, Model):
+            model = model(header)
+        model = _at_header_settings(select_decoder(model, decoder, realism), header)
+    except GqtokError as e:  # "model ... not available": say which file needs it
+        if e.path is None and name is not None:
+            raise type(e)(str(e), name) from None
+        raise
+    header, tokens, alpha = _decode_parts(model, header, payload, alpha_bytes, name, max_pixels)
+    return TokenFile(header, tokens, alpha, model)
+
+
+def render_token_file(
+    tf: TokenFile, max_memory: int | str | None = None
+) -> tuple[Image.Image, container.Header]:
+    """The decoder network's half of decode_bytes: the image of a read_token_file result in
+    its original mode (RGB, L, RGBA or LA)."""
+    header, alpha = tf.header, tf.alpha
+    rgb = decode_to_array(tf.model, tf.tokens, max_memory)
+    mode = (
+        ("LA" if alpha is not None else "L")
+        if header.grayscale
+        else ("RGBA" if alpha is not None else "RGB")
+    )
+    pic = Picture(rgb=rgb, alpha=alpha, mode=mode, source_format="GQ", bit_depth=8)
+    return picture_to_pil(pic), header
+
+
 def decode_bytes(
     data: bytes,
     model: Model | Callable[[container.Header], Model],
@@ -354,22 +410,5 @@ def decode_bytes(
     (DecompressionBombError, exit 3, as when encoding). ``decoder`` / ``realism`` choose
     among the model's decoders (Model.with_decoder; left out, the model's own choice).
     """
-    header, payload, alpha_bytes = container.unpack(data, name)
-    container.check_pixels(header, max_pixels, name)
-    try:
-        if not isinstance(model, Model):
-            model = model(header)
-        model = _at_header_settings(select_decoder(model, decoder, realism), header)
-    except GqtokError as e:  # "model ... not available": say which file needs it
-        if e.path is None and name is not None:
-            raise type(e)(str(e), name) from None
-        raise
-    header, tokens, alpha = _decode_parts(model, header, payload, alpha_bytes, name, max_pixels)
-    rgb = decode_to_array(model, tokens, max_memory)
-    mode = (
-        ("LA" if alpha is not None else "L")
-        if header.grayscale
-        else ("RGBA" if alpha is not None else "RGB")
-    )
-    pic = Picture(rgb=rgb, alpha=alpha, mode=mode, source_format="GQ", bit_depth=8)
-    return picture_to_pil(pic), header
+    tf = read_token_file(data, model, name, max_pixels=max_pixels, decoder=decoder, realism=realism)
+    return render_token_file(tf, max_memory)
