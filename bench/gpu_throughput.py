@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="64x64, batches 1 and 2, small search")
     ap.add_argument("--batches", help="comma-separated batch sizes (default 1,8,32,64)")
     ap.add_argument("--repeat", type=int, default=None, help="timed runs per row (default 3)")
-    ap.add_argument("--models", default="default,sd3", help="default and/or sd3")
+    ap.add_argument("--models", default="default,sd3", help="default, sd3; none: search rows only")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     size = 64 if args.quick else 256

@@ -2,7 +2,8 @@
 # One GPU session, from the repository root of a checkout on a CUDA machine (no internet):
 #   1. scripts/gpu_check.py     the CUDA search must give the CPU's tokens (exit 1 if not)
 #   2. bench/gpu_throughput.py  fp32, then bf16: images/s and tokens/s, search vs dense
-# Everything goes under $OUT (default ./gpu-out), seven files: session.log (machine, steps),
+#   3. bench/decode_workers.py  `gqtok decode` of 64 files at --workers 0, 1, 2
+# Everything goes under $OUT (default ./gpu-out), eight files: session.log (machine, steps),
 # STEP.log (each step's output, the markdown tables included) and STEP.json. Each step
 # has a `timeout`, so the session ends within about 8 minutes; a step that times out is
 # logged and the next one still runs. Exit status: gpu_check's (0: exact, 1: mismatch,
@@ -55,12 +56,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, remember t
     return $rc
 }
 
-step gpu_check 150 "$PY" scripts/gpu_check.py --json "$OUT/gpu_check.json"
+step gpu_check 120 "$PY" scripts/gpu_check.py --json "$OUT/gpu_check.json"
 check=$?
-step bench_fp32 180 "$PY" bench/gpu_throughput.py --device cuda --precision fp32 \
+step bench_fp32 150 "$PY" bench/gpu_throughput.py --device cuda --precision fp32 \
     --json "$OUT/bench_fp32.json"
-step bench_bf16 120 "$PY" bench/gpu_throughput.py --device cuda --precision bf16 \
+step bench_bf16 90 "$PY" bench/gpu_throughput.py --device cuda --precision bf16 \
     --json "$OUT/bench_bf16.json"
+step decode_workers 90 "$PY" bench/decode_workers.py --device cuda --files 64 --workers 0,1,2
 grep -E '^(FAIL|[0-9]+ checks)' "$OUT/gpu_check.log"
 grep -E '^(\||device:)' "$OUT/bench_fp32.log" "$OUT/bench_bf16.log"
+grep -E '^--workers' "$OUT/decode_workers.log"
 exit $check

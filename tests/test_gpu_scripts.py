@@ -54,3 +54,29 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     names = [c["check"] for c in report["checks"]]
     assert "search hostile G=16" in names and "search inside bf16 autocast" in names
     assert any(n.startswith("network bf16") for n in names)
+
+
+def test_decode_workers_bench_on_cpu(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "decode_workers", REPO / "bench" / "decode_workers.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "workers.json"
+    args = [
+        "--device",
+        "cpu",
+        "--files",
+        "3",
+        "--workers",
+        "0,2",
+        "--repeat",
+        "1",
+        "--json",
+        str(out),
+    ]
+    report = bench.main(args)
+    assert report == json.loads(out.read_text())
+    assert [r["workers"] for r in report["rows"]] == [0, 2]
+    assert all(r["files_per_s"] > 0 for r in report["rows"])
