@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--models", default="default,sd3", help="default, sd3; none: search rows only")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("CUDA is not available here (torch " + torch.__version__ + ")")
     size = 64 if args.quick else 256
     batches = [int(b) for b in (args.batches or ("1,2" if args.quick else "1,8,32,64")).split(",")]
     repeat = args.repeat or (1 if args.quick else 3)

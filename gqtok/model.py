@@ -90,19 +90,19 @@ def network_precision(device: torch.device, precision: str = "fp32") -> Iterator
     if device.type != "cuda":
         yield
         return
-    switches = [
-        s
-        for s in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul)
-        if hasattr(s, "fp32_precision")  # torch >= 2.9
-    ]
-    saved = [s.fp32_precision for s in switches]
+    saved: list[tuple[Any, str]] = []
     try:
-        for s in switches:
-            s.fp32_precision = "ieee"
+        for switch in (getattr(torch.backends.cudnn, "conv", None), torch.backends.cuda.matmul):
+            try:  # torch >= 2.9; a torch without the switch runs its own default
+                mode = str(switch.fp32_precision)  # type: ignore[union-attr]
+                switch.fp32_precision = "ieee"  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - not switchable here: leave it
+                continue
+            saved.append((switch, mode))
         yield
     finally:
-        for s, mode in zip(switches, saved, strict=True):
-            s.fp32_precision = mode
+        for switch, mode in saved:
+            switch.fp32_precision = mode
 
 
 def weights_hash(state: dict[str, torch.Tensor]) -> str:

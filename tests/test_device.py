@@ -203,3 +203,22 @@ def test_decode_workers_and_precision_options(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["decode", str(tmp_path / "b.gq"), "--precision", "fp16"])
     assert r.exit_code == 2
+
+
+def test_cuda_precision_switches_without_a_gpu() -> None:
+    """The TF32 switches are process settings that a CPU build holds too: what the search and
+    an fp32 network pass on CUDA set, and what they leave behind."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = (matmul.fp32_precision, conv.fp32_precision)
+    try:
+        matmul.fp32_precision, conv.fp32_precision = "tf32", "tf32"
+        assert gemm_input_error("cuda") == 2.0**-10
+        with ieee_gemm("cuda"):
+            assert gemm_input_error("cuda") == 0.0
+        assert matmul.fp32_precision == "tf32"
+        with network_precision(torch.device("cuda"), "fp32"):
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+        assert gemm_input_error("meta") == 2.0**-7  # a backend gqtok does not know: bf16's
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = before

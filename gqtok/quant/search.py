@@ -86,12 +86,27 @@ def _matmul_backend(device: torch.device) -> object | None:
     return None
 
 
+def _mode(backend: object | None) -> str | None:
+    """A backend's fp32_precision ("ieee", "none", "tf32", "bf16"), None where unreadable
+    (no backend, a torch before 2.9, a state torch refuses to report)."""
+    try:
+        return str(backend.fp32_precision) if backend is not None else None  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - any failure: treated as unknown
+        return None
+
+
+def _set_mode(backend: object, mode: str) -> None:
+    try:
+        backend.fp32_precision = mode  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - the guard reads what is in effect (gemm_input_error)
+        pass
+
+
 def gemm_input_error(device: str | torch.device) -> float:
     """Relative error a float32 GEMM on ``device`` adds to each product by cutting its inputs
-    (0 in IEEE mode), as torch is configured now; an unknown backend counts as bf16."""
-    backend = _matmul_backend(torch.device(device))
-    mode = getattr(backend, "fp32_precision", "bf16")
-    return _GEMM_INPUT_ERROR.get(str(mode), _GEMM_INPUT_ERROR["bf16"])
+    (0 in IEEE mode), as torch is configured now; an unknown mode counts as bf16."""
+    mode = _mode(_matmul_backend(torch.device(device))) or "bf16"
+    return _GEMM_INPUT_ERROR.get(mode, _GEMM_INPUT_ERROR["bf16"])
 
 
 _MODE_LOCK = threading.Lock()
@@ -105,19 +120,20 @@ def ieee_gemm(device: str | torch.device) -> Iterator[None]:
     ``torch.set_float32_matmul_precision("high")`` (TF32 on CUDA) or ``"medium"`` (bf16, also
     for CPU matmuls) would make the search's shortlist guard far wider: searches share the
     switch (the last one out restores the user's mode) and the guard reads the mode in effect
-    anyway (gemm_input_error), so a thread that changes it meanwhile costs time, not exactness.
+    anyway (gemm_input_error), so a thread that changes it meanwhile, or a torch that cannot
+    switch, costs time, not exactness.
     """
     dev = torch.device(device)
     backend = _matmul_backend(dev)
-    if not hasattr(backend, "fp32_precision"):  # a torch without the switch: the guard widens
+    if _mode(backend) is None:
         backend = None
     if backend is not None:
         with _MODE_LOCK:
             users = _MODE_USERS.setdefault(id(backend), [0, None])
             if users[0] == 0:
-                users[1] = backend.fp32_precision  # type: ignore[attr-defined]
+                users[1] = _mode(backend)
                 if users[1] not in ("ieee", "none"):
-                    backend.fp32_precision = "ieee"  # type: ignore[attr-defined]
+                    _set_mode(backend, "ieee")
             users[0] += 1
     try:
         with torch.autocast(dev.type, enabled=False):
@@ -126,18 +142,18 @@ def ieee_gemm(device: str | torch.device) -> Iterator[None]:
         if backend is not None:
             with _MODE_LOCK:
                 users[0] -= 1
-                if users[0] == 0 and users[1] not in ("ieee", "none"):
-                    backend.fp32_precision = users[1]  # type: ignore[attr-defined]
+                if users[0] == 0 and users[1] not in ("ieee", "none", None):
+                    _set_mode(backend, users[1])
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)
 def _codebook_on(dim: int, size: int, seed: int, device: str) -> torch.Tensor:
     """The codebook on ``device``: built on the CPU (bit-identical everywhere), then copied."""
     cb = codebook_view(dim, size, seed)
     return cb if device == "cpu" else cb.to(device)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=8)
 def _search_tables(
     dim: int, size: int, seed: int, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -319,21 +335,20 @@ def _rescore(
     out.copy_(torch.where(first < never, first, out))
 
 
-@lru_cache(maxsize=32)  # 9 MB each at K=2^16, G=16; a trained model uses a few per device
+@lru_cache(maxsize=16)  # 9 MB each at K=2^16, G=16; a trained model uses a few
 def _sorted_by(
     dim: int, size: int, seed: int, d: int, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The codebook ordered by coordinate d: (codebook indices, [c^2, c] columns (2G, K), keys).
 
     In this order a token's window along d is one contiguous slice of codewords. Sorted on
-    the CPU (stable), copied to other devices.
+    the CPU (stable) and copied to other devices, without a CPU entry in the cache.
     """
-    if device != "cpu":
-        return tuple(t.to(device) for t in _sorted_by(dim, size, seed, d))  # type: ignore[return-value]
     cb = codebook_view(dim, size, seed)
     order = torch.sort(cb[:, d], stable=True).indices
     keys = cb[order, d].double().contiguous()
-    return order, torch.index_select(_transposed(dim, size, seed), 1, order), keys
+    out = order, torch.index_select(_transposed(dim, size, seed), 1, order), keys
+    return out if device == "cpu" else tuple(t.to(device) for t in out)  # type: ignore[return-value]
 
 
 def _lower_bounds(
@@ -352,7 +367,7 @@ def _lower_bounds(
     return _exact_scores(mu, std, cb[j0].unsqueeze(1), beta).squeeze(1)
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=8)
 def _ranges(
     dim: int, size: int, seed: int, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -524,7 +539,7 @@ def _search(
     return out
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=8)
 def _transposed(dim: int, size: int, seed: int, device: str = "cpu") -> torch.Tensor:
     """[c^2, c] as (2G, K) columns: the GEMM reads column slices of it faster than rows.t()."""
     return _search_tables(dim, size, seed, device)[0].t().contiguous()
