@@ -29,6 +29,8 @@ from gqtok.cli.common import (
     MaxPixelsOpt,
     ModelOpt,
     OverwriteOpt,
+    Precision,
+    PrecisionOpt,
     QuietOpt,
     RealismOpt,
     RecursiveOpt,
@@ -306,6 +308,7 @@ def eval_cmd(
     center_crop: CropOpt = None,
     recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,
+    precision: PrecisionOpt = Precision.fp32,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
@@ -331,7 +334,7 @@ def eval_cmd(
         dev = _rank_device(setup_device(device, threads), world)
         net = decoder_or_exit(
             load_or_exit(model, None, dev), decoder, realism, model or DEFAULT_MODEL
-        )
+        ).to(dev, precision.value)
         rep, _ = _measure(
             paths, quiet,
             lambda paths, on_image: evaluate(
