@@ -7,7 +7,8 @@ each in a fresh process as a user would run it:
 
 * one process with ``--threads P * T``;
 * ``torchrun --standalone --nproc-per-node P`` with ``--threads T`` per rank (default P = 2,
-  T = 1: the same cores, split between processes instead of torch threads).
+  T = 1: the same cores, split between processes instead of torch threads);
+* one process with ``--threads T``, the unit that the P processes multiply.
 
 Prints images/s of the export itself (the ``seconds`` of the JSON summary: model loading and
 torchrun's start are left out; rank 0's time includes waiting for the slowest rank) and of the
@@ -93,6 +94,10 @@ def main() -> None:
             str(bindir / "torchrun"), "--standalone", "--nproc-per-node", str(args.procs),
             "-m", "gqtok", "export", *common, "-o", str(many_out), "--threads", str(args.threads),
         ])  # fmt: skip
+        unit, unit_wall = run([
+            sys.executable, "-m", "gqtok", "export", *common, "-o", str(Path(tmp) / "unit"),
+            "--threads", str(args.threads),
+        ])  # fmt: skip
         shards = sorted(p.name for p in one_out.glob("shard-*"))
         same = shards == sorted(p.name for p in many_out.glob("shard-*")) and all(
             (one_out / n).read_bytes() == (many_out / n).read_bytes() for n in shards
@@ -101,6 +106,7 @@ def main() -> None:
     rows = {
         f"1 process x {args.procs * args.threads} threads": (one, one_wall),
         f"{args.procs} processes x {args.threads} thread(s) (torchrun)": (many, many_wall),
+        f"1 process x {args.threads} thread(s)": (unit, unit_wall),
     }
     print(f"{n} photos -> 256x256, shard size {args.shard_size}, {os.cpu_count()} CPUs")
     result = {"count": n, "same_shards": same, "runs": {}}
@@ -110,10 +116,13 @@ def main() -> None:
               f"   whole command {wall_rate:6.2f} img/s ({wall:.1f} s)")  # fmt: skip
         result["runs"][name] = {"export_s": summary["seconds"], "wall_s": round(wall, 3),
                                 "images_per_s": round(export_rate, 3)}  # fmt: skip
-    speedup = one["seconds"] / many["seconds"]
-    print(f"  speed-up of the export: {speedup:.2f}x; shards byte-identical: {same}")
+    speedup, scaling = one["seconds"] / many["seconds"], unit["seconds"] / many["seconds"]
+    print(f"  {args.procs} processes against 1 process x {args.procs * args.threads} threads:"
+          f" {speedup:.2f}x, against 1 x {args.threads}: {scaling:.2f}x;"
+          f" shards byte-identical: {same}")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({**result, "speedup": speedup}, indent=2) + "\n")
+        numbers = {**result, "speedup": speedup, "scaling": scaling}
+        Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
     if not same:
         sys.exit("the two exports differ")
 
