@@ -42,6 +42,7 @@ _LAZY = {
     "decode_array": "api",
     "decode_tensor": "api",
     "export_tokens": "export",
+    "merge_export": "export",
     "iter_entries": "format.shards",
     "read_shard": "format.shards",
     "encode_large": "codec",
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
         encode_large,
         encode_pictures,
     )
-    from gqtok.export import export_tokens
+    from gqtok.export import export_tokens, merge_export
     from gqtok.format.shards import iter_entries, read_shard
     from gqtok.io.images import read_image
     from gqtok.model import Model, decoder_card, save_decoder
@@ -103,6 +104,7 @@ __all__ = [
     "export_tokens",
     "iter_entries",
     "load_model",
+    "merge_export",
     "quantize",
     "read_image",
     "read_shard",

@@ -8,21 +8,31 @@ offsets and shapes, so a data loader reads them with numpy alone. Shard k always
 keeps every shard that is complete, belongs to the same plan (model, codebook, protocol,
 sources, shard size) and whose checksum verifies, and encodes only the rest. Shards appear
 atomically (temp file + rename), so an interrupted run leaves whole shards or none.
+
+Several processes share one export by whole shards: shard k belongs to rank k % N of a
+``gqtok.dist.World``, so every shard file is byte for byte what one process writes. While they
+run, each rank records its progress in its own ``rank-R-of-N.json`` (a manifest of its shards)
+and never touches manifest.json, which is written once, whole, when every shard exists: by
+rank 0 after torchrun's ranks have all finished, by the last job-array rank to finish, or by
+``merge_export`` (``gqtok export --merge``) from the shards and the rank files alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from gqtok.errors import GqtokError, InputError, OutputError, first_line
+from gqtok.dist import World, start
+from gqtok.errors import GqtokError, InputError, OutputError, UsageError, first_line
 from gqtok.format.shards import (  # noqa: F401 - re-exported: readers are found here too
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -46,6 +56,15 @@ from gqtok.io.pipeline import batched, default_io_workers, prefetch
 from gqtok.model import Model
 from gqtok.quant.codebook import codebook_fingerprint
 from gqtok.version import __version__
+
+T = TypeVar("T")
+RANK_FILE = re.compile(r"rank-(\d+)-of-(\d+)\.json")
+
+
+def rank_file(rank: int, size: int) -> str:
+    """Name of the progress file of rank ``rank`` of ``size``: a manifest of that rank's shards
+    (plus ``rank`` and ``world_size``), so ranks never write manifest.json concurrently."""
+    return f"rank-{rank}-of-{size}.json"
 
 
 def model_record(model: Model) -> dict[str, Any]:
@@ -144,7 +163,11 @@ def plan_fingerprint(model: Model, protocol: Protocol, sources: Sources, shard_s
     return sha256_hex(json.dumps(plan, sort_keys=True))
 
 
-def _valid_shard(path: Path, plan: str, index: int, paths: list[str]) -> Shard | None:
+def _valid_shard(
+    path: Path, plan: str, index: int, planned: int, paths: list[str] | None = None
+) -> Shard | None:
+    """The shard at ``path`` if it verifies and is shard ``index`` of ``plan`` with ``planned``
+    images (and, given the source list, exactly ``paths``); None otherwise."""
     if not path.is_file():
         return None
     try:
@@ -152,19 +175,76 @@ def _valid_shard(path: Path, plan: str, index: int, paths: list[str]) -> Shard |
     except GqtokError:
         return None
     m = shard.meta
-    planned = m.get("plan") == plan and m.get("shard") == index
-    ok = planned and m.get("planned_paths_sha256") == sha256_hex("\n".join(paths))
+    ok = m.get("plan") == plan and m.get("shard") == index and m.get("planned") == planned
+    if paths is not None:
+        ok = ok and m.get("planned_paths_sha256") == sha256_hex("\n".join(paths))
     return shard if ok else None
+
+
+def _npy_files(k: int, flip: bool) -> list[str]:
+    """The .npy files written beside shard k (tokens_flip only under the flip protocol)."""
+    return sorted(n for key, n in npy_names(k).items() if flip or key != "tokens_flip")
+
+
+def _record(k: int, shard_size: int, meta: dict[str, Any], npy: list[str]) -> dict[str, Any]:
+    """The manifest's line for shard k, from its metadata (the same whether the shard was
+    just written or read back, where JSON comes with sorted keys)."""
+    keys = ("index", "path", "error")
+    return {
+        "file": shard_name(k),
+        "start": k * shard_size,
+        "planned": meta["planned"],
+        "count": len(meta["paths"]),
+        "skipped": [{key: s[key] for key in keys if key in s} for s in meta["skipped"]],
+        "npy": npy,
+    }
+
+
+def _manifest(
+    header: dict[str, Any], shards: list[dict[str, Any]], complete: bool, **extra: int
+) -> dict[str, Any]:
+    return {
+        **header,
+        "shards": shards,
+        "images": sum(s["count"] for s in shards),
+        "skipped": sum(len(s["skipped"]) for s in shards),
+        "complete": complete,
+        **extra,
+    }
+
+
+def _write_json(out: Path, name: str, record: dict[str, Any]) -> None:
+    text = json.dumps(record, indent=2) + "\n"
+    atomic_write_bytes(out / name, text.encode(), overwrite=True)
+
+
+def _rank_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob("rank-*-of-*.json") if RANK_FILE.fullmatch(p.name))
+
+
+def _publish_manifest(out: Path, record: dict[str, Any]) -> None:
+    """The final manifest.json; the rank files it supersedes go (a rank that rewrites its own
+    afterwards, or a folder some rank never finished in, keeps one: harmless, same plan)."""
+    _write_json(out, MANIFEST, record)
+    for p in _rank_files(out):
+        p.unlink(missing_ok=True)
 
 
 @dataclass
 class ExportResult:
+    """What a run did. Under torchrun every rank gets the totals of all ranks; a job-array
+    rank gets its own, and ``missing`` lists the shards no rank had written when it ended."""
+
     folder: Path
     images: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
     shards_written: int = 0
     shards_kept: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
+    manifest: bool = False  # manifest.json was written, listing every shard
+    missing: list[int] = field(default_factory=list)
 
 
 class _Exporter:
@@ -182,18 +262,25 @@ class _Exporter:
         workers: int,
         max_pixels: int,
         max_memory: int | str | None,
+        world: World,
     ) -> None:
         self.model, self.sources, self.out, self.protocol = model, sources, out, protocol
         self.shard_size, self.npy, self.batch_size = shard_size, npy, batch_size
         self.workers, self.max_pixels, self.max_memory = workers, max_pixels, max_memory
+        self.world = world
         self.dtype = token_dtype(model.quant.size)
         self.plan = plan_fingerprint(model, protocol, sources, shard_size)
-        self.result = ExportResult(out)
+        self.n_shards = max(1, -(-len(sources.paths) // shard_size))
+        self.header = self.make_header()
+        self.result = ExportResult(out, rank=world.rank, world_size=world.size)
         self.lock = threading.Lock()
         self.progress: Callable[[int, int], None] | None = None
         self.done = 0
+        self.total = len(sources.paths)
 
-    def manifest(self, shards: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+    def make_header(self) -> dict[str, Any]:
+        """The manifest without its shards: all that --merge needs to check the shards and
+        write the manifest without the model or the sources (every rank file carries it)."""
         return {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
@@ -208,15 +295,19 @@ class _Exporter:
             },
             "shard_size": self.shard_size,
             "plan": self.plan,
-            "shards": shards,
-            "images": sum(s["count"] for s in shards),
-            "skipped": sum(len(s["skipped"]) for s in shards),
-            "complete": complete,
         }
 
-    def write_manifest(self, shards: list[dict[str, Any]], complete: bool) -> None:
-        text = json.dumps(self.manifest(shards, complete), indent=2) + "\n"
-        atomic_write_bytes(self.out / MANIFEST, text.encode(), overwrite=True)
+    def planned(self, k: int) -> list[str]:
+        return self.sources.paths[k * self.shard_size : (k + 1) * self.shard_size]
+
+    def write_progress(self, shards: list[dict[str, Any]], complete: bool) -> None:
+        """The running manifest of one process; this rank's rank file among several."""
+        if not self.world.distributed:
+            _write_json(self.out, MANIFEST, _manifest(self.header, shards, complete))
+            return
+        w = self.world
+        record = _manifest(self.header, shards, complete, rank=w.rank, world_size=w.size)
+        _write_json(self.out, rank_file(w.rank, w.size), record)
 
     def load(self, rel: str) -> np.ndarray:
         t0 = time.perf_counter()
@@ -282,15 +373,16 @@ class _Exporter:
     def advance(self, n: int) -> None:
         self.done += n
         if self.progress:
-            self.progress(self.done, len(self.sources.paths))
+            self.progress(self.done, self.total)
 
     def write_shard(
         self, k: int, entries: list[Entry], skipped: list[dict], paths: list[str]
-    ) -> None:
+    ) -> dict[str, Any]:
+        """Write shard k (its .npy files first, so the shard's name appears last); its meta."""
         tensors = shard_arrays(entries, self.dtype, self.protocol.flip)
         meta = {
             "format": FORMAT_VERSION,
-            **model_record(self.model),
+            **{key: self.header[key] for key in ("model", "codebook", "dtype")},
             "protocol": self.protocol.to_dict(),
             "plan": self.plan,
             "shard": k,
@@ -303,6 +395,7 @@ class _Exporter:
         if self.npy:
             self.write_npy(k, tensors, meta["paths"])
         atomic_write_bytes(self.out / shard_name(k), shard_bytes(tensors, meta), overwrite=True)
+        return meta
 
     def write_npy(self, k: int, tensors: dict[str, np.ndarray], paths: list[str]) -> None:
         arrays = {**tensors, "paths": np.array(paths, dtype=np.str_)}
@@ -324,74 +417,190 @@ class _Exporter:
 
     def run(self, progress: Callable[[int, int], None] | None) -> ExportResult:
         self.progress = progress
-        paths = self.sources.paths
-        n_shards = max(1, -(-len(paths) // self.shard_size))
-        records: list[dict[str, Any]] = []
-        self.write_manifest(records, complete=False)
-        for k in range(n_shards):
-            part = paths[k * self.shard_size : (k + 1) * self.shard_size]
-            shard = _valid_shard(self.out / shard_name(k), self.plan, k, part)
-            if shard is not None:
-                self.result.shards_kept += 1
-                skipped = shard.meta["skipped"]
-                self.result.skipped += [(s["path"], s["error"]) for s in skipped]
-                if self.npy and not self.npy_ok(k, shard):
-                    self.write_npy(k, shard.tensors, shard.meta["paths"])
-                count = len(shard.meta["paths"])
-                self.advance(len(part))
-            else:
-                entries, skipped = self.encode_shard(k * self.shard_size, part)
-                self.write_shard(k, entries, skipped, part)
-                self.result.shards_written += 1
-                count = len(entries)
-            self.result.images += count
-            records.append(
-                {
-                    "file": shard_name(k),
-                    "start": k * self.shard_size,
-                    "planned": len(part),
-                    "count": count,
-                    "skipped": skipped,
-                    "npy": sorted(npy_names(k).values()) if self.npy else [],
-                }
-            )
-            self.write_manifest(records, complete=k == n_shards - 1)
-        _remove_shards_from(self.out, n_shards)
+        mine = self.world.part(range(self.n_shards))
+        self.total = sum(len(self.planned(k)) for k in mine)
+        records: dict[int, dict[str, Any]] = {}
+        self.write_progress([], complete=not mine)
+        for k in mine:
+            records[k] = self.export_shard(k)
+            self.write_progress(list(records.values()), complete=len(records) == len(mine))
+        _remove_shards_from(self.out, self.n_shards, self.world)
+        if self.world.group:
+            self.gather(records)
+        elif self.world.distributed:
+            self.finish_alone(records)
+        else:
+            _publish_manifest(self.out, _manifest(self.header, list(records.values()), True))
+            self.result.manifest = True
         return self.result
+
+    def export_shard(self, k: int) -> dict[str, Any]:
+        """Keep shard k if it is valid for this plan, else encode and write it; its record."""
+        part = self.planned(k)
+        shard = _valid_shard(self.out / shard_name(k), self.plan, k, len(part), part)
+        if shard is not None:
+            self.result.shards_kept += 1
+            self.result.skipped += [(s["path"], s["error"]) for s in shard.meta["skipped"]]
+            if self.npy and not self.npy_ok(k, shard):
+                self.write_npy(k, shard.tensors, shard.meta["paths"])
+            self.advance(len(part))
+            meta = shard.meta
+        else:
+            if self.world.distributed:  # no manifest.json may list a shard being rewritten
+                (self.out / MANIFEST).unlink(missing_ok=True)
+            entries, skipped = self.encode_shard(k * self.shard_size, part)
+            meta = self.write_shard(k, entries, skipped, part)
+            self.result.shards_written += 1
+        self.result.images += len(meta["paths"])
+        npy = _npy_files(k, self.protocol.flip) if self.npy else []
+        return _record(k, self.shard_size, meta, npy)
+
+    def gather(self, records: dict[int, dict[str, Any]]) -> None:
+        """torchrun: the records and totals of every rank on every rank; rank 0 writes the
+        manifest while the others wait, so it exists once any rank returns."""
+        r = self.result
+        mine = (list(records.values()), r.images, r.skipped, r.shards_written, r.shards_kept)
+        everyone = self.world.all_gather((mine, r.timings))
+        shards = sorted((rec for (recs, *_), _ in everyone for rec in recs), key=_start)
+        if len(shards) != self.n_shards:
+            raise OutputError(f"the ranks wrote {len(shards)} of {self.n_shards} shards", None)
+        r.images = sum(m[1] for m, _ in everyone)
+        r.skipped = [s for m, _ in everyone for s in m[2]]
+        r.shards_written = sum(m[3] for m, _ in everyone)
+        r.shards_kept = sum(m[4] for m, _ in everyone)
+        r.timings = {}
+        for _, timings in everyone:
+            for key, v in timings.items():
+                r.timings[key] = r.timings.get(key, 0.0) + v
+        if self.world.is_main:
+            record = _manifest(self.header, shards, True, world_size=self.world.size)
+            _publish_manifest(self.out, record)
+        self.world.barrier()
+        r.manifest = True
+
+    def finish_alone(self, records: dict[int, dict[str, Any]]) -> None:
+        """A job-array rank at its end: if every other rank's shards are there and valid, it
+        writes manifest.json (the last rank to finish does; ``merge_export`` otherwise)."""
+        ks = range(self.n_shards)
+        missing = [k for k in ks if not (self.out / shard_name(k)).is_file()]
+        shards = []
+        for k in [] if missing else ks:  # only when no shard is missing: once, at the end
+            if k in records:
+                shards.append(records[k])
+                continue
+            part = self.planned(k)
+            shard = _valid_shard(self.out / shard_name(k), self.plan, k, len(part), part)
+            if shard is None:
+                missing.append(k)
+            else:
+                npy = _npy_on_disk(self.out, k, shard)
+                shards.append(_record(k, self.shard_size, shard.meta, npy))
+        self.result.missing = missing
+        if not missing:
+            record = _manifest(self.header, shards, True, world_size=self.world.size)
+            _publish_manifest(self.out, record)
+            self.result.manifest = True
+
+
+def _start(record: dict[str, Any]) -> int:
+    return int(record["start"])
+
+
+def _npy_on_disk(out: Path, k: int, shard: Shard) -> list[str]:
+    """Shard k's .npy files if all of them are there (a rank wrote them with --npy)."""
+    names = _npy_files(k, "tokens_flip" in shard.tensors)
+    return names if all((out / n).is_file() for n in names) else []
 
 
 def _check_folder(out: Path, plan: str, overwrite: bool) -> None:
-    """Refuse to mix two different exports in one folder (unless overwriting)."""
+    """Refuse to mix two different exports in one folder (unless overwriting). Every rank runs
+    this, at once: with ``overwrite`` each removes the manifest and rank files another plan
+    left, never a file of its own plan, so no rank deletes another's progress."""
     if out.exists() and not out.is_dir():
         raise OutputError("exists and is not a folder", str(out))
-    if not (out / MANIFEST).exists() or overwrite:
+    if not out.is_dir():
         return
-    try:
-        old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # a torn manifest of ours: the shards are checked one by one anyway
-    if old.get("plan") != plan:
-        raise OutputError(
-            "holds an export with other settings, sources or model"
-            " (use --overwrite to replace it, or another folder)",
-            str(out),
-        )
+    for path in [out / MANIFEST, *_rank_files(out)]:
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # gone, or torn by hand: the shards are checked one by one anyway
+        if not isinstance(old, dict) or old.get("plan") == plan:
+            continue
+        if not overwrite:
+            raise OutputError(
+                "holds an export with other settings, sources or model"
+                " (use --overwrite to replace it, or another folder)",
+                str(out),
+            )
+        path.unlink(missing_ok=True)
 
 
-def _remove_shards_from(out: Path, first: int) -> None:
-    """Shards (and their .npy files) of an earlier, longer export: not part of this plan."""
+def _shard_number(name: str) -> int | None:
+    """k of shard-k.safetensors, shard-k.<array>.npy and their temp files (.shard-k...tmp)."""
+    num = name.lstrip(".")[len("shard-") :].split(".", 1)[0]
+    return int(num) if num.isdigit() else None
+
+
+def _remove_shards_from(out: Path, first: int, world: World) -> None:
+    """Shards (and their .npy files) of an earlier, longer export: not part of this plan.
+    Each rank removes those that would be its own (k % N), so the ranks never race."""
     for p in list(out.glob("shard-*.safetensors")) + list(out.glob("shard-*.*.npy")):
-        num = p.name[len("shard-") :].split(".", 1)[0]
-        if num.isdigit() and int(num) >= first:
+        k = _shard_number(p.name)
+        if k is not None and k >= first and k % world.size == world.rank:
             p.unlink(missing_ok=True)
 
 
-def _clean_temps(out: Path) -> None:
-    """Temp files of a run that was killed mid-write (atomic writes clean up otherwise)."""
+def _clean_temps(out: Path, world: World) -> None:
+    """Temp files of a run that was killed mid-write (atomic writes clean up otherwise).
+
+    io.files names them ``.<name>.<random>.tmp``; a rank removes only those of names it writes
+    itself (its shards, its rank file), never one another rank is filling right now. Temps of
+    manifest.json go where one process writes it: one process, torchrun's rank 0 before the
+    others can have finished, or merge_export; rank 0 also takes those of rank files of another
+    world size. A job-array rank leaves manifest temps alone: another rank may be publishing.
+    """
     for p in out.glob(".shard-*.tmp"):
-        p.unlink(missing_ok=True)
+        k = _shard_number(p.name)
+        if k is not None and k % world.size == world.rank:
+            p.unlink(missing_ok=True)
+    mine = rank_file(world.rank, world.size)
+    for p in out.glob(".rank-*-of-*.json.*.tmp"):
+        m = RANK_FILE.fullmatch(p.name[1:].rsplit(".", 2)[0])
+        other_size = m is not None and int(m.group(2)) != world.size
+        if p.name.startswith(f".{mine}.") or (world.is_main and other_size):
+            p.unlink(missing_ok=True)
+    if not world.distributed or (world.group and world.is_main):
+        _clean_manifest_temps(out)
+
+
+def _clean_manifest_temps(out: Path) -> None:
     for p in out.glob(f".{MANIFEST}.*.tmp"):
         p.unlink(missing_ok=True)
+
+
+def _from_main(world: World, make: Callable[[], T]) -> T:
+    """``make()`` of rank 0, on every rank of torchrun's group (of each rank in a job array):
+    one listing of a large source folder, the same list everywhere. An error there is raised
+    on every rank, so no rank waits for one that has given up."""
+    value: T | None = None
+    error: GqtokError | None = None
+    if world.is_main or not world.group:
+        try:
+            value = make()
+        except GqtokError as e:
+            error = e
+    value, error = world.broadcast((value, error))
+    if error is not None:
+        raise error
+    return value  # type: ignore[return-value]  # set wherever no error was raised
+
+
+def _sources(source: str | Path | Sources, recursive: bool) -> Sources:
+    sources = source if isinstance(source, Sources) else find_sources(source, recursive)
+    if not sources.paths:
+        raise InputError("no images found", str(source))
+    return sources
 
 
 def export_tokens(
@@ -412,27 +621,35 @@ def export_tokens(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_memory: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    world: World | None = None,
 ) -> ExportResult:
     """Tokenize a folder or list file into ``out`` (resumable; see the module docstring).
 
     Unreadable images are skipped and listed (``ExportResult.skipped``, the manifest) instead
     of stopping the export. ``workers`` I/O threads read and prepare images while the network
     runs (default: 1 on 2 cores).
+
+    ``world`` shares the export among processes by whole shards (shard k to rank k % N):
+    torchrun's ranks (``World.from_env()``; the process group is joined here if it is not
+    yet, and rank 0 lists the sources for all) or a job array's (``World.array(rank, n)``,
+    every rank lists the same sources itself). ``progress`` counts this rank's images.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be at least 1")
-    sources = source if isinstance(source, Sources) else find_sources(source, recursive)
-    if not sources.paths:
-        raise InputError("no images found", str(source))
+    world = world or World()
+    start(world)
+    sources = _from_main(world, lambda: _sources(source, recursive))
     protocol = Protocol(resize, center_crop, flip, pad_mode)
     out = Path(out)
     plan = plan_fingerprint(model, protocol, sources, shard_size)
+    if len(set(world.all_gather(plan))) > 1:
+        raise UsageError("the ranks disagree on the export: give each the same model and options")
     _check_folder(out, plan, overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create the folder ({e.strerror or e})", str(out)) from None
-    _clean_temps(out)
+    _clean_temps(out, world)
     exporter = _Exporter(
         model,
         sources,
@@ -444,5 +661,93 @@ def export_tokens(
         default_io_workers() if workers is None else workers,
         max_pixels,
         max_memory,
+        world,
     )
     return exporter.run(progress)
+
+
+def _merge_header(out: Path) -> tuple[dict[str, Any], int]:
+    """The export's header (the newest of manifest.json and the rank files, which must all be
+    of one plan) and its world size (1 if no rank file or manifest records one)."""
+    found: list[tuple[float, dict[str, Any]]] = []
+    for path in [out / MANIFEST, *_rank_files(out)]:
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        found.append((mtime, read_manifest(out, path.name)))
+    if not found:
+        raise InputError(f"no {MANIFEST} and no rank-R-of-N.json: not a gqtok export", str(out))
+    if len({m.get("plan") for _, m in found}) > 1:
+        raise InputError(
+            "holds rank files of different exports (other settings, sources or model):"
+            " rerun the ranks with --overwrite",
+            str(out),
+        )
+    newest = max(found, key=lambda f: f[0])[1]
+    count = (newest.get("sources") or {}).get("count")
+    if type(count) is not int or count < 1 or not {"shard_size", "plan"} <= newest.keys():
+        raise InputError(f"{MANIFEST} lacks sources.count, shard_size or plan", str(out))
+    skip = ("shards", "images", "skipped", "complete", "rank", "world_size")
+    header = {k: v for k, v in newest.items() if k not in skip}
+    return header, int(newest.get("world_size", 1))
+
+
+def _shard_label(k: int, size: int) -> str:
+    return f"shard {k} (rank {k % size} of {size})" if size > 1 else f"shard {k}"
+
+
+def _missing_message(shown: list[int], total: int, kind: str, size: int) -> str:
+    """One line: which shards are missing or damaged (the first ones of ``total``), whose
+    they are, what to do."""
+    text = ", ".join(_shard_label(k, size) for k in shown[:4])
+    if total > 4:
+        text += f" and {total - 4} more"
+    if size <= 1:
+        return f"{text} {kind}: rerun the export"
+    if total == 1:
+        return f"{text} {kind}: rerun that rank"
+    ranks = ", ".join(str(r) for r in sorted({k % size for k in shown[:4]}))
+    return f"{text} {kind}: rerun rank(s) {ranks}" + (", ..." if total > 4 else "")
+
+
+def merge_export(folder: str | Path) -> ExportResult:
+    """Write the manifest of an export that several independent processes (a job array) made:
+    every planned shard must exist and verify (checksum, plan, index); an InputError names each
+    one that does not and its rank. Needs neither the model nor the sources: the rank files
+    (or an earlier manifest) hold the plan. Safe to repeat."""
+    out = Path(folder)
+    if not out.is_dir():
+        raise InputError("no such export folder", str(out))
+    header, size = _merge_header(out)
+    count, shard_size = header["sources"]["count"], int(header["shard_size"])
+    result = ExportResult(out, world_size=size)
+    n = max(1, -(-count // shard_size))
+    # the shards on disk, not range(n): an edited count must not make this loop for ever
+    found = (_shard_number(p.name) for p in out.glob("shard-*.safetensors"))
+    present = sorted({k for k in found if k is not None and k < n})
+    present = [k for k in present if (out / shard_name(k)).is_file()]
+    shards: list[dict[str, Any]] = []
+    damaged: list[int] = []
+    for k in present:
+        planned = min(shard_size, count - k * shard_size)
+        shard = _valid_shard(out / shard_name(k), header["plan"], k, planned)
+        if shard is None:
+            damaged.append(k)
+            continue
+        shards.append(_record(k, shard_size, shard.meta, _npy_on_disk(out, k, shard)))
+        result.skipped += [(s["path"], s["error"]) for s in shard.meta["skipped"]]
+    absent = n - len(present)
+    if damaged or absent:
+        taken = set(present)
+        gaps = itertools.islice((k for k in range(n) if k not in taken), 4)
+        kind = "damaged or of other settings" if not absent else "missing"
+        kind = "missing or damaged" if damaged and absent else kind
+        text = _missing_message(sorted([*damaged, *gaps]), len(damaged) + absent, kind, size)
+        raise InputError(text, str(out))
+    _clean_manifest_temps(out)
+    extra = {"world_size": size} if size > 1 else {}
+    _publish_manifest(out, _manifest(header, shards, True, **extra))
+    result.images = sum(s["count"] for s in shards)
+    result.shards_kept, result.manifest = len(shards), True
+    return result

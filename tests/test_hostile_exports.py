@@ -209,3 +209,26 @@ def test_import_of_a_tampered_export_is_one_line_and_goes_on(export: Path, tmp_p
     assert lines[0].startswith(f"error: {shard0}: ") and "contains a NUL" in lines[0]
     assert lines[1].startswith("wrote 1 file(s)") and lines[2] == "1 of 2 file(s) failed"
     assert len(list(out.iterdir())) == 1
+
+
+def test_merge_of_edited_manifests_and_rank_files(export: Path) -> None:
+    """``gqtok export --merge`` reads only what the folder holds: edits are one-line
+    InputErrors, and an edited count costs no more than the shards on disk."""
+    want = json.loads((export / shards.MANIFEST).read_text())
+    assert ex.merge_export(export).images == 3  # a one-process export merges to itself
+    assert json.loads((export / shards.MANIFEST).read_text()) == want
+    edit_manifest(export, lambda m: m["sources"].update(count=10**15))
+    err = _refused(lambda: ex.merge_export(export), InputError, "missing or damaged")
+    assert str(err) == (
+        f"{export}: shard 1, shard 2, shard 3, shard 4 and 499999999999995 more"
+        " missing or damaged: rerun the export"
+    )
+    edit_manifest(export, lambda m: m["sources"].update(count="3"))
+    _refused(lambda: ex.merge_export(export), InputError, "lacks sources.count")
+    (export / shards.MANIFEST).write_text(json.dumps(want))
+    rank = export / ex.rank_file(1, 2)
+    rank.write_text(json.dumps({**want, "plan": "other", "rank": 1, "world_size": 2}))
+    _refused(lambda: ex.merge_export(export), InputError, "rank files of different exports")
+    rank.write_text(json.dumps({**want, "rank": 1, "world_size": "2"}))
+    err = _refused(lambda: ex.merge_export(export), InputError, "world_size: must be an int")
+    assert str(err).startswith(str(rank))

@@ -3,11 +3,17 @@
 Both load one model, run over many images with the I/O overlapping the network, report each
 failed image in one line and carry on (exit code 1), and end with a summary: a line on stderr,
 or one JSON object on stdout with ``--json``.
+
+``export`` also runs as several processes (docs/distributed.md): under torchrun rank 0 alone
+shows the bar, reports every skipped image and the job's totals and exits with the job's code
+(the other ranks exit 0 once the job is done, so torchrun never stops rank 0 before it has
+reported); a job-array rank (``--rank R --world-size N``) reports its own part in its own line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
@@ -48,11 +54,13 @@ from gqtok.cli.common import (
 )
 from gqtok.cli.outputs import check_output, write_output
 from gqtok.cli.ui import Bar, Failures, fail, say, warn
-from gqtok.errors import DecompressionBombError, GqtokError, InputError, OutputError
+from gqtok.errors import DecompressionBombError, GqtokError, InputError, OutputError, UsageError
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from gqtok.dist import World
+    from gqtok.export import ExportResult
     from gqtok.format.shards import Entry
     from gqtok.model import Model
 
@@ -169,13 +177,124 @@ def _render(model: Model, tokens: np.ndarray, w: int, h: int, fmt: str, budget: 
     return decode_tokens(model, tok, budget)
 
 
+def _world(rank: int | None, world_size: int | None) -> World:
+    """torchrun's ranks (WORLD_SIZE > 1), a job array's (--rank/--world-size) or one process;
+    options that do not fit are a UsageError (one line, exit code 2)."""
+    from gqtok.dist import World
+
+    env = World.from_env()
+    if (rank is None) != (world_size is None):
+        raise UsageError("--rank and --world-size go together: rank R of a job array of N")
+    if rank is None or world_size is None:
+        return env
+    if world_size < 1:
+        raise UsageError("--world-size must be at least 1")
+    if env.group:
+        raise UsageError(
+            f"--rank/--world-size are for job arrays; under torchrun (WORLD_SIZE={env.size})"
+            " the ranks come from torchrun"
+        )
+    return World.array(rank, world_size)
+
+
+def _rank_threads(
+    world: World, threads: int | None, workers: int | None
+) -> tuple[int | None, int | None]:
+    """Under torchrun, each rank's share of the node's cores for torch threads and image
+    readers (by default every rank of a node would take all of them)."""
+    if not world.group:
+        return threads, workers
+    from gqtok.io.pipeline import available_cores, default_io_workers
+
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "") or 1))
+    share = max(1, available_cores() // local)
+    return threads or share, default_io_workers(share) if workers is None else workers
+
+
+def _rank_device(world: World, device: str) -> str:
+    """Under torchrun on GPUs, one GPU per rank of a node (LOCAL_RANK)."""
+    if not world.group or device != "cuda":
+        return device
+    import torch
+
+    device = f"cuda:{world.local_rank % torch.cuda.device_count()}"
+    torch.cuda.set_device(device)
+    return device
+
+
+def _merge(folder: str, quiet: bool, as_json: bool) -> None:
+    """``export --merge DIR``: the manifest of a job array's export, once every rank is done."""
+    from gqtok.export import merge_export
+
+    t0 = time.perf_counter()
+    try:
+        res = merge_export(folder)
+    except Exception as e:  # noqa: BLE001 - a damaged rank file or shard raises anything
+        raise fail(e, folder, InputError, "cannot merge") from None
+    seconds = time.perf_counter() - t0
+    _summary(
+        as_json,
+        quiet,
+        {
+            "output": str(res.folder),
+            "images": res.images,
+            "skipped": len(res.skipped),
+            "shards": res.shards_kept,
+            "world_size": res.world_size,
+            "seconds": round(seconds, 3),
+        },
+        f"merged {res.shards_kept} shard(s) of {res.images} image(s) into"
+        f" {res.folder / 'manifest.json'} ({len(res.skipped)} skipped), {seconds:.1f} s",
+    )
+
+
+def _export_summary(res: ExportResult, world: World, seconds: float) -> tuple[dict, str]:
+    """The --json record and the summary line; a job-array rank says whose they are and
+    whether it wrote the manifest (or which shards another rank still owes)."""
+    record: dict[str, Any] = {
+        "output": str(res.folder),
+        "images": res.images,
+        "skipped": len(res.skipped),
+        "shards_written": res.shards_written,
+        "shards_kept": res.shards_kept,
+        "seconds": round(seconds, 3),
+        "timings": {k: round(v, 3) for k, v in res.timings.items()},
+    }
+    text = (
+        f"exported {res.images} image(s) to {res.folder}: {res.shards_written} shard(s)"
+        f" written, {res.shards_kept} kept, {len(res.skipped)} skipped, {seconds:.1f} s"
+    )
+    if world.group:
+        record["world_size"] = world.size
+        text += f" ({world.size} processes)"
+    elif world.distributed:
+        record.update(
+            rank=world.rank, world_size=world.size, manifest=res.manifest, missing=res.missing
+        )
+        text = f"rank {world.rank} of {world.size}: {text}; " + (
+            "every shard is there: manifest.json written"
+            if res.manifest
+            else f"{len(res.missing)} shard(s) of other ranks still missing: manifest.json"
+            f" follows from the last rank, or gqtok export --merge {res.folder}"
+        )
+    return record, text
+
+
 def export_cmd(
     source: Annotated[
-        str, typer.Argument(help="Folder of images, or a text file with one image path a line.")
-    ],
+        str | None,
+        typer.Argument(
+            help="Folder of images, or a text file with one image path a line"
+            " (not with --merge).",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[
-        str, typer.Option("--output", "-o", help="Folder for the shards and manifest.json.")
-    ],
+        str | None,
+        typer.Option(
+            "--output", "-o", help="Folder for the shards and manifest.json.", show_default=False
+        ),
+    ] = None,
     model: ModelOpt = None,
     resize: ResizeOpt = None,
     center_crop: CropOpt = None,
@@ -217,10 +336,58 @@ def export_cmd(
     trust_pickle: TrustOpt = False,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            "--rank",
+            help="This process's rank R in a job array (with --world-size N): it writes the"
+            " shards k with k % N == R. Under torchrun the ranks come from torchrun.",
+            show_default=False,
+        ),
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option(
+            "--world-size",
+            help="How many job-array ranks share the output folder (with --rank).",
+            show_default=False,
+        ),
+    ] = None,
+    merge: Annotated[
+        str | None,
+        typer.Option(
+            "--merge",
+            metavar="DIR",
+            help="Only write DIR/manifest.json of a job array's export once every rank has"
+            " finished: checks every shard and names the rank of each missing one. Needs no"
+            " SOURCE, -o or model: the rank files in DIR hold the plan.",
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Tokenize a folder into sharded safetensors for training (resumable; docs/tokens.md)."""
+    """Tokenize a folder into sharded safetensors for training (resumable; docs/tokens.md).
+
+    Several processes share the work under torchrun or as a job array (--rank/--world-size);
+    see docs/distributed.md.
+    """
+    from gqtok.dist import World, start, stop
+
+    try:
+        if merge is not None:
+            if any(v is not None for v in (source, output, rank, world_size)):
+                raise UsageError("--merge DIR takes no SOURCE, -o, --rank or --world-size")
+            if World.from_env().group:
+                raise UsageError("--merge runs in one process, not under torchrun")
+        elif source is None or output is None:
+            raise UsageError("give SOURCE and -o/--output (or --merge DIR)")
+        world = _world(rank, world_size)
+    except UsageError as e:
+        raise fail(e) from None
+    if merge is not None:
+        return _merge(merge, quiet, as_json)
+    assert source is not None and output is not None  # checked above
     from gqtok.codec.rate import at_size, quality_size
     from gqtok.export import export_tokens
     from gqtok.quant.config import ModelOptions
@@ -232,53 +399,51 @@ def export_cmd(
             "--quality chooses the codebook size: leave out --codebook-size",
             param_hint="--codebook-size",
         )
-    dev = setup_device(device, threads, pipelined=True)
-    opts = ModelOptions(group, codebook_size, seed, beta, trust_pickle=trust_pickle)
-    net = load_or_exit(model, opts, dev)
-    if quality is not None:
-        net = at_size(net, quality_size(net, quality))
-    t0 = time.perf_counter()
-    with Bar("exporting", None, not (quiet or as_json)) as bar:
+    threads, workers = _rank_threads(world, threads, workers)
+    dev = _rank_device(world, setup_device(device, threads, pipelined=True))
+    try:
         try:
-            res = export_tokens(
-                net,
-                source,
-                output,
-                resize=resize,
-                center_crop=center_crop,
-                flip=flip,
-                pad_mode=pad.value,
-                shard_size=shard_size,
-                npy=npy,
-                batch_size=batch_size,
-                workers=workers,
-                recursive=recursive,
-                overwrite=overwrite,
-                max_pixels=max_pixels,
-                max_memory=budget,
-                progress=bar.to,
-            )
-        except Exception as e:  # noqa: BLE001 - shards written so far stay (resumable)
-            raise fail(e, output, GqtokError, "export stopped, rerun to resume") from None
+            start(world)
+        except Exception as e:  # noqa: BLE001 - torch's rendezvous errors span many lines
+            raise fail(e, None, GqtokError, "cannot join torchrun's process group") from None
+        opts = ModelOptions(group, codebook_size, seed, beta, trust_pickle=trust_pickle)
+        net = load_or_exit(model, opts, dev)
+        if quality is not None:
+            net = at_size(net, quality_size(net, quality))
+        t0 = time.perf_counter()
+        with Bar("exporting", None, not (quiet or as_json) and world.is_main) as bar:
+            try:
+                res = export_tokens(
+                    net,
+                    source,
+                    output,
+                    resize=resize,
+                    center_crop=center_crop,
+                    flip=flip,
+                    pad_mode=pad.value,
+                    shard_size=shard_size,
+                    npy=npy,
+                    batch_size=batch_size,
+                    workers=workers,
+                    recursive=recursive,
+                    overwrite=overwrite,
+                    max_pixels=max_pixels,
+                    max_memory=budget,
+                    progress=bar.to,
+                    world=world,
+                )
+            except Exception as e:  # noqa: BLE001 - shards written so far stay (resumable)
+                raise fail(e, output, GqtokError, "export stopped, rerun to resume") from None
+    finally:
+        stop(world)
+    if world.group and not world.is_main:
+        return  # rank 0 reports the job: every skipped image once, the totals, the exit code
     seconds = time.perf_counter() - t0
     failures = Failures(quiet)
     for path, msg in res.skipped:
         failures.add(GqtokError(msg), path)
-    _summary(
-        as_json,
-        quiet,
-        {
-            "output": str(res.folder),
-            "images": res.images,
-            "skipped": len(res.skipped),
-            "shards_written": res.shards_written,
-            "shards_kept": res.shards_kept,
-            "seconds": round(seconds, 3),
-            "timings": {k: round(v, 3) for k, v in res.timings.items()},
-        },
-        f"exported {res.images} image(s) to {res.folder}: {res.shards_written} shard(s)"
-        f" written, {res.shards_kept} kept, {len(res.skipped)} skipped, {seconds:.1f} s",
-    )
+    record, text = _export_summary(res, world, seconds)
+    _summary(as_json, quiet, record, text)
     failures.exit(res.images + len(res.skipped), "image(s)")
 
 

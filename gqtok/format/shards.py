@@ -106,6 +106,9 @@ MANIFEST_SCHEMA = sc.obj(
         "images": _COUNT,
         "skipped": _COUNT,
         "complete": sc.boolean,
+        # written by exports over several processes (gqtok.export, docs/distributed.md)
+        "world_size": sc.integer(1, 1 << 30),
+        "rank": sc.integer(0, 1 << 30),
     },
 )
 SHARD_SCHEMA = sc.obj(
@@ -314,15 +317,16 @@ def read_shard(path: str | Path, verify: bool = True) -> Shard:
     return Shard(tensors, meta)
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of an export folder, checked against MANIFEST_SCHEMA (InputError)."""
-    path = Path(folder) / MANIFEST
+def read_manifest(folder: str | Path, name: str = MANIFEST) -> dict[str, Any]:
+    """The manifest of an export folder, checked against MANIFEST_SCHEMA (InputError).
+    ``name`` reads one rank's progress file instead, which has the manifest's schema."""
+    path = Path(folder) / name
     try:
         with open(path, "rb") as f:
             text = f.read(MAX_MANIFEST_BYTES + 1)
         manifest = sc.parse_json(text, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
-        raise InputError("no manifest.json: not a gqtok token export", str(folder)) from None
+        raise InputError(f"no {name}: not a gqtok token export", str(folder)) from None
     except (OSError, ValueError) as e:
         raise InputError(f"unreadable manifest ({e})", str(path)) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
