@@ -97,9 +97,12 @@ class Protocol:
     center_crop: int | None = None  # then a centred N x N crop
     flip: bool = False  # also store the tokens of the horizontally flipped image
     pad_mode: str = "replicate"
+    # the networks' arithmetic (Model.precision): bf16 moments give some other tokens, so a
+    # bf16 export is another plan; fp32 is left out of the record, as exports before it were
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "resize": self.resize,
             "resize_filter": "Pillow bilinear, antialiased; long side truncated (torchvision)",
             "center_crop": self.center_crop,
@@ -107,6 +110,9 @@ class Protocol:
             "pad_mode": self.pad_mode,
             "color": "8-bit RGB: EXIF orientation applied, gray replicated, alpha dropped",
         }
+        if self.precision != "fp32":
+            out["network_precision"] = self.precision
+        return out
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
         from gqtok.eval.evaluate import preprocess
@@ -639,7 +645,7 @@ def export_tokens(
     world = world or World()
     start(world)
     sources = _from_main(world, lambda: _sources(source, recursive))
-    protocol = Protocol(resize, center_crop, flip, pad_mode)
+    protocol = Protocol(resize, center_crop, flip, pad_mode, model.precision)
     out = Path(out)
     plan = plan_fingerprint(model, protocol, sources, shard_size)
     if len(set(world.all_gather(plan))) > 1:

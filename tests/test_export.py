@@ -223,3 +223,19 @@ def test_a_network_failure_skips_that_image_only(model, src, tmp_path, monkeypat
     assert skipped["c.jpg"] == "c.jpg: simulated network failure"
     paths = [e.path for e in ex.iter_entries(tmp_path / "tokens")]
     assert paths == [p for p in PATHS if p not in ("broken.jpg", "c.jpg")]
+
+
+def test_bf16_tokens_are_another_plan(model, src, tmp_path) -> None:  # noqa: ANN001
+    """--precision bf16 changes some tokens: its shards never mix with an fp32 export's."""
+    out = tmp_path / "tok"
+    ex.export_tokens(model, src, out, resize=32, center_crop=32)
+    assert "network_precision" not in ex.read_manifest(out)["protocol"]  # fp32: as before
+    try:
+        model.to("cpu", "bf16")
+        with pytest.raises(OutputError, match="other settings"):
+            ex.export_tokens(model, src, out, resize=32, center_crop=32)
+        res = ex.export_tokens(model, src, tmp_path / "bf16", resize=32, center_crop=32)
+        assert res.images == len(PATHS) - 1  # all but broken.jpg
+        assert ex.read_manifest(tmp_path / "bf16")["protocol"]["network_precision"] == "bf16"
+    finally:
+        model.to("cpu", "fp32")

@@ -38,6 +38,8 @@ from gqtok.cli.common import (
     OverwriteOpt,
     PadMode,
     PadOpt,
+    Precision,
+    PrecisionOpt,
     QualityOpt,
     QuietOpt,
     RealismOpt,
@@ -334,6 +336,7 @@ def export_cmd(
     beta: BetaOpt = None,
     overwrite: OverwriteOpt = False,
     trust_pickle: TrustOpt = False,
+    precision: PrecisionOpt = Precision.fp32,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
     rank: Annotated[
@@ -410,6 +413,7 @@ def export_cmd(
         net = load_or_exit(model, opts, dev)
         if quality is not None:
             net = at_size(net, quality_size(net, quality))
+        net = net.to(dev, precision.value)
         t0 = time.perf_counter()
         with Bar("exporting", None, not (quiet or as_json) and world.is_main) as bar:
             try:
@@ -484,6 +488,7 @@ def import_cmd(
     memory_budget: MemoryOpt = None,
     overwrite: OverwriteOpt = False,
     trust_pickle: TrustOpt = False,
+    precision: PrecisionOpt = Precision.fp32,
     device: DeviceOpt = Device.auto,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
@@ -517,7 +522,7 @@ def import_cmd(
         except Exception as e:  # noqa: BLE001 - a crafted export raises anything
             raise fail(e, tokens, InputError, "cannot read") from None
     if fmt.value != "gq":
-        net = decoder_or_exit(net, decoder, realism, model or net.name)
+        net = decoder_or_exit(net, decoder, realism, model or net.name).to(dev, precision.value)
     elif decoder != "fidelity" or realism is not None:
         warn("--decoder/--realism do nothing with --format gq (the tokens are written as they are)")
     wanted = set(index) if index else None
