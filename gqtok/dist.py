@@ -72,6 +72,18 @@ class World:
             raise UsageError(f"--rank {rank} must lie in 0..{size - 1} (--world-size {size})")
         return World(rank, size, rank, group=False)
 
+    def device(self, device: str) -> str:
+        """This rank's device for a chosen one: under torchrun ``cuda`` (also what --device
+        auto picks on a GPU node) becomes cuda:LOCAL_RANK, one GPU per process, round-robin
+        when a node runs more processes than it has GPUs; made the current device."""
+        if not self.group or device != "cuda":
+            return device
+        import torch
+
+        index = self.local_rank % max(1, torch.cuda.device_count())
+        torch.cuda.set_device(index)
+        return f"cuda:{index}"
+
     def part(self, items: Sequence[T]) -> list[T]:
         """This rank's share of a list every rank sees in the same order: items rank,
         rank + size, ... (interleaved, so a sorted list spreads its large and small

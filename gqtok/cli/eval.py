@@ -270,18 +270,6 @@ def _plan(
     return paths
 
 
-def _rank_device(dev: str, world: World) -> str:
-    """One GPU per process under torchrun: ``cuda`` (also what --device auto picks) becomes
-    cuda:LOCAL_RANK, round-robin when a node runs more processes than it has GPUs."""
-    if dev != "cuda" or not world.group:
-        return dev
-    import torch
-
-    index = world.local_rank % max(1, torch.cuda.device_count())
-    torch.cuda.set_device(index)
-    return f"cuda:{index}"
-
-
 InputsArg = Annotated[list[str], typer.Argument(help="Images and/or folders of images.")]
 
 
@@ -331,7 +319,7 @@ def eval_cmd(
         raise fail(e, None, UsageError, "cannot join torchrun's process group") from None
     try:
         paths = _plan(world, inputs, recursive, reports, overwrite)
-        dev = _rank_device(setup_device(device, threads), world)
+        dev = world.device(setup_device(device, threads))
         net = decoder_or_exit(
             load_or_exit(model, None, dev), decoder, realism, model or DEFAULT_MODEL
         ).to(dev, precision.value)

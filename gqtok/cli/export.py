@@ -213,17 +213,6 @@ def _rank_threads(
     return threads or share, default_io_workers(share) if workers is None else workers
 
 
-def _rank_device(world: World, device: str) -> str:
-    """Under torchrun on GPUs, one GPU per rank of a node (LOCAL_RANK)."""
-    if not world.group or device != "cuda":
-        return device
-    import torch
-
-    device = f"cuda:{world.local_rank % torch.cuda.device_count()}"
-    torch.cuda.set_device(device)
-    return device
-
-
 def _merge(folder: str, quiet: bool, as_json: bool) -> None:
     """``export --merge DIR``: the manifest of a job array's export, once every rank is done."""
     from gqtok.export import merge_export
@@ -403,7 +392,7 @@ def export_cmd(
             param_hint="--codebook-size",
         )
     threads, workers = _rank_threads(world, threads, workers)
-    dev = _rank_device(world, setup_device(device, threads, pipelined=True))
+    dev = world.device(setup_device(device, threads, pipelined=True))
     try:
         try:
             start(world)

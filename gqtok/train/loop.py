@@ -85,11 +85,7 @@ def _device(cfg: TrainConfig, world: World) -> torch.device:
     """The configured device; under torchrun a GPU rank takes the GPU of its LOCAL_RANK."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(pick_device(cfg.device))
-    if device.type == "cuda" and world.group:
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    return device
+    return torch.device(world.device(pick_device(cfg.device)))
 
 
 def _run(cfg: TrainConfig, world: World, device: torch.device, log: Log,
