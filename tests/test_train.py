@@ -352,6 +352,29 @@ def test_warm_start_continues_from_exported_model(full_run: Path, data_dir: Path
     assert (w_warm - w_first).norm() < 0.2 * (w_fresh - w_first).norm()
 
 
+def test_warm_start_for_another_token_size(full_run: Path, data_dir: Path,
+                                           tmp_path: Path) -> None:
+    """The rate family: the same network retrained for G = 8 (two tokens per position) from a
+    G = 16 model keeps the weights; the multipliers start over for the new target."""
+    first = tmp_path / "g16.safetensors"
+    export(full_run, first, "g16", token_stats_images=1)
+    out = tmp_path / "g8"
+    run(_cfg(data_dir, out, steps=2, dim=8, codebook_size=4096, init=str(first),
+             eval_every=0, perceptual="none"))
+    state = load_checkpoint(out / "last.pt")
+    assert state["init"]["quantizer"] == {"dim": 16, "size": 65536}
+    assert state["tdc"]["target"] == 12.0
+    f = state["tdc"]["factor"]
+    assert f**-2.001 <= state["tdc"]["lam"] <= f**2.001  # from 1.0, not the card's
+    w_first = _conv_in(first)
+    assert (state["encoder"]["conv_in.weight"] - w_first).abs().max() < 0.01
+    card = export(out, tmp_path / "g8.safetensors", "g8", token_stats_images=1)
+    assert card["quantizer"]["dim"] == 8 and card["training"]["init"]["model"] == "g16"
+    with pytest.raises(ValueError, match="decodes this model's own tokens"):
+        run(_cfg(data_dir, tmp_path / "dec", dim=8, init=str(first), decoder_only=True,
+                 perceptual="none"))
+
+
 def _conv_in(path: Path) -> torch.Tensor:
     from safetensors.torch import load_file
 

@@ -175,7 +175,9 @@ def load_init(
 
     The TDC multipliers come from the card so the constraint continues where the earlier run
     left it instead of re-converging from 1.0 (which would let the KL drift for hundreds of
-    steps).
+    steps). A model of the same network trained for another token dimension or codebook size
+    (the rate family: the default's network retrained for G = 8 or 4 tokens per position)
+    gives its weights only: its multipliers held another target, so they start at 1.0.
     """
     from safetensors import safe_open
 
@@ -191,8 +193,11 @@ def load_init(
     if net != cfg.network:
         raise ValueError(f"{path}: its network {net.to_dict()} differs from the configured one")
     quant = card.get("quantizer", {})
-    if (quant.get("dim"), quant.get("size")) != (cfg.dim, cfg.codebook_size):
-        raise ValueError(f"{path}: trained for dim {quant.get('dim')}, K {quant.get('size')}")
+    same_tokens = (quant.get("dim"), quant.get("size")) == (cfg.dim, cfg.codebook_size)
+    if cfg.decoder_only and not same_tokens:
+        raise ValueError(f"{path}: --decoder-only decodes this model's own tokens (dim"
+                         f" {quant.get('dim')}, K {quant.get('size')}): use the same --dim and"
+                         " --codebook-size")
     parts: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "decoder": {}}
     with safe_open(str(path), framework="pt") as f:
         for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -202,9 +207,11 @@ def load_init(
     encoder.load_state_dict(parts["encoder"])
     decoder.load_state_dict(parts["decoder"])
     training = card.get("training", {})
-    if training.get("tdc"):
+    if training.get("tdc") and same_tokens:
         tdc.load_state_dict({k: v for k, v in training["tdc"].items() if k != "target"})
     earlier = {k: training.get(k) for k in ("steps", "images_seen", "wall_time_s", "hardware")}
+    if not same_tokens:  # the card of the new model says what the weights were trained for
+        earlier["quantizer"] = {"dim": quant.get("dim"), "size": quant.get("size")}
     if training.get("init"):  # a chain of warm starts: keep the whole budget
         earlier["init"] = training["init"]
     return {"model": card.get("name", path.stem), "weights_sha256": card.get("weights_sha256"),
