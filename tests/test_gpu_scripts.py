@@ -8,19 +8,24 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO
 
 
-def test_gpu_throughput_quick_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "gpu_throughput", REPO / "bench" / "gpu_throughput.py"
-    )
+def _bench(name: str) -> Any:
+    """bench/NAME.py as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_throughput_quick_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _bench("gpu_throughput")
     out = tmp_path / "bench.json"
     bench.main(["--device", "cpu", "--quick", "--json", str(out)])
     report = json.loads(out.read_text())
@@ -57,12 +62,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
 
 
 def test_decode_workers_bench_on_cpu(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "decode_workers", REPO / "bench" / "decode_workers.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench("decode_workers")
     out = tmp_path / "workers.json"
     args = [
         "--device",
