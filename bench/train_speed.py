@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--budget-s", type=float, default=0.0, help="print how many steps fit")
     ap.add_argument("--decoder-only", action="store_true", help="time the decoder-only step")
+    ap.add_argument("--disc-channels", type=int, default=TrainConfig.disc_channels,
+                    help="--decoder-only: the discriminator's first width")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +83,8 @@ def _decoder_step(args: argparse.Namespace, device: torch.device, x: torch.Tenso
     from gqtok.nets.patchgan import PatchDiscriminator
     from gqtok.train.losses import build_perceptual, decoder_update
 
-    cfg = TrainConfig(crop=args.crop, batch=args.batch, device=device.type, decoder_only=True)
+    cfg = TrainConfig(crop=args.crop, batch=args.batch, device=device.type, decoder_only=True,
+                      disc_channels=args.disc_channels)
     enc.requires_grad_(False)
     perceptual = build_perceptual(cfg)
     if perceptual is not None:

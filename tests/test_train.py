@@ -375,6 +375,20 @@ def test_warm_start_for_another_token_size(full_run: Path, data_dir: Path,
                  perceptual="none"))
 
 
+def test_adam_betas_follow_the_command_line(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "betas"
+    run(_cfg(data_dir, out, steps=1, eval_every=0, perceptual="none", adam_beta1=0.5,
+             adam_beta2=0.9))
+    groups = load_checkpoint(out / "last.pt")["optimizer"]["param_groups"]
+    assert [tuple(g["betas"]) for g in groups] == [(0.5, 0.9)]
+    # a resumed run follows its own flags, not the betas saved in the optimiser state
+    run(_cfg(data_dir, out, steps=2, eval_every=0, perceptual="none", resume=True))
+    groups = load_checkpoint(out / "last.pt")["optimizer"]["param_groups"]
+    assert [tuple(g["betas"]) for g in groups] == [(0.9, 0.999)]
+    with pytest.raises(ValueError, match="adam-beta1"):
+        run(_cfg(data_dir, tmp_path / "bad", adam_beta1=1.0))
+
+
 def _conv_in(path: Path) -> torch.Tensor:
     from safetensors.torch import load_file
 

@@ -76,6 +76,10 @@ class TrainConfig:
     disc_lr: float = 1e-4
     disc_channels: int = 32  # first width; 64 (VQGAN) costs 9x the CPU time, 0.54 vs 0.06 s a batch
     disc_layers: int = 3
+    # Adam's betas, for the networks and the discriminator alike: PyTorch's defaults; the
+    # VQGAN recipe's adversarial stage uses 0.5 / 0.9 (a GPU GAN stage, scripts/*_gpu.sh)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -98,6 +102,8 @@ class TrainConfig:
         if self.crop % net.downsample:
             raise ValueError(
                 f"crop {self.crop} is not a multiple of the downsampling {net.downsample}")
+        if not (0.0 <= self.adam_beta1 < 1.0 and 0.0 <= self.adam_beta2 < 1.0):
+            raise ValueError("--adam-beta1 and --adam-beta2 must lie in [0, 1)")
         if self.decoder_only and not self.init:
             raise ValueError("--decoder-only needs --init MODEL: the model whose tokens it decodes")
 

@@ -230,7 +230,7 @@ def _build(
     encoder, decoder = Encoder(cfg.network).to(device), Decoder(cfg.network).to(device)
     trained = [*decoder.parameters()] if cfg.decoder_only else [
         *encoder.parameters(), *decoder.parameters()]
-    opt = torch.optim.Adam(trained, lr=cfg.lr)
+    opt = torch.optim.Adam(trained, lr=cfg.lr, betas=_betas(cfg))
     tdc = TargetDivergence(cfg.codebook_size)
     sampler = make_sampler(cfg, photos, world.rank, world.size)
     noise = torch.Generator(device=device)
@@ -239,8 +239,15 @@ def _build(
     if cfg.decoder_only:
         encoder.requires_grad_(False)
         ts.disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers).to(device)
-        ts.disc_optimizer = torch.optim.Adam(ts.disc.parameters(), lr=cfg.disc_lr)
+        ts.disc_optimizer = torch.optim.Adam(ts.disc.parameters(), lr=cfg.disc_lr,
+                                             betas=_betas(cfg))
     return ts
+
+
+def _betas(cfg: TrainConfig) -> tuple[float, float]:
+    """Adam's betas from the configuration, set every step like the rate: a resumed run
+    follows its command line, not the optimiser state it was saved with."""
+    return (cfg.adam_beta1, cfg.adam_beta2)
 
 
 def _train_step(
@@ -250,7 +257,7 @@ def _train_step(
     """One optimiser step on batch x; returns (loss, L1, perceptual, TDC term) as floats
     (means over the ranks)."""
     for group in ts.optimizer.param_groups:
-        group["lr"] = learning_rate(cfg, ts.step)
+        group["lr"], group["betas"] = learning_rate(cfg, ts.step), _betas(cfg)
     encoder, decoder = ts.forward or (ts.encoder, ts.decoder)
     loss, l1, p_mean, kl_loss = step_losses(cfg, encoder, decoder, x, ts.tdc, ts.noise,
                                             perceptual, world)
@@ -275,9 +282,9 @@ def _decoder_step(
     assert ts.disc is not None and ts.disc_optimizer is not None
     lr = learning_rate(cfg, ts.step)
     for group in ts.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"], group["betas"] = lr, _betas(cfg)
     for group in ts.disc_optimizer.param_groups:
-        group["lr"] = cfg.disc_lr
+        group["lr"], group["betas"] = cfg.disc_lr, _betas(cfg)
     loss, terms = decoder_update(cfg, ts.encoder, ts.decoder, ts.disc, ts.optimizer,
                                  ts.disc_optimizer, x, perceptual, ts.step >= cfg.disc_start)
     ts.step += 1
