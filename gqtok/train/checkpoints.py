@@ -106,12 +106,16 @@ def checkpoint_to_resume(
 
 
 def replica_digest(ts: TrainState) -> str:
-    """sha256 over the trained weights and the TDC multipliers: equal on every rank of a
-    healthy distributed run (DDP averages the same gradients, the TDC rule sees the same
-    all-reduced statistics)."""
+    """sha256 over the trained weights (and the discriminator's) and the TDC multipliers:
+    equal on every rank of a healthy distributed run (the gradients are averaged, the TDC
+    rule sees the same all-reduced statistics)."""
     h = hashlib.sha256()
     for module in (ts.encoder, ts.decoder):
         for name, t in module.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    if ts.disc is not None:  # its weights; its BatchNorm statistics are each rank's own
+        for name, t in ts.disc.named_parameters():
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(json.dumps(ts.tdc.state_dict(), sort_keys=True).encode())

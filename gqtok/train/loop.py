@@ -69,9 +69,6 @@ def run(cfg: TrainConfig, console: Any | None = None, *, trust_pickle: bool = Fa
     of ``cfg.batch * WORLD_SIZE`` crops (see _distributed); one process trains as it always did.
     """
     world = World.from_env()
-    if world.group and cfg.decoder_only:
-        raise ValueError("--decoder-only trains in one process: its adaptive adversarial weight"
-                         " needs the whole batch's gradients (run it without torchrun)")
     cfg.check()
     device = _device(cfg, world)
     dist.start(world, "nccl" if device.type == "cuda" else "gloo")
@@ -126,7 +123,8 @@ def _run(cfg: TrainConfig, world: World, device: torch.device, log: Log,
     if world.group:
         log(f"distributed: {world.size} ranks ({'nccl' if device.type == 'cuda' else 'gloo'}),"
             f" {cfg.batch} crops each, global batch {cfg.batch * world.size}")
-        _distributed(ts, device, world)
+        if not cfg.decoder_only:  # the decoder-only step averages its gradients itself
+            _distributed(ts, device, world)
 
     ts.started = time.perf_counter()
     if device.type == "cuda":
@@ -151,7 +149,7 @@ def _run(cfg: TrainConfig, world: World, device: torch.device, log: Log,
             t0 = time.perf_counter()
             x = batch_to_device(feed.batch(cfg.batch), device)
             if cfg.decoder_only:
-                losses, extra = _decoder_step(cfg, ts, x, perceptual)
+                losses, extra = _decoder_step(cfg, ts, x, perceptual, world)
                 st = FROZEN_TDC | ts.tdc.stats()
             else:
                 losses, extra = _train_step(cfg, ts, x, perceptual, world), {}
@@ -274,11 +272,12 @@ def _train_step(
 
 
 def _decoder_step(
-    cfg: TrainConfig, ts: TrainState, x: torch.Tensor, perceptual: torch.nn.Module | None
+    cfg: TrainConfig, ts: TrainState, x: torch.Tensor, perceptual: torch.nn.Module | None,
+    world: World,
 ) -> tuple[tuple[float, float, float, float], dict[str, float]]:
     """One decoder-only step: the decoder's update on the frozen encoder's codewords, then
     (from disc_start on) the discriminator's; returns (loss, L1, perceptual, 0) and the
-    adversarial terms for the log."""
+    adversarial terms for the log (means over the ranks)."""
     assert ts.disc is not None and ts.disc_optimizer is not None
     lr = learning_rate(cfg, ts.step)
     for group in ts.optimizer.param_groups:
@@ -286,11 +285,15 @@ def _decoder_step(
     for group in ts.disc_optimizer.param_groups:
         group["lr"], group["betas"] = cfg.disc_lr, _betas(cfg)
     loss, terms = decoder_update(cfg, ts.encoder, ts.decoder, ts.disc, ts.optimizer,
-                                 ts.disc_optimizer, x, perceptual, ts.step >= cfg.disc_start)
+                                 ts.disc_optimizer, x, perceptual, ts.step >= cfg.disc_start,
+                                 world)
     ts.step += 1
-    ts.images_seen += cfg.batch
+    ts.images_seen += cfg.batch * world.size
     names = list(terms)
-    values = torch.stack([loss.detach(), *(terms[k].detach().float() for k in names)]).tolist()
+    stacked = torch.stack([loss.detach().float(), *(terms[k].detach().float() for k in names)])
+    if world.group:
+        stacked = world.all_reduce(stacked) / world.size
+    values = stacked.tolist()
     extra = dict(zip(names, values[1:], strict=True))
     return (values[0], extra.pop("l1"), extra.pop("perceptual"), 0.0), extra
 

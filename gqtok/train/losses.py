@@ -10,6 +10,8 @@ used for evaluation and export.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from gqtok.dist import World
@@ -96,18 +98,41 @@ def frozen_codewords(cfg: TrainConfig, encoder: Encoder, x: torch.Tensor) -> tor
     return zhat.to(x.device)
 
 
-def adaptive_weight(rec: torch.Tensor, gan: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+def average_gradients(params: Iterable[torch.nn.Parameter], world: World | None) -> None:
+    """Replace every rank's gradients by their mean over the ranks (what DDP does), in one
+    all-reduce. The decoder-only step does it by hand: its adaptive weight differentiates
+    the decoder twice and its discriminator runs twice per backward, which DDP's one
+    forward per backward does not allow."""
+    if world is None or not world.group:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = world.all_reduce(torch.cat([g.reshape(-1) for g in grads])) / world.size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def adaptive_weight(
+    rec: torch.Tensor, gan: torch.Tensor, last: torch.Tensor, world: World | None = None
+) -> torch.Tensor:
     """VQGAN's balance: the ratio of the reconstruction's and the adversarial term's gradient
     norms at the decoder's last layer, so the GAN term neither vanishes nor dominates whatever
-    the scale of the reconstruction loss (GQ_SPEC 5.5)."""
+    the scale of the reconstruction loss (GQ_SPEC 5.5). With several ranks the norms are
+    those of the global batch's gradients (the ranks' means)."""
     g_rec = torch.autograd.grad(rec, last, retain_graph=True)[0]
     g_gan = torch.autograd.grad(gan, last, retain_graph=True)[0]
+    if world is not None and world.group:
+        g_rec, g_gan = (world.all_reduce(g.clone()) / world.size for g in (g_rec, g_gan))
     return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 def decoder_losses(
     cfg: TrainConfig, decoder: Decoder, disc: torch.nn.Module, zhat: torch.Tensor,
     x: torch.Tensor, perceptual: torch.nn.Module | None, gan_on: bool,
+    world: World | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Generator side of a decoder-only step: (loss, reconstruction, logged terms).
 
@@ -120,7 +145,7 @@ def decoder_losses(
     if gan_on:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             g_loss = -disc(x_hat).float().mean()
-        weight = cfg.disc_weight * adaptive_weight(rec, g_loss, decoder.conv_out.weight)
+        weight = cfg.disc_weight * adaptive_weight(rec, g_loss, decoder.conv_out.weight, world)
         loss = rec + weight * g_loss
         terms.update(gan_g=g_loss, gan_weight=weight)
     return loss, x_hat, terms
@@ -140,22 +165,26 @@ def discriminator_loss(
 def decoder_update(
     cfg: TrainConfig, encoder: Encoder, decoder: Decoder, disc: torch.nn.Module,
     optimizer: torch.optim.Optimizer, disc_optimizer: torch.optim.Optimizer, x: torch.Tensor,
-    perceptual: torch.nn.Module | None, gan_on: bool,
+    perceptual: torch.nn.Module | None, gan_on: bool, world: World | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One decoder-only step: the decoder's update on the frozen encoder's codewords, then
     (with ``gan_on``) the discriminator's; returns the decoder's loss and the logged terms.
-    Shared by the training loop and bench/train_speed.py."""
+    Shared by the training loop and bench/train_speed.py. With several ranks (``world``) the
+    gradients are averaged over them before each optimiser step (average_gradients); the
+    discriminator's BatchNorm normalises each rank's slice, as DDP without SyncBatchNorm."""
     zhat = frozen_codewords(cfg, encoder, x)
     disc.requires_grad_(False)  # the decoder's step only needs gradients through D
-    loss, x_hat, terms = decoder_losses(cfg, decoder, disc, zhat, x, perceptual, gan_on)
+    loss, x_hat, terms = decoder_losses(cfg, decoder, disc, zhat, x, perceptual, gan_on, world)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    average_gradients(decoder.parameters(), world)
     optimizer.step()
     disc.requires_grad_(True)
     if gan_on:
         d_loss, real, fake = discriminator_loss(disc, x, x_hat)
         disc_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
+        average_gradients(disc.parameters(), world)
         disc_optimizer.step()
         terms.update(gan_d=d_loss.detach(), d_real=real, d_fake=fake)
     return loss, terms
