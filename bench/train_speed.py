@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--budget-s", type=float, default=0.0, help="print how many steps fit")
+    ap.add_argument("--steps-only", action="store_true",
+                    help="with --budget-s: print only the number of steps (for scripts)")
     ap.add_argument("--decoder-only", action="store_true", help="time the decoder-only step")
     ap.add_argument("--disc-channels", type=int, default=TrainConfig.disc_channels,
                     help="--decoder-only: the discriminator's first width")
@@ -74,7 +76,7 @@ def main() -> None:
     }
     if args.budget_s:
         out["steps_in_budget"] = int(args.budget_s / dt)
-    print(json.dumps(out))
+    print(out["steps_in_budget"] if args.steps_only and args.budget_s else json.dumps(out))
 
 
 def _decoder_step(args: argparse.Namespace, device: torch.device, x: torch.Tensor,

@@ -31,7 +31,7 @@ else CROP="${CROP:-128}"; BATCH="${BATCH:-8}"; fi
 if [ -z "${STEPS:-}" ]; then
   BUDGET_S="${BUDGET_S:?set STEPS or BUDGET_S}"
   STEPS=$("$PY" bench/train_speed.py --crop "$CROP" --batch "$BATCH" --steps 30 \
-          --budget-s "$BUDGET_S" | "$PY" -c "import json, sys; print(json.load(sys.stdin)['steps_in_budget'])")
+          --budget-s "$BUDGET_S" --steps-only)
   echo "family $MEMBER: $STEPS steps fit in $BUDGET_S s"
 fi
 resume=()

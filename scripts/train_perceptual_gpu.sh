@@ -28,8 +28,7 @@ BATCH="${BATCH:-16}"
 if [ -z "${STEPS:-}" ]; then
   BUDGET_S="${BUDGET_S:?set STEPS or BUDGET_S}"
   STEPS=$("$PY" bench/train_speed.py --decoder-only --disc-channels 64 --crop "$CROP" \
-          --batch "$BATCH" --steps 20 --budget-s "$BUDGET_S" \
-          | "$PY" -c "import json, sys; print(json.load(sys.stdin)['steps_in_budget'])")
+          --batch "$BATCH" --steps 20 --budget-s "$BUDGET_S" --steps-only)
   echo "perceptual GAN stage: $STEPS steps fit in $BUDGET_S s"
 fi
 resume=()

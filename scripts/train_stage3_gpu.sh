@@ -22,7 +22,7 @@ BATCH=32
 if [ -z "${STEPS:-}" ]; then
   BUDGET_S="${BUDGET_S:?set STEPS or BUDGET_S}"
   STEPS=$("$PY" bench/train_speed.py --crop "$CROP" --batch "$BATCH" --steps 30 \
-          --budget-s "$BUDGET_S" | "$PY" -c "import json, sys; print(json.load(sys.stdin)['steps_in_budget'])")
+          --budget-s "$BUDGET_S" --steps-only)
   echo "stage 3: $STEPS steps fit in $BUDGET_S s"
 fi
 resume=()
