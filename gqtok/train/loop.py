@@ -87,6 +87,7 @@ def _device(cfg: TrainConfig, world: World) -> torch.device:
 
 def _run(cfg: TrainConfig, world: World, device: torch.device, log: Log,
          trust_pickle: bool) -> Path:
+    """The training script proper, on every rank (run() joins and leaves the process group)."""
     t_begin = time.perf_counter()  # the time budget counts data loading too
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
