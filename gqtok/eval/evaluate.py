@@ -32,6 +32,7 @@ from gqtok.model import Model
 
 if TYPE_CHECKING:
     from gqtok.eval.metrics.inception import InceptionFeatures
+    from gqtok.eval.metrics.patches import PatchFID
 
 PER_IMAGE = ("psnr", "ssim", "msssim", "stlpips_alex", "stlpips_vgg", "lpips")
 PERCEPTUAL = ("stlpips_alex", "stlpips_vgg", "lpips")
@@ -393,13 +394,18 @@ def combine(
         patches = [m.patches for m in done if m.patches is not None]
     _summarise(report, list(wanted), _pairs(whole), counter)
     if patches is not None and ("patch_fid" in wanted or "patch_kid" in wanted):
-        _summarise_patches(report, list(wanted), _pairs(patches))
+        from gqtok.eval.metrics.patches import PatchFID
+
+        acc = PatchFID()
+        for pair in patches:
+            acc.add_features(pair[0], pair[1])
+        _summarise_patches(report, list(wanted), acc)
     return report
 
 
 def _pairs(feats: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Original and reconstruction features, one row per image or patch in image order, in
-    float64 as FID and KID compute (float32 to float64 is exact)."""
+    """Original and reconstruction features of whole images, one row per image in image
+    order, in float64 as FID and KID compute (float32 to float64 is exact)."""
     from gqtok.eval.metrics.inception import FEATURES
 
     if not feats:
@@ -461,15 +467,12 @@ def evaluate(
     return combine(model, wanted, shares, resize, center_crop)
 
 
-def _summarise_patches(
-    report: EvalReport, wanted: list[str], feats: tuple[np.ndarray, np.ndarray]
-) -> None:
-    from gqtok.eval.metrics.inception import frechet_distance, kernel_inception_distance
+def _summarise_patches(report: EvalReport, wanted: list[str], acc: PatchFID) -> None:
     from gqtok.eval.metrics.patches import FID_MIN_PATCHES, PATCH
 
-    n = report.patches = len(feats[0])
+    n = report.patches = acc.patches
     if "patch_fid" in wanted:
-        report.patch_fid = frechet_distance(*feats) if n >= 2 else None
+        report.patch_fid = acc.fid()
         if report.patch_fid is None:
             report.notes.append(
                 f"patch_fid: needs at least 2 patches of {PATCH} px (got {n}; images smaller"
@@ -481,10 +484,11 @@ def _summarise_patches(
                 " (HiFiC used ~28k patches): compare patch KID or use more/larger photos"
             )
     if "patch_kid" in wanted:
-        if n < 4:
+        kid = acc.kid()
+        if kid is None:
             report.notes.append(f"patch_kid: needs at least 4 patches of {PATCH} px (got {n})")
         else:
-            report.patch_kid = asdict(kernel_inception_distance(*feats))
+            report.patch_kid = asdict(kid)
 
 
 def _summarise(

@@ -59,9 +59,12 @@ def patch_features(
 
 
 class PatchFID:
-    """Accumulates patch features of (original, reconstruction) pairs; FID/KID at the end."""
+    """Accumulates patch features of (original, reconstruction) pairs; FID/KID at the end.
 
-    def __init__(self, inception: InceptionFeatures, size: int = PATCH) -> None:
+    ``add`` cuts and measures an image pair; ``add_features`` takes features measured
+    elsewhere (gqtok eval's ranks each measure their images, rank 0 accumulates)."""
+
+    def __init__(self, inception: InceptionFeatures | None = None, size: int = PATCH) -> None:
         self.inception, self.size = inception, size
         self._a: list[np.ndarray] = []
         self._b: list[np.ndarray] = []
@@ -71,13 +74,22 @@ class PatchFID:
         """Add one image pair (same size); returns its patch count."""
         if original.shape != reconstruction.shape:
             raise ValueError(f"shapes differ: {original.shape} vs {reconstruction.shape}")
+        if self.inception is None:
+            raise ValueError("no Inception network to measure patches with: use add_features")
         a = patch_features(self.inception, original, self.size)
-        if not len(a):
-            return 0
-        self._a.append(a)
-        self._b.append(patch_features(self.inception, reconstruction, self.size))
-        self.patches += len(a)
+        if len(a):
+            self.add_features(a, patch_features(self.inception, reconstruction, self.size))
         return len(a)
+
+    def add_features(self, original: np.ndarray, reconstruction: np.ndarray) -> None:
+        """Add the (n, 2048) patch features of one image pair, kept in float64 as FID and KID
+        compute (float32 features convert exactly)."""
+        if original.shape != reconstruction.shape:
+            raise ValueError(f"shapes differ: {original.shape} vs {reconstruction.shape}")
+        if len(original):
+            self._a.append(np.asarray(original, np.float64))
+            self._b.append(np.asarray(reconstruction, np.float64))
+            self.patches += len(original)
 
     def features(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._a:
