@@ -311,7 +311,7 @@ def test_models_table_lists_released_models() -> None:
         assert rows[name]["kind"] == "released" and rows[name]["available"] is False
         assert rows[name]["est_cpu_s_256"] > 0
     assert rows["sd3unet_gq_0.50"]["dim"] == 8 and rows["bsqvit_gq_1.00"]["bpp_nominal"] == 1.0
-    assert any(r["kind"] == "local" for r in rows.values())
+    assert [r["kind"] for r in rows.values()].count("default") == 1
 
 
 # ------------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_decoder_files_are_not_models(env: Path) -> None:
     assert "\n" not in str(err.value)
     res = runner.invoke(app, ["models", "--json"])
     assert res.exit_code == 0, res.output
-    rows = [r for r in json.loads(res.stdout)["models"] if r["kind"] == "local"]
+    rows = [r for r in json.loads(res.stdout)["models"] if r["kind"] in ("default", "local")]
     assert "perceptual" not in [r["name"] for r in rows]
     mine = next(r for r in rows if r["path"] == str(env / "default.safetensors"))
     assert mine["decoders"] == ["fidelity", "perceptual"] and mine["decoders_refused"] == []

@@ -19,7 +19,7 @@ from gqtok.format.card import FIDELITY, entropy_label, find_decoders, read_card
 from gqtok.nets.config import UNetConfig, ViTConfig, network_config
 from gqtok.zoo import registry
 from gqtok.zoo.hub import is_available
-from gqtok.zoo.paths import list_local_models
+from gqtok.zoo.paths import DEFAULT_MODEL, is_retired, list_local_models
 
 
 def nominal_bpp(card: dict[str, Any]) -> float | None:
@@ -56,13 +56,20 @@ def _decoders(path: Path, card: dict[str, Any]) -> dict[str, Any]:
     return {"decoders": scan.names, "decoders_refused": refused}
 
 
-def _local_row(path: Path, card: dict[str, Any]) -> dict[str, Any]:
+def _kinds(paths: list[Path]) -> list[str]:
+    """default (the file ``--model default`` loads: the first so named on the search path),
+    retired (an earlier default, kept so that its files decode) or local (any other)."""
+    default = next((p for p in paths if p.stem == DEFAULT_MODEL and not is_retired(p)), None)
+    return ["retired" if is_retired(p) else "default" if p == default else "local" for p in paths]
+
+
+def _local_row(path: Path, card: dict[str, Any], kind: str) -> dict[str, Any]:
     q = card.get("quantizer", {})
     cost = _cost(card)
     return {
         "name": card.get("name", path.stem),
         "file": path.stem,
-        "kind": "local",
+        "kind": kind,
         "arch": card.get("arch", "unet"),
         "downsample": downsample(card),
         "dim": q.get("dim"),
@@ -122,7 +129,9 @@ def models_table(
     ``est_cpu_s_256`` is an estimate (FLOP count / assumed 20 GFLOP/s per thread, see
     gqtok.eval.cost) of one 256x256 encode + decode on this many threads, not a measurement.
     """
-    rows = [_local_row(path, card) for path, card in list_local_models(on_error)]
+    local = list_local_models(on_error)
+    kinds = _kinds([path for path, _ in local])
+    rows = [_local_row(path, card, kind) for (path, card), kind in zip(local, kinds, strict=True)]
     return rows + [_released_row(name) for name in registry.released_names()]
 
 

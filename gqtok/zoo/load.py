@@ -137,12 +137,19 @@ def ensure(name: str, trust_pickle: bool = False) -> Path:
     return out
 
 
-def path_for_model_id(model_id: str, trust_pickle: bool = False) -> Path:
+def path_for_model_id(model_id: str, trust_pickle: bool = False, weights: str = "") -> Path:
     """The local file whose card name (or file stem) is model_id, else the released model of
-    that name (converted copy in the cache, downloaded on first use); ModelError if none."""
-    for p, card in list_local_models():
-        if card.get("name") == model_id or p.stem == model_id:
+    that name (converted copy in the cache, downloaded on first use); ModelError if none.
+
+    ``weights`` (hex, a prefix of the weights' sha256 such as a .gq header's fingerprint)
+    picks among local files of that name the one with those weights, so a retired default and
+    a later model that reused its name both stay reachable; the first of the name otherwise."""
+    named = [(p, c) for p, c in list_local_models() if model_id in (c.get("name"), p.stem)]
+    for p, card in named:
+        if weights and str(card.get("weights_sha256", "")).startswith(weights):
             return p
+    if named:
+        return named[0][0]
     if model_id in ENTRIES and ENTRIES[model_id].repo:
         return ensure(model_id, trust_pickle=trust_pickle)
     raise ModelError(
@@ -152,11 +159,16 @@ def path_for_model_id(model_id: str, trust_pickle: bool = False) -> Path:
 
 
 def model_for_id(
-    model_id: str, quant: QuantizerConfig, name_or_path: str | None, trust_pickle: bool
+    model_id: str,
+    quant: QuantizerConfig,
+    name_or_path: str | None,
+    trust_pickle: bool,
+    weights: str = "",
 ) -> Model:
-    """The model that wrote tokens (``name_or_path``, else found by its recorded id), under
-    the quantizer settings the tokens were written with."""
-    path = name_or_path or str(path_for_model_id(model_id, trust_pickle))
+    """The model that wrote tokens (``name_or_path``, else found by its recorded id and
+    weights hash, see path_for_model_id), under the quantizer settings the tokens were
+    written with."""
+    path = name_or_path or str(path_for_model_id(model_id, trust_pickle, weights))
     model = load_with_options(path, ModelOptions(trust_pickle=trust_pickle))
     if np.float32(model.quant.beta) == np.float32(quant.beta):
         quant = QuantizerConfig(quant.dim, quant.size, quant.seed, model.quant.beta)
@@ -172,7 +184,9 @@ def model_for_header(
     and codebook fingerprint are still checked by the codec.
     """
     quant = QuantizerConfig(header.dim, header.size, header.seed, float(header.beta))
-    return model_for_id(header.model_id, quant, name_or_path, trust_pickle)
+    return model_for_id(
+        header.model_id, quant, name_or_path, trust_pickle, header.weights_hash.hex()
+    )
 
 
 def model_for_record(
@@ -186,7 +200,7 @@ def model_for_record(
     check_record(record)
     rec, cb = record["model"], record["codebook"]
     quant = QuantizerConfig(cb["dim"], cb["size"], cb["seed"], float(cb["beta"]))
-    model = model_for_id(rec["id"], quant, name_or_path, trust_pickle)
+    model = model_for_id(rec["id"], quant, name_or_path, trust_pickle, rec["weights_sha256"])
     where = model.source or rec["id"]
     if model.weights_sha256 != rec["weights_sha256"]:
         raise ModelError(

@@ -13,6 +13,9 @@ from gqtok.errors import GqtokError, ModelError
 from gqtok.format.card import is_decoder_file, read_card
 
 DEFAULT_MODEL = "default"
+# Earlier defaults, kept beside the current one so that every .gq file they wrote still decodes
+# by the model id in its header (listed by ``gqtok models`` as "retired").
+RETIRED_DIR = "retired"
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -40,8 +43,9 @@ def cache_dir() -> Path:
 def list_local_models(
     on_error: Callable[[Path, GqtokError], None] | None = None,
 ) -> list[tuple[Path, dict[str, Any]]]:
-    """(path, card) of every model file in the weights folders whose card is valid (it has
-    passed gqtok.format.card's schema, so its fields have the documented types and ranges).
+    """(path, card) of every model file in the weights folders (and their ``retired/``
+    subfolders, after them) whose card is valid (it has passed gqtok.format.card's schema, so
+    its fields have the documented types and ranges).
     Decoder files (``<stem>.decoder-<name>.safetensors``) belong to a model and are not models.
 
     A file that cannot be read or whose card is bad is left out, never an exception; it is
@@ -49,7 +53,7 @@ def list_local_models(
     """
     seen: set[Path] = set()
     found: list[tuple[Path, dict[str, Any]]] = []
-    for d in weights_dirs():
+    for d in (sub for top in weights_dirs() for sub in (top, top / RETIRED_DIR)):
         try:
             files = sorted(d.glob("*.safetensors")) if d.is_dir() else []
         except OSError:  # an unreadable weights folder lists nothing
@@ -70,3 +74,8 @@ def list_local_models(
                 if on_error is not None:
                     on_error(p, ModelError(f"cannot read model file ({e})", str(p)))
     return found
+
+
+def is_retired(path: Path) -> bool:
+    """True for a model file kept only so that old files decode (in a ``retired/`` folder)."""
+    return path.parent.name == RETIRED_DIR
