@@ -98,3 +98,14 @@ def test_a_file_finds_its_weights_among_models_of_the_same_name(
     assert res.exit_code == 0, res.output
     # by name alone (no weights hash) the first file on the search path is the impostor
     assert path_for_model_id("gqtok-f8c16-cpu-v1") == impostor
+
+
+def test_a_token_export_of_an_earlier_release_imports_to_its_pixels(tmp_path: Path) -> None:
+    """export-v2/: tests/data/photo_b.png exported by the v2 release (e65651e); that release's
+    `gqtok import` gave the pixels of v2.png (the same tokens as v2.gq)."""
+    out = tmp_path / "imported"
+    res = runner.invoke(app, ["import", str(RELEASED / "export-v2"), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    (png,) = out.iterdir()
+    diff = np.abs(_pixels(png) - _pixels(RELEASED / "v2.png"))
+    assert diff.max() <= 3 and diff.mean() < 0.05
