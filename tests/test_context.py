@@ -21,10 +21,12 @@ from typer.testing import CliRunner
 
 from gqtok import load_model
 from gqtok.cli.app import app
-from gqtok.codec import decode_bytes, encode_file, pack_tokens, unpack_tokens
+from gqtok.codec import decode_bytes, encode_file, encode_pictures, pack_tokens, unpack_tokens
+from gqtok.codec import rate as rc
 from gqtok.errors import FormatError, ModelError
 from gqtok.format import context as ctx
 from gqtok.format.card import CARD_KEY
+from gqtok.io.images import read_image
 from gqtok.model import load_model_file
 from tests import gqedit
 from tests.conftest import DATA, REPO
@@ -121,10 +123,41 @@ def test_processes_with_different_thread_counts_write_and_read_the_same_bytes(
     assert digests == {hashlib.sha256(here).hexdigest()} and len(seen) >= 2
 
 
+@pytest.mark.parametrize("size", [64, 161, 406, 1000])
+def test_small_codebooks_are_coded_by_a_bin_and_position_in_fewer_bytes(size: int) -> None:
+    """K < 32^2: the cell is the a bin alone (two symbols a token). Against the prior's table
+    that coded these K before (entropy kind 3, still what --entropy static writes): the same
+    tokens and pixels, 10-20 % fewer bytes on photos (a tiny grid is mostly border)."""
+    m = rc.at_size(MODEL, size)
+    coder = m.context_coder
+    assert coder is not None and coder.coarse and coder.parts == 2 and coder.width == 32
+    for photo in (DATA / "photo_a.jpg", REPO / "examples" / "sample.jpg"):
+        pic = read_image(str(photo))
+        enc = encode_pictures(m, [pic])[0]
+        old = pack_tokens(m, enc.tokens, pic, entropy="static")
+        assert (enc.header.version, enc.entropy, old.entropy) == (2, "context", "prior")
+        _, back, _ = unpack_tokens(MODEL, enc.data)  # found under the header's K
+        assert np.array_equal(back.indices, enc.tokens.indices)
+        assert len(enc.data) < 0.92 * len(old.data)
+        ideal = coder.ideal_bits(enc.tokens.indices.numpy()) / 8
+        assert ideal <= enc.token_bytes <= 1.01 * ideal + 8
+        im_new, _ = decode_bytes(enc.data, MODEL)
+        im_old, _ = decode_bytes(old.data, MODEL)
+        assert np.array_equal(np.asarray(im_new), np.asarray(im_old))
+
+
+def test_the_context_model_covers_k_from_twice_its_bins() -> None:
+    assert not rc.at_size(MODEL, 1024).context_coder.coarse  # B x B cells from K = B^2
+    assert rc.at_size(MODEL, 1024).context_coder.parts == 3
+    assert rc.at_size(MODEL, 63).context_coder is None  # a bins of one codeword: the prior
+    assert rc.at_size(MODEL, 63).entropy.kind == "prior"
+
+
 # -- version 2 payload and header rules ------------------------------------------------------
 
 B2 = encode_file(MODEL, str(DATA / "photo_b.png")).data
 A2 = encode_file(MODEL, str(DATA / "photo_a.jpg")).data
+A2_COARSE = encode_pictures(MODEL, [read_image(str(DATA / "photo_a.jpg"))], quality=10)[0].data
 
 
 def _refused(data: bytes, error: type, match: str, model=MODEL) -> None:  # noqa: ANN001
@@ -145,6 +178,11 @@ def test_version_2_payloads_must_hold_exactly_their_tokens_and_the_end_marker() 
     _refused(gqedit.edit(B2, height=89, grid_h=12), FormatError, "end marker|trailing|corrupt")
     big = gqedit.edit(A2, width=2048, height=1536, grid_h=192, grid_w=256)
     _refused(big, FormatError, "cannot hold 49152 tokens")
+    c = gqedit.fields(A2_COARSE)  # K = 161: two symbols a token
+    assert c["size"] == rc.quality_size(MODEL, 10) < 1024
+    _refused(gqedit.edit(A2_COARSE, tokens=c["tokens"][:-4]), FormatError, "corrupt|end marker")
+    taller = gqedit.edit(A2_COARSE, height=c["height"] + 16, grid_h=c["grid_h"] + 2)
+    _refused(taller, FormatError, "end marker|corrupt|outside")
     # a payload longer than 3 symbols of 24 bits a token can be is refused from the header
     _refused(gqedit.edit(B2, tokens=b"\1\0\0\0" * 1000), FormatError, "too long")
 
@@ -162,7 +200,7 @@ def test_versions_and_entropy_kinds_must_match() -> None:
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck),
           derandomize=True)  # fmt: skip
 @given(
-    base=st.sampled_from([B2, A2]),
+    base=st.sampled_from([B2, A2, A2_COARSE]),
     edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 2**32 - 1)), min_size=1, max_size=4),
     cut=st.integers(-3, 3),
 )

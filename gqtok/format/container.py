@@ -210,7 +210,7 @@ def check_payloads(h: Header, token_bytes: int, alpha_bytes: int) -> None:
     n = h.num_tokens
     if token_bytes % 4:
         raise ValueError("token payload length is not a multiple of 4")
-    symbols = n if h.version == FORMAT_VERSION else 3 * n + 1  # v2: 3 symbols a token + end
+    symbols = n if h.version == FORMAT_VERSION else 3 * n + 1  # v2: at most 3 symbols a token + end
     if token_bytes > bounds.payload_limit(symbols):
         raise ValueError(f"token payload of {token_bytes} bytes is too long for {n} tokens")
     if h.entropy_kind == "uniform":

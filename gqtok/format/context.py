@@ -97,9 +97,8 @@ def cell_table(codebook: np.ndarray, dims: tuple[int, int], bins: int) -> np.nda
     codewords of its a bin. Every cell holds floor or ceil of K / bins^2 codewords."""
     cb = np.asarray(codebook)
     size = cb.shape[0]
+    a = bin_table(cb, dims[0], bins)
     rank_a = np.argsort(cb[:, dims[0]], kind="stable")
-    a = np.empty(size, dtype=np.int64)
-    a[rank_a] = np.arange(size) * bins // size
     # within each a bin (contiguous in rank_a), rank along dims[1]
     b = np.empty(size, dtype=np.int64)
     starts = np.searchsorted(a[rank_a], np.arange(bins + 1))
@@ -108,6 +107,23 @@ def cell_table(codebook: np.ndarray, dims: tuple[int, int], bins: int) -> np.nda
         order = members[np.argsort(cb[members, dims[1]], kind="stable")]
         b[order] = np.arange(order.size) * bins // max(1, order.size)
     return a * bins + b
+
+
+def coarse_size(size: int, bins: int) -> bool:
+    """True where K < B^2: too few codewords for B x B cells, so a token's cell is its a bin
+    alone (two symbols: a, then the position in the bin; docs/format.md#version-2)."""
+    return size < bins * bins
+
+
+def bin_table(codebook: np.ndarray, dim: int, bins: int) -> np.ndarray:
+    """The equal-count bin (0..bins-1) of every codeword along dimension ``dim``: the a of
+    ``cell_table``, and the whole cell of a coarse codebook (K < B^2)."""
+    cb = np.asarray(codebook)
+    size = cb.shape[0]
+    rank = np.argsort(cb[:, dim], kind="stable")
+    out = np.empty(size, dtype=np.int64)
+    out[rank] = np.arange(size) * bins // size
+    return out
 
 
 @lru_cache(maxsize=8)
@@ -208,8 +224,8 @@ class ContextParams:
         if missing:
             raise ValueError(f"context model lacks {', '.join(missing)}")
         b = self.bins
-        if not 2 <= b <= MAX_BINS or b * b > size:
-            raise ValueError(f"context bins {b} outside 2..{MAX_BINS} or B^2 > K={size}")
+        if not 2 <= b <= MAX_BINS or 2 * b > size:
+            raise ValueError(f"context bins {b} outside 2..{MAX_BINS} or 2B > K={size}")
         f = num_features(dim, groups)
         if f > MAX_FEATURES:
             raise ValueError(f"context model would have {f} inputs, over {MAX_FEATURES}")
@@ -296,10 +312,15 @@ class ContextCoder:
         self.members: list[np.ndarray] = []
         self.incell: list[np.ndarray] = []
         widths = []
+        # K < B^2: the cell is the a bin alone and a token is two symbols (a, position)
+        self.coarse = coarse_size(size, b)
+        self.parts = 2 if self.coarse else 3
+        ncells = b if self.coarse else b * b
         for k in range(ng):
-            cell = cell_table(codebook, tuple(int(v) for v in a["dims"][k]), b)
+            dims = tuple(int(v) for v in a["dims"][k])
+            cell = bin_table(codebook, dims[0], b) if self.coarse else cell_table(codebook, dims, b)
             order = np.argsort(cell, kind="stable")
-            counts = np.bincount(cell, minlength=b * b)
+            counts = np.bincount(cell, minlength=ncells)
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
             pos = np.empty(size, dtype=np.int64)
             pos[order] = np.arange(size) - starts[cell[order]]
@@ -308,7 +329,7 @@ class ContextCoder:
             widths.append(int(counts.max()))
         self.width = max(b, *widths)
         for k in range(ng):
-            mem = np.full((b * b, self.width), -1, dtype=np.int64)
+            mem = np.full((ncells, self.width), -1, dtype=np.int64)
             mem[self.cells[k], self.position[k]] = np.arange(size)
             rows = np.where(mem >= 0, probs[np.maximum(mem, 0)], 0.0)
             self.members.append(mem)
@@ -368,16 +389,21 @@ class ContextCoder:
         self, table: np.ndarray, indices: np.ndarray, pos: np.ndarray, w: int, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """The (3n,) symbols a, b, position and their (3n, width) rows of the tokens of group
-        k at grid positions ``pos`` (one wavefront), in the order the decoder reads them."""
+        k at grid positions ``pos`` (one wavefront), in the order the decoder reads them;
+        (2n,) symbols a, position for a coarse codebook."""
         ppos = padded_positions(pos, w)
         h2 = self._hidden(k, self._inputs(table, ppos, neighbour_offsets(w), k))
         idx = indices[k].reshape(-1)[pos]
         cell = self.cells[k][idx]
+        position = self.position[k][idx]
+        if self.coarse:
+            rows = np.concatenate([self._rows_a(k, h2), self.incell[k][cell]])
+            return np.concatenate([cell, position]).astype(np.int32), rows
         a, b = np.divmod(cell, self.bins)
         rows = np.concatenate(
             [self._rows_a(k, h2), self._rows_b(k, h2, a), self.incell[k][cell]]
         )
-        return np.concatenate([a, b, self.position[k][idx]]).astype(np.int32), rows
+        return np.concatenate([a, b, position]).astype(np.int32), rows
 
     def encode(self, indices: np.ndarray, chunk_tokens: int = 4096) -> bytes:
         """The version-2 token payload of a (NG, h, w) grid of indices."""
@@ -408,10 +434,10 @@ class ContextCoder:
             parts = [self._symbols(table, ind, order[lo:hi], w, k) for k in range(ng)]
             n = hi - lo
             pick = [
-                np.arange(starts[s] - lo, starts[s + 1] - lo) + (k * 3 + j) * n
+                np.arange(starts[s] - lo, starts[s + 1] - lo) + (k * self.parts + j) * n
                 for s in range(begin, end)
                 for k in range(ng)
-                for j in range(3)
+                for j in range(self.parts)
             ]
             sel = np.concatenate(pick)
             syms = np.concatenate([p[0] for p in parts])[sel]
@@ -422,14 +448,15 @@ class ContextCoder:
 
     @cached_property
     def min_bits(self) -> float:
-        """Fewest bits any token can cost (three symbols), for the payload rule."""
+        """Fewest bits any token can cost (its three symbols, or two when coarse), for the
+        payload rule."""
         b = self.bins
         p_ab = _EXP[0] / (_EXP[0] + (b - 1) * _EXP[D_MAX])
         p_pos = max(float((r / r.sum(axis=1, keepdims=True)).max()) for r in self.incell)
         total = 0.0
-        for p in (p_ab, p_ab, p_pos):
+        for p in (p_ab, p_pos) if self.coarse else (p_ab, p_ab, p_pos):
             total += bounds.PRECISION - math.log2(bounds.quantized_max(p, self.width))
-        return total - 3 * bounds.LOSS_BITS
+        return total - self.parts * bounds.LOSS_BITS
 
     def max_tokens(self, payload_bytes: int) -> int | None:
         """Most tokens a payload of this many bytes can hold (None: any number)."""
@@ -462,10 +489,13 @@ class ContextCoder:
                     a = np.asarray(coder.decode(self._family, self._rows_a(k, h2)), np.int64)
                     if (a >= self.bins).any():
                         raise ValueError("a cell coordinate is out of range")
-                    b = np.asarray(coder.decode(self._family, self._rows_b(k, h2, a)), np.int64)
-                    if (b >= self.bins).any():
-                        raise ValueError("a cell coordinate is out of range")
-                    cell = a * self.bins + b
+                    cell = a
+                    if not self.coarse:
+                        rows_b = self._rows_b(k, h2, a)
+                        b = np.asarray(coder.decode(self._family, rows_b), np.int64)
+                        if (b >= self.bins).any():
+                            raise ValueError("a cell coordinate is out of range")
+                        cell = a * self.bins + b
                     p = np.asarray(coder.decode(self._family, self.incell[k][cell]), np.int64)
                     idx = self.members[k][cell, p]
                     if (idx < 0).any():
