@@ -135,7 +135,8 @@ def test_small_codebooks_are_coded_by_a_bin_and_position_in_fewer_bytes(size: in
         pic = read_image(str(photo))
         enc = encode_pictures(m, [pic])[0]
         old = pack_tokens(m, enc.tokens, pic, entropy="static")
-        assert (enc.header.version, enc.entropy, old.entropy) == (2, "context", "prior")
+        assert (enc.header.version, enc.entropy, old.entropy) == (3, "context", "prior")
+        assert old.header.version == 2
         _, back, _ = unpack_tokens(MODEL, enc.data)  # found under the header's K
         assert np.array_equal(back.indices, enc.tokens.indices)
         assert len(enc.data) < 0.92 * len(old.data)
@@ -192,7 +193,11 @@ def test_versions_and_entropy_kinds_must_match() -> None:
     v1 = encode_file(MODEL, str(DATA / "photo_b.png"), entropy="static").data
     _refused(gqedit.edit(v1, entropy_kind=2), FormatError, "context in a version 1 file")
     _refused(gqedit.edit(v1, version=2), FormatError, "frequency in a version 2 file")
-    _refused(gqedit.edit(B2, version=3), FormatError, "unsupported .gq format version 3")
+    _refused(gqedit.edit(B2, version=4), FormatError, "unsupported .gq format version 4")
+    # version 3 is the context model's a bins alone (K < 32^2): each version its own sizes
+    _refused(gqedit.edit(B2, version=3), FormatError, "version 3 file cannot hold .* K=65536")
+    _refused(gqedit.edit(A2_COARSE, version=2), FormatError, "version 2 file cannot hold .* K=161")
+    _refused(gqedit.edit(A2_COARSE, entropy_kind=3), FormatError, "prior in a version 3 file")
     bad_fp = gqedit.edit(B2, entropy_fingerprint=b"\0" * 8)
     _refused(bad_fp, ModelError, "context model does not match")
 

@@ -525,9 +525,10 @@ def decode(
 
 
 _ENTROPY_NAMES = {
-    "context": "context model (format 2)",
-    "frequency": "static frequency table (format 1)",
-    "uniform": "uniform (format 1)",
+    "context": "context model",
+    "frequency": "static frequency table",
+    "uniform": "uniform",
+    "prior": "the prior's table for this codebook size",
 }
 _MODEL_ENTROPY = {
     "context": "context model (files are format 2 unless --entropy static)",
@@ -566,7 +567,7 @@ def info(
             "tokens": header.num_tokens,
             "bits_per_token": round(found.token_bytes * 8 / header.num_tokens, 4),
             "bpp": round(found.file_bytes * 8 / (header.width * header.height), 5),
-            "entropy": _ENTROPY_NAMES.get(header.entropy_kind, header.entropy_kind),
+            "entropy": f"{_ENTROPY_NAMES[header.entropy_kind]} (format {header.version})",
             "decoders": None if here is None else find_decoders(*here).names,
             "model_entropy": None if here is None else entropy_label(here[1]),
         }

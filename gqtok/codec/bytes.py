@@ -71,6 +71,17 @@ def _alpha_bytes(alpha: np.ndarray) -> bytes:
 ENTROPY_CHOICES = ("context", "static")
 
 
+def _version(model: Model, coder: ctx.ContextCoder | None) -> int:
+    """The .gq version of a file coded by ``coder`` (or the model's table when None): 1 for a
+    static table, 2 for the context model or the prior, 3 for the context model's a bins alone
+    (a codebook too small for its B x B cells)."""
+    if coder is not None:
+        return container.COARSE_VERSION if coder.coarse else container.CONTEXT_VERSION
+    if model.entropy.kind in container.VERSION_KINDS[1]:
+        return container.FORMAT_VERSION
+    return container.CONTEXT_VERSION
+
+
 def _header_for(
     model: Model, tok: Tokens, picture: Picture | None, coder: ctx.ContextCoder | None
 ) -> container.Header:
@@ -91,9 +102,7 @@ def _header_for(
         grid_w=gw,
         entropy_kind="context" if coder else model.entropy.kind,
         entropy_fingerprint=coder.fingerprint if coder else model.entropy.fingerprint,
-        version=container.FORMAT_VERSION
-        if coder is None and model.entropy.kind in container.VERSION_KINDS[1]
-        else container.CONTEXT_VERSION,
+        version=_version(model, coder),
         layout=model.layout,
         pad_mode=tok.pad_mode,
         has_alpha=picture is not None and picture.alpha is not None,
@@ -247,6 +256,12 @@ def check_compatible(model: Model, header: container.Header, name: str | None = 
             )
         if coder.fingerprint != header.entropy_fingerprint:
             raise ModelError("file's context model does not match the model's", name)
+        if (header.version == container.COARSE_VERSION) != coder.coarse:
+            raise FormatError(
+                f"a version {header.version} file cannot hold context-coded tokens of K="
+                f"{header.size} (version {_version(model, coder)} does, docs/format.md)",
+                name,
+            )
     else:
         em = model.entropy if header.entropy_kind == model.entropy.kind else None
         if header.entropy_kind == "uniform":

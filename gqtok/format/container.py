@@ -37,7 +37,8 @@ from gqtok.format import bounds
 MAGIC = b"GQTK"
 FORMAT_VERSION = 1  # files coded with a static table (uniform or frequency)
 CONTEXT_VERSION = 2  # files coded with a context model (gqtok.format.context)
-SUPPORTED_VERSIONS = (1, 2)
+COARSE_VERSION = 3  # context-coded files of a codebook too small for B x B cells (K < B^2)
+SUPPORTED_VERSIONS = (1, 2, 3)
 
 FLAG_ALPHA = 0x01
 FLAG_GRAY = 0x02
@@ -46,7 +47,11 @@ _KNOWN_FLAGS = FLAG_ALPHA | FLAG_GRAY
 LAYOUTS = ("bchw", "blc")
 PAD_MODES = ("replicate", "reflect")
 ENTROPY_KINDS = ("uniform", "frequency", "context", "prior")
-VERSION_KINDS = {1: ("uniform", "frequency"), 2: ("context", "prior")}  # kinds per version
+VERSION_KINDS = {  # entropy models per version
+    1: ("uniform", "frequency"),
+    2: ("context", "prior"),
+    3: ("context",),
+}
 
 _PRE = struct.Struct("<4sBBBBB")  # magic, version, flags, layout, pad_mode, model_id_len
 _MID = struct.Struct("<8sHIQf8sIIHIIB8sII")
