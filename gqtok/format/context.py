@@ -96,11 +96,10 @@ def cell_table(codebook: np.ndarray, dims: tuple[int, int], bins: int) -> np.nda
     dims[0] (rank order, ties by index), b = its equal-count bin along dims[1] among the
     codewords of its a bin. Every cell holds floor or ceil of K / bins^2 codewords."""
     cb = np.asarray(codebook)
-    size = cb.shape[0]
-    a = bin_table(cb, dims[0], bins)
     rank_a = np.argsort(cb[:, dims[0]], kind="stable")
+    a = _bins_of_ranks(rank_a, bins)
     # within each a bin (contiguous in rank_a), rank along dims[1]
-    b = np.empty(size, dtype=np.int64)
+    b = np.empty(rank_a.size, dtype=np.int64)
     starts = np.searchsorted(a[rank_a], np.arange(bins + 1))
     for i in range(bins):
         members = rank_a[starts[i] : starts[i + 1]]
@@ -111,16 +110,19 @@ def cell_table(codebook: np.ndarray, dims: tuple[int, int], bins: int) -> np.nda
 
 def coarse_size(size: int, bins: int) -> bool:
     """True where K < B^2: too few codewords for B x B cells, so a token's cell is its a bin
-    alone (two symbols: a, then the position in the bin; docs/format.md#version-2)."""
+    alone (two symbols: a, then the position in the bin; .gq version 3, docs/format.md)."""
     return size < bins * bins
 
 
 def bin_table(codebook: np.ndarray, dim: int, bins: int) -> np.ndarray:
     """The equal-count bin (0..bins-1) of every codeword along dimension ``dim``: the a of
     ``cell_table``, and the whole cell of a coarse codebook (K < B^2)."""
-    cb = np.asarray(codebook)
-    size = cb.shape[0]
-    rank = np.argsort(cb[:, dim], kind="stable")
+    return _bins_of_ranks(np.argsort(np.asarray(codebook)[:, dim], kind="stable"), bins)
+
+
+def _bins_of_ranks(rank: np.ndarray, bins: int) -> np.ndarray:
+    """floor(r B / K) for every codeword of rank r (``rank`` lists the codewords in order)."""
+    size = rank.size
     out = np.empty(size, dtype=np.int64)
     out[rank] = np.arange(size) * bins // size
     return out
@@ -406,7 +408,8 @@ class ContextCoder:
         return np.concatenate([a, b, position]).astype(np.int32), rows
 
     def encode(self, indices: np.ndarray, chunk_tokens: int = 4096) -> bytes:
-        """The version-2 token payload of a (NG, h, w) grid of indices."""
+        """The token payload of a (NG, h, w) grid of indices (.gq version 2, or 3 when
+        coarse)."""
         import constriction
 
         ind = np.asarray(indices, dtype=np.int64)
