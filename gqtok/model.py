@@ -357,8 +357,8 @@ class Model:
             from gqtok.quant.codebook import codebook_view
 
             emodel = self.prior.table(codebook_view(quant.dim, quant.size, quant.seed).numpy())
-            if self.context is not None and 2 * self.context.bins <= quant.size:
-                context = self.context  # B x B cells from K = B^2, a bins alone below
+            if self.context is not None and ctx.codes_size(quant.size, self.context.bins):
+                context = self.context
         out = self._variant(quant=quant, entropy=emodel, card=card, context=context)
         out.__dict__.pop("_context_coder", None)
         return out

@@ -108,6 +108,12 @@ def cell_table(codebook: np.ndarray, dims: tuple[int, int], bins: int) -> np.nda
     return a * bins + b
 
 
+def codes_size(size: int, bins: int) -> bool:
+    """True where a context model of ``bins`` bins can code a codebook of ``size``: two
+    codewords a bin at least (B x B cells from K = B^2, the a bins alone below)."""
+    return 2 * bins <= size
+
+
 def coarse_size(size: int, bins: int) -> bool:
     """True where K < B^2: too few codewords for B x B cells, so a token's cell is its a bin
     alone (two symbols: a, then the position in the bin; .gq version 3, docs/format.md)."""
@@ -226,7 +232,7 @@ class ContextParams:
         if missing:
             raise ValueError(f"context model lacks {', '.join(missing)}")
         b = self.bins
-        if not 2 <= b <= MAX_BINS or 2 * b > size:
+        if not 2 <= b <= MAX_BINS or not codes_size(size, b):
             raise ValueError(f"context bins {b} outside 2..{MAX_BINS} or 2B > K={size}")
         f = num_features(dim, groups)
         if f > MAX_FEATURES:
@@ -316,7 +322,6 @@ class ContextCoder:
         widths = []
         # K < B^2: the cell is the a bin alone and a token is two symbols (a, position)
         self.coarse = coarse_size(size, b)
-        self.parts = 2 if self.coarse else 3
         ncells = b if self.coarse else b * b
         for k in range(ng):
             dims = tuple(int(v) for v in a["dims"][k])
@@ -341,6 +346,11 @@ class ContextCoder:
     @property
     def hidden(self) -> int:
         return self.params.hidden
+
+    @property
+    def parts(self) -> int:
+        """Symbols a token: a, b, position; a, position when coarse."""
+        return 2 if self.coarse else 3
 
     @cached_property
     def fingerprint(self) -> bytes:
