@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gqtok-installed
 
-.PHONY: demo test lint data train train-perceptual fit-context bench throughput clean
+.PHONY: demo test lint data train train-perceptual train-coarse fit-context bench throughput clean
 
 $(STAMP): pyproject.toml scripts/install_metrics.sh
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ train: $(STAMP) data/prepared/manifest.json
 train-perceptual: $(STAMP) data/prepared/manifest.json
 	$(PY) -m pip install -q --no-deps stlpips-pytorch==0.0.2
 	bash scripts/train_perceptual.sh $(TRAIN_MINUTES)
+
+## Reproduce the default's coarse-codebook model (its decoder fine-tuned on the codewords of
+## K = 64..16384, which rate control codes Q < 60 with; ~32 min on 2 cores, resumable; see
+## scripts/train_coarse.sh), and link it from weights/default.safetensors' card.
+train-coarse: $(STAMP) data/prepared/manifest.json
+	bash scripts/train_coarse.sh $(TRAIN_MINUTES)
 
 ## Refit the default model's context entropy model (.gq format version 2) on the training
 ## photos and write it into weights/default.safetensors (weights unchanged; ~3 min on 2 cores).

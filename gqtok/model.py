@@ -232,6 +232,8 @@ class Model:
         self.realism: float | None = None
         self._variants: OrderedDict[tuple[str, float | None], Model] = OrderedDict()
         self._requantized: OrderedDict[QuantizerConfig, Model] = OrderedDict()
+        # the model the card's "coarse" names, once loaded (gqtok.zoo.load.coarse_member)
+        self.coarse: Model | None = None
 
     @property
     def name(self) -> str:
@@ -806,15 +808,8 @@ def save_with_context(
         raise ModelError("a context model needs a frequency table", model.source)
     if model.entropy.kind == "frequency" and static is not model.entropy:
         raise ModelError("the model has a frequency table already: keep it", model.source)
-    try:
-        with safe_open(model.source, framework="np") as f:
-            state = {
-                k: f.get_tensor(k)
-                for k in f.keys()  # noqa: SIM118
-                if not k.startswith((CONTEXT_PREFIX, PRIOR_PREFIX))
-            }
-    except Exception as exc:
-        raise ModelError(f"cannot read model file ({exc})", model.source) from None
+    state = _file_tensors(model, "np")
+    state = {k: v for k, v in state.items() if not k.startswith((CONTEXT_PREFIX, PRIOR_PREFIX))}
     for name, arr in params.arrays.items():
         state[CONTEXT_PREFIX + name] = np.ascontiguousarray(arr)
     for name, arr in (prior.arrays if prior is not None else {}).items():
@@ -834,6 +829,76 @@ def save_with_context(
         card["entropy"]["prior"] = prior_card or {}
     card["entropy"]["context"] = _context_card(params, static, context_card)
     save = lambda tmp, meta: save_numpy(state, str(tmp), metadata=meta)  # noqa: E731
+    _write_model_file(Path(path), card, save, overwrite)
+    return card
+
+
+def save_with_coarse(
+    model: Model, member: Model, below: int, path: str | os.PathLike[str], overwrite: bool = False
+) -> dict[str, Any]:
+    """Write ``model``'s file again with a card naming ``member`` as its coarse-codebook model:
+    rate control codes K < ``below`` with it (gqtok.zoo.load.coarse_member, which checks at
+    load time that it makes the same tokens). Every tensor byte for byte, so the weights hash
+    and every .gq file that names the model stay valid. Returns the card as stored."""
+    from safetensors.numpy import save_file as save_numpy
+
+    if member.card.get("entropy") != model.card.get("entropy") or member.quant != model.quant:
+        raise ModelError(
+            f"{member.name!r} does not code {model.name!r}'s tokens (quantizer or entropy"
+            " models differ)",
+            member.source,
+        )
+    state = _file_tensors(model, "np")
+    card = copy.deepcopy(model.card)
+    card["coarse"] = {
+        "below": int(below),
+        "model": member.name,
+        "weights_sha256": member.weights_sha256,
+    }
+    save = lambda tmp, meta: save_numpy(state, str(tmp), metadata=meta)  # noqa: E731
+    _write_model_file(Path(path), card, save, overwrite)
+    return card
+
+
+def _file_tensors(model: Model, framework: str) -> dict[str, Any]:
+    """Every tensor of ``model``'s file as stored (numpy or torch arrays)."""
+    try:
+        with safe_open(model.source, framework=framework) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise ModelError(f"cannot read model file ({exc})", model.source) from None
+
+
+def save_with_decoder(
+    model: Model,
+    decoder: torch.nn.Module,
+    card: dict[str, Any],
+    path: str | os.PathLike[str],
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``model``'s file with ``decoder`` as its own, under ``card`` (a new name): the
+    encoder, frequency table, context model and prior byte for byte, so the new model's tokens
+    and file sizes are the old one's. Its weights hash is new, so each model's .gq files name
+    the decoder they were written for. The decoder is stored in the model's dtype. Returns
+    the card as stored."""
+    state = _file_tensors(model, "pt")
+    old = {k for k in state if k.startswith("decoder.")}
+    dtype = torch.float16 if model.card.get("storage_dtype") == "float16" else torch.float32
+    new = {
+        "decoder." + k: v.detach().cpu().to(dtype).contiguous()
+        for k, v in decoder.state_dict().items()
+    }
+    if set(new) != old or any(new[k].shape != state[k].shape for k in old):
+        raise ModelError("the decoder does not fit the model's network", model.source)
+    state.update(new)
+    card = copy.deepcopy(card)
+    for key in ("arch", "layout", "network", "quantizer", "entropy", "token_stats"):
+        if key in model.card:  # what identifies the tokens is the model's, whatever is passed
+            card[key] = copy.deepcopy(model.card[key])
+    card["gqtok_model"] = model.card.get("gqtok_model", CARD_VERSION)
+    card["weights_sha256"] = weights_hash(state)
+    card["storage_dtype"] = "float16" if dtype == torch.float16 else "float32"
+    save = lambda tmp, meta: save_file(state, str(tmp), metadata=meta)  # noqa: E731
     _write_model_file(Path(path), card, save, overwrite)
     return card
 
@@ -910,3 +975,35 @@ def save_decoder(
     sidecar = (json.dumps(card, indent=2, sort_keys=True) + "\n").encode()
     atomic_write_bytes(out.with_suffix(".json"), sidecar, overwrite=True)
     return card
+
+
+def copy_decoder(
+    source: Model, name: str, target: Model, overwrite: bool = False
+) -> dict[str, Any]:
+    """Serve ``source``'s decoder ``name`` beside ``target`` too: its tensors are written next
+    to ``target``'s file (``<stem>.decoder-<name>.safetensors``) with a card bound to
+    ``target``'s weights, keeping the description, training record and quality of the
+    original. Only for a target with the same tokens (equal encoder tensors and quantizer, as
+    a model exported with ``--own-decoder`` from ``source`` has): a decoder learnt on one
+    model's tokens means nothing on another's. Returns the new card."""
+    from gqtok.format.card import decoder_path
+
+    if name not in source._decoders.scan.bound:
+        source._decoders.check(name)  # says which files there are and why one is not used
+    _, found = source._decoders.scan.bound[name]
+    same = source.quant == target.quant and source.arch == target.arch
+    mine, theirs = source.encoder.state_dict(), target.encoder.state_dict()
+    if not same or mine.keys() != theirs.keys() or not all(
+        torch.equal(mine[k], theirs[k]) for k in mine
+    ):
+        raise ModelError(
+            f"{target.name!r} does not make {source.name!r}'s tokens (encoder or quantizer"
+            " differ): its decoders do not apply",
+            target.source,
+        )
+    module = source.with_decoder(name).decoder
+    card = decoder_card(
+        target, name, str(found.get("description", "")), found.get("training"), found.get("quality")
+    )
+    half = found.get("storage_dtype") == "float16"
+    return save_decoder(decoder_path(Path(target.source), name), module, card, half, overwrite)

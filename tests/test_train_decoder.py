@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from gqtok.nets.patchgan import PatchDiscriminator, hinge_d_loss
 from gqtok.train.checkpoints import load_checkpoint
 from gqtok.train.export_model import export
 from gqtok.train.loop import run
+from gqtok.train.losses import step_size
 from tests.test_train import HAS_STLPIPS, _cfg, data_dir, full_run  # noqa: F401 - fixtures
 
 
@@ -59,17 +61,94 @@ def test_decoder_only_freezes_encoder_and_trains_decoder(
         assert evals and all(0 <= float(r["val_stlpips_q"]) < 1 for r in evals)
 
 
+@pytest.mark.parametrize("sizes", [(0, 0), (16, 1 << 20)])
 def test_decoder_only_resume_is_bit_identical(
-    data_dir: Path, base_model: Path, tmp_path: Path  # noqa: F811
+    data_dir: Path, base_model: Path, tmp_path: Path, sizes: tuple[int, int]  # noqa: F811
 ) -> None:
     full, split = tmp_path / "full", tmp_path / "split"
-    run(_decoder_cfg(data_dir, full, base_model, perceptual="none"))
-    run(_decoder_cfg(data_dir, split, base_model, perceptual="none", steps=3))
-    run(_decoder_cfg(data_dir, split, base_model, perceptual="none", resume=True))
+    kw = {"perceptual": "none", "size_min": sizes[0], "size_max": sizes[1]}
+    run(_decoder_cfg(data_dir, full, base_model, **kw))
+    run(_decoder_cfg(data_dir, split, base_model, steps=3, **kw))
+    run(_decoder_cfg(data_dir, split, base_model, resume=True, **kw))
     a, b = load_checkpoint(full / "last.pt"), load_checkpoint(split / "last.pt")
     for part in ("decoder", "disc"):
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), f"{part}.{key} differs"
+
+
+def test_codebook_size_per_step_is_log_uniform_and_repeatable(
+    data_dir: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    cfg = _cfg(data_dir, tmp_path, decoder_only=True, init="m", size_min=64, size_max=1 << 20)
+    sizes = [step_size(cfg, s) for s in range(400)]
+    assert sizes == [step_size(cfg, s) for s in range(400)]  # a resumed run draws the same
+    assert all(64 <= k <= 1 << 20 for k in sizes)
+    assert all(k % 16 == 0 for k in sizes if k >= 8192)  # the windowed search's sizes
+    octaves = np.bincount(np.floor(np.log2(sizes)).astype(int) - 6, minlength=14)
+    assert octaves.min() >= 10 and octaves.max() <= 50  # ~29 per octave over 14 octaves
+    other = _cfg(data_dir, tmp_path, decoder_only=True, init="m", size_min=64, size_max=1 << 20,
+                 seed=4)
+    assert [step_size(other, s) for s in range(400)] != sizes
+    assert step_size(_cfg(data_dir, tmp_path, decoder_only=True, init="m"), 7) == 65536
+    for bad in ({"size_min": 64}, {"decoder_only": True, "init": "m", "size_min": 70000},
+                {"decoder_only": True, "init": "m", "size_min": 1}):
+        with pytest.raises(ValueError, match="--size-min"):
+            _cfg(data_dir, tmp_path, **bad).check()
+
+
+def test_own_decoder_export_is_a_model_with_the_base_tokens(
+    data_dir: Path, base_model: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    import shutil
+
+    from PIL import Image
+
+    from gqtok import api
+    from gqtok.codec import pack_tokens
+    from gqtok.errors import ModelError
+    from gqtok.format.card import decoder_path
+    from gqtok.model import copy_decoder, load_model_file, save_model
+
+    out = tmp_path / "run"
+    run(_decoder_cfg(data_dir, out, base_model, perceptual="none", eval_every=0, size_min=16,
+                     size_max=4096))
+    models = tmp_path / "models"
+    models.mkdir()
+    base_path = models / "tiny.safetensors"
+    shutil.copy(base_model, base_path)
+    card = export(out, models / "tiny-v2.safetensors", "tiny-v2", own_decoder=True)
+    assert card["training"]["size_range"] == [16, 4096]
+    assert card["training"]["stage"] == "decoder-only" and "16..4096" in card["description"]
+    base, new = load_model_file(base_path), load_model_file(models / "tiny-v2.safetensors")
+    assert new.name == "tiny-v2" and new.weights_sha256 != base.weights_sha256
+    assert card["quantizer"] == base.card["quantizer"] and card["entropy"] == base.card["entropy"]
+    state = load_checkpoint(out / "last.pt")
+    for key, value in new.decoder.state_dict().items():  # the run's decoder is its own
+        assert torch.equal(value, state["decoder"][key]), key
+    photo = np.asarray(Image.open("tests/data/photo_a.jpg").convert("RGB"))[:64, :96]
+    a, b = api.encode(base, photo), api.encode(new, photo)
+    assert torch.equal(a.indices, b.indices)  # same encoder and quantizer: the same tokens
+    pa, pb = pack_tokens(base, a), pack_tokens(new, b)
+    n = pa.token_bytes  # the same entropy model: the same coded tokens (before the CRC)
+    assert n == pb.token_bytes and pa.data[-n - 4 : -4] == pb.data[-n - 4 : -4]
+    assert not np.array_equal(api.decode_array(base, a), api.decode_array(new, b))
+    # the base's second decoder, served beside the new model too
+    export(out, decoder_path(base_path, "sharp"), "sharp")
+    base = load_model_file(base_path)
+    dcard = copy_decoder(base, "sharp", new)
+    assert dcard["base_weights_sha256"] == new.weights_sha256
+    again = load_model_file(models / "tiny-v2.safetensors")
+    assert again.decoders == ["fidelity", "sharp"]
+    for key, value in base.with_decoder("sharp").decoder.state_dict().items():
+        assert torch.equal(again.with_decoder("sharp").decoder.state_dict()[key], value), key
+    # a model whose encoder differs makes other tokens: the decoder is refused
+    enc = base.encoder
+    with torch.no_grad():
+        next(iter(enc.parameters())).add_(0.01)
+    other = models / "other.safetensors"
+    save_model(other, enc, base.decoder, {**base.card, "name": "other"}, base.entropy.counts)
+    with pytest.raises(ModelError, match="encoder or quantizer"):
+        copy_decoder(load_model_file(base_path), "sharp", load_model_file(other))
 
 
 def test_decoder_only_needs_a_model_to_start_from(
@@ -133,3 +212,70 @@ def test_decoder_only_run_exports_a_decoder_the_model_serves(
         assert torch.allclose(served[key], (own[key] + value) / 2, atol=1e-6), key
     with pytest.raises(ValueError, match="blend"):
         export(out, decoder_path(base, "none"), "none", blend=0.0)
+
+
+def test_coarse_member_codes_the_small_codebooks(
+    data_dir: Path, base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A model whose card names a coarse-codebook model codes K < below with it: the same
+    tokens and bytes, the member's id in the header, its decoder's pixels."""
+    import shutil
+
+    from PIL import Image
+
+    from gqtok.codec import decode_bytes, encode_pictures
+    from gqtok.codec.rate import at_size, quality_size
+    from gqtok.errors import ModelError
+    from gqtok.io.images import Picture
+    from gqtok.model import load_model_file, save_model, save_with_coarse
+    from gqtok.zoo.load import model_for_header
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    monkeypatch.setenv("GQTOK_WEIGHTS", str(weights))
+    base_path = weights / "tiny.safetensors"
+    shutil.copy(base_model, base_path)
+    out = tmp_path / "run"
+    run(_decoder_cfg(data_dir, out, base_model, perceptual="none", eval_every=0, size_min=64,
+                     size_max=1024))
+    export(out, weights / "tiny-coarse.safetensors", "tiny-coarse", own_decoder=True)
+    base, member = load_model_file(base_path), load_model_file(weights / "tiny-coarse.safetensors")
+    card = save_with_coarse(base, member, 1024, base_path, overwrite=True)
+    assert card["coarse"] == {"below": 1024, "model": "tiny-coarse",
+                              "weights_sha256": member.weights_sha256}
+    linked = load_model_file(base_path)
+    assert linked.weights_sha256 == base.weights_sha256  # tensors byte for byte
+    rgb = np.asarray(Image.open("tests/data/photo_a.jpg").convert("RGB"))[:64, :96].copy()
+    pic = Picture(rgb, None, "RGB", "PNG", 8)
+    plain = load_model_file(base_model)  # the same model without the link
+    for quality, who in ((10, "tiny-coarse"), (30, "tiny-base"), (75, "tiny-base")):
+        size = quality_size(linked, quality)
+        assert (size < 1024) == (who == "tiny-coarse")
+        enc = encode_pictures(linked, [pic], quality=quality)[0]
+        ref = encode_pictures(plain, [pic], quality=quality)[0]
+        assert enc.header.model_id == who and enc.header.size == size
+        assert torch.equal(enc.tokens.indices, ref.tokens.indices)
+        n = enc.token_bytes
+        assert n == ref.token_bytes and enc.data[-n - 4 : -4] == ref.data[-n - 4 : -4]
+        image, header = decode_bytes(enc.data, model_for_header)  # found by id in weights/
+        mine = np.asarray(image)
+        theirs = np.asarray(decode_bytes(ref.data, plain)[0])
+        assert np.array_equal(mine, theirs) == (who == "tiny-base")
+        assert at_size(linked, size).name == who
+    assert at_size(linked, 64, coarse=False).name == "tiny-base"
+    # a link to other weights, or to a model that makes other tokens, is refused
+    bad = dict(linked.card)
+    bad["coarse"] = {**bad["coarse"], "weights_sha256": "0" * 64}
+    save_model(tmp_path / "bad.safetensors", linked.encoder, linked.decoder, bad,
+               linked.entropy.counts)
+    with pytest.raises(ModelError, match="tiny-coarse"):
+        at_size(load_model_file(tmp_path / "bad.safetensors"), 64)
+    enc_net = member.encoder
+    with torch.no_grad():
+        next(iter(enc_net.parameters())).add_(0.01)
+    save_model(weights / "tiny-coarse.safetensors", enc_net, member.decoder, member.card,
+               member.entropy.counts)
+    other = load_model_file(weights / "tiny-coarse.safetensors")
+    save_with_coarse(load_model_file(base_path), other, 1024, base_path, overwrite=True)
+    with pytest.raises(ModelError, match="does not make"):
+        at_size(load_model_file(base_path), 64)

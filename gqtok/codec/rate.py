@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from gqtok.format.container import MAX_CODEBOOK_VALUES
 from gqtok.model import Model
 from gqtok.quant.config import QuantizerConfig
+from gqtok.zoo.load import coarse_member
 
 K_MIN = 64
 MODEL_QUALITY = 75.0  # the quality at which a model codes with its own codebook size
@@ -54,10 +55,13 @@ def quality_size(model: Model, quality: float) -> int:
     return min(max_size(model), round_size(2**x))
 
 
-def at_size(model: Model, size: int) -> Model:
-    """``model`` with codebook size ``size`` (same G, seed and beta)."""
+def at_size(model: Model, size: int, coarse: bool = True) -> Model:
+    """``model`` with codebook size ``size`` (same G, seed and beta). Below the size its
+    card's ``coarse`` names, that is the coarse-codebook model (same tokens, a decoder trained
+    on small K: gqtok.zoo.load.coarse_member) unless ``coarse`` is False (tokens only)."""
     q = model.quant
-    return model.requantized(QuantizerConfig(q.dim, int(size), q.seed, q.beta))
+    member = coarse_member(model, int(size)) if coarse else model
+    return member.requantized(QuantizerConfig(q.dim, int(size), q.seed, q.beta))
 
 
 @dataclass

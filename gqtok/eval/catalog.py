@@ -56,11 +56,25 @@ def _decoders(path: Path, card: dict[str, Any]) -> dict[str, Any]:
     return {"decoders": scan.names, "decoders_refused": refused}
 
 
-def _kinds(paths: list[Path]) -> list[str]:
+def _kinds(local: list[tuple[Path, dict[str, Any]]]) -> list[str]:
     """default (the file ``--model default`` loads: the first so named on the search path),
+    coarse (the model the default's card names for coarse codebooks: gqtok.codec.rate),
     retired (an earlier default, kept so that its files decode) or local (any other)."""
-    default = next((p for p in paths if p.stem == DEFAULT_MODEL and not is_retired(p)), None)
-    return ["retired" if is_retired(p) else "default" if p == default else "local" for p in paths]
+    default = next(
+        ((p, c) for p, c in local if p.stem == DEFAULT_MODEL and not is_retired(p)), None
+    )
+    coarse = default[1].get("coarse", {}) if default else {}
+
+    def kind(p: Path, c: dict[str, Any]) -> str:
+        if is_retired(p):
+            return "retired"
+        if default is not None and p == default[0]:
+            return "default"
+        if coarse and c.get("weights_sha256") == coarse["weights_sha256"]:
+            return "coarse"
+        return "local"
+
+    return [kind(p, c) for p, c in local]
 
 
 def _local_row(path: Path, card: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -130,7 +144,7 @@ def models_table(
     gqtok.eval.cost) of one 256x256 encode + decode on this many threads, not a measurement.
     """
     local = list_local_models(on_error)
-    kinds = _kinds([path for path, _ in local])
+    kinds = _kinds(local)
     rows = [_local_row(path, card, kind) for (path, card), kind in zip(local, kinds, strict=True)]
     return rows + [_released_row(name) for name in registry.released_names()]
 

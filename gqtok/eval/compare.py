@@ -484,16 +484,18 @@ def _image_points(
         if not len(orig):
             inception = None  # smaller than a patch: no patch features for this image
     coded: dict[tuple[Any, ...], Any] = {}
-    runs = [(m, None) for m in models] if not qualities else [
-        (at_size(m, quality_size(m, q)), q) for m in models for q in qualities
+    # (model coding, quality, model named): at a low quality a model may code with its
+    # coarse-codebook model (gqtok.codec.rate.at_size), still one curve under its own name
+    runs = [(m, None, m) for m in models] if not qualities else [
+        (at_size(m, quality_size(m, q)), q, m) for m in models for q in qualities
     ]  # fmt: skip
-    for model, q in runs:
+    for model, q, named in runs:
         rec, nbytes, _ = roundtrip(model, Picture(rgb, None, "RGB", "PNG", 8), coded)
         bpp = nbytes * 8 / (rgb.shape[0] * rgb.shape[1])
-        target = f"@{model.name}" if q is None else f"@{model.name} q{q:g}"
+        target = f"@{named.name}" if q is None else f"@{named.name} q{q:g}"
         if (target, bpp) not in own:
             own.append((target, bpp))
-        point = {"image": name, "codec": f"gqtok:{model.label}", "target": target}
+        point = {"image": name, "codec": f"gqtok:{named.label}", "target": target}
         point.update(target_bpp=bpp, bpp=bpp, status="ok", **measure(rgb, rec))
         points.append(point)
         if on_reconstruction:

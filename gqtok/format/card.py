@@ -120,6 +120,15 @@ CARD_SCHEMA = sc.obj(
             }
         ),
         "clamp": sc.nullable(sc.array(sc.number(), 2, 2)),
+        # rate control codes K < below with the named model: the same tokens (encoder,
+        # quantizer and entropy models), a decoder trained on coarse codebooks
+        "coarse": sc.obj(
+            required={
+                "below": sc.integer(MIN_CODEBOOK_SIZE + 1, MAX_CODEBOOK_SIZE),
+                "model": sc.string(extra=check_model_id),
+                "weights_sha256": sc.hexdigits(64),
+            }
+        ),
         "weights_sha256": sc.hexdigits(64),
         "storage_dtype": sc.string(choices=("float16", "float32")),
         "origin": sc.obj(),

@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "export":
             export(args.source, args.model, args.name, args.token_stats_images,
                    args.token_stats_side, args.data, args.half, trust_pickle=args.trust_pickle,
-                   overwrite=args.overwrite, blend=args.blend)
+                   overwrite=args.overwrite, blend=args.blend,
+                   own_decoder=args.own_decoder)
             return
         run(config_from_args(args), trust_pickle=args.trust_pickle)
     except GqtokError as exc:  # an unsafe or unreadable checkpoint, an unwritable out dir

@@ -76,6 +76,11 @@ class TrainConfig:
     disc_lr: float = 1e-4
     disc_channels: int = 32  # first width; 64 (VQGAN) costs 9x the CPU time, 0.54 vs 0.06 s a batch
     disc_layers: int = 3
+    # --decoder-only: rate control decodes every codebook size K with one decoder, and a small
+    # K hands it codewords far from anything it saw in training. With size_min > 0 each step
+    # quantizes at a K drawn log-uniformly from [size_min, size_max] (0 = codebook_size).
+    size_min: int = 0
+    size_max: int = 0
     # Adam's betas, for the networks and the discriminator alike: PyTorch's defaults; the
     # VQGAN recipe's adversarial stage uses 0.5 / 0.9 (a GPU GAN stage, scripts/*_gpu.sh)
     adam_beta1: float = 0.9
@@ -106,6 +111,16 @@ class TrainConfig:
             raise ValueError("--adam-beta1 and --adam-beta2 must lie in [0, 1)")
         if self.decoder_only and not self.init:
             raise ValueError("--decoder-only needs --init MODEL: the model whose tokens it decodes")
+        if self.size_min or self.size_max:
+            if not self.decoder_only:
+                raise ValueError("--size-min/--size-max apply to --decoder-only runs")
+            if not 2 <= self.size_min <= self.train_size_max:
+                raise ValueError("--size-min must be at least 2 and at most --size-max")
+
+    @property
+    def train_size_max(self) -> int:
+        """The largest codebook size the decoder-only step quantizes at."""
+        return self.size_max or self.codebook_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--half", action="store_true", help="store weights as float16")
     ex.add_argument("--blend", type=float, default=1.0,
                     help="decoder-only runs: store (1-B) * the base decoder + B * the trained one")
+    ex.add_argument("--own-decoder", action="store_true",
+                    help="decoder-only runs: write a whole model, the base with this decoder as"
+                         " its own (same tokens and entropy models, a new name)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     ex.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
     return ap

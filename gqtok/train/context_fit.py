@@ -306,7 +306,8 @@ def fit_prior(
         out = []
         for rgb in photos:
             tokens_at = tokens_by_model(model, rgb)
-            out.append({k: tokens_at(at_size(model, k)).indices.numpy() for k in sizes})
+            out.append({k: tokens_at(at_size(model, k, coarse=False)).indices.numpy()
+                        for k in sizes})
         return out
 
     tr = grids(train)

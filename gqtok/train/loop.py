@@ -44,6 +44,7 @@ from gqtok.train.losses import (
     build_perceptual,
     decoder_update,
     step_losses,
+    step_size,
 )
 from gqtok.train.progress import METRICS, Log, MetricsFile, Window, eval_line, train_line
 from gqtok.train.validation import evaluate
@@ -287,7 +288,7 @@ def _decoder_step(
         group["lr"], group["betas"] = cfg.disc_lr, _betas(cfg)
     loss, terms = decoder_update(cfg, ts.encoder, ts.decoder, ts.disc, ts.optimizer,
                                  ts.disc_optimizer, x, perceptual, ts.step >= cfg.disc_start,
-                                 world)
+                                 world, step_size(cfg, ts.step))
     ts.step += 1
     ts.images_seen += cfg.batch * world.size
     names = list(terms)

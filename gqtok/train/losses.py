@@ -10,6 +10,8 @@ used for evaluation and export.
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Iterable
 
 import torch
@@ -87,14 +89,32 @@ def step_losses(
 # --decoder-only: a second decoder for a frozen encoder's GQ tokens
 
 
+def step_size(cfg: TrainConfig, step: int) -> int:
+    """The codebook size K of a decoder-only step: cfg.codebook_size, or with --size-min a
+    K drawn log-uniformly from [size_min, size_max], the same for a given seed and step (so a
+    resumed run sees what it would have). From 8192 on K is a multiple of 16, the sizes rate
+    control codes and the windowed GQ search takes."""
+    if not cfg.size_min:
+        return cfg.codebook_size
+    lo, hi = math.log2(cfg.size_min), math.log2(cfg.train_size_max)
+    u = random.Random(cfg.seed * 1_000_003 + step).random()
+    k = int(round(2 ** (lo + (hi - lo) * u)))
+    if k >= 8192:
+        k = min(cfg.train_size_max, 16 * round(k / 16))
+    return max(cfg.size_min, k)
+
+
 @torch.no_grad()
-def frozen_codewords(cfg: TrainConfig, encoder: Encoder, x: torch.Tensor) -> torch.Tensor:
-    """The GQ codewords the frozen encoder gives x: exactly what the decoder will be handed
-    at decode time (not the reparameterised sample the joint training uses)."""
+def frozen_codewords(
+    cfg: TrainConfig, encoder: Encoder, x: torch.Tensor, size: int | None = None
+) -> torch.Tensor:
+    """The GQ codewords (codebook size ``size``, default the run's) the frozen encoder gives
+    x: exactly what the decoder will be handed at decode time (not the reparameterised sample
+    the joint training uses)."""
     amp = x.device.type == "cuda"
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         moments = encoder(x)
-    _, zhat = quantize(moments.float(), cfg.dim, cfg.codebook_size, cfg.codebook_seed)
+    _, zhat = quantize(moments.float(), cfg.dim, size or cfg.codebook_size, cfg.codebook_seed)
     return zhat.to(x.device)
 
 
@@ -166,13 +186,14 @@ def decoder_update(
     cfg: TrainConfig, encoder: Encoder, decoder: Decoder, disc: torch.nn.Module,
     optimizer: torch.optim.Optimizer, disc_optimizer: torch.optim.Optimizer, x: torch.Tensor,
     perceptual: torch.nn.Module | None, gan_on: bool, world: World | None = None,
+    size: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One decoder-only step: the decoder's update on the frozen encoder's codewords, then
     (with ``gan_on``) the discriminator's; returns the decoder's loss and the logged terms.
     Shared by the training loop and bench/train_speed.py. With several ranks (``world``) the
     gradients are averaged over them before each optimiser step (average_gradients); the
     discriminator's BatchNorm normalises each rank's slice, as DDP without SyncBatchNorm."""
-    zhat = frozen_codewords(cfg, encoder, x)
+    zhat = frozen_codewords(cfg, encoder, x, size)
     disc.requires_grad_(False)  # the decoder's step only needs gradients through D
     loss, x_hat, terms = decoder_losses(cfg, decoder, disc, zhat, x, perceptual, gan_on, world)
     optimizer.zero_grad(set_to_none=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from gqtok.errors import ModelError
 from gqtok.format.card import has_card
@@ -173,6 +174,47 @@ def model_for_id(
     if np.float32(model.quant.beta) == np.float32(quant.beta):
         quant = QuantizerConfig(quant.dim, quant.size, quant.seed, model.quant.beta)
     return model.requantized(quant)
+
+
+def coarse_member(model: Model, size: int) -> Model:
+    """The model that codes ``model``'s tokens at codebook size ``size`` (gqtok.codec.rate):
+    ``model`` itself, or below its card's ``coarse.below`` the model named there, which has
+    the same encoder, quantizer and entropy models (so the same tokens and bytes) and a
+    decoder trained on coarse codebooks. Found by id and weights hash like a .gq file's model,
+    loaded once, checked to make the same tokens, and given ``model``'s device and decoder
+    choice; ModelError when it is missing or differs."""
+    spec = model.card.get("coarse")
+    if spec is None or size >= spec["below"]:
+        return model
+    if model.coarse is None:
+        path = path_for_model_id(spec["model"], weights=spec["weights_sha256"])
+        member = load_model_file(path)
+        where = str(path)
+        if member.weights_sha256 != spec["weights_sha256"]:
+            raise ModelError(
+                f"is not the coarse-codebook model {model.name!r} names (weights"
+                f" {member.weights_sha256[:16]}, not {spec['weights_sha256'][:16]})",
+                where,
+            )
+        mine, theirs = model.encoder.state_dict(), member.encoder.state_dict()
+        same = (
+            (member.quant.dim, member.quant.seed, member.quant.beta)
+            == (model.quant.dim, model.quant.seed, model.quant.beta)
+            and member.card.get("entropy") == model.card.get("entropy")
+            and mine.keys() == theirs.keys()
+            and all(torch.equal(mine[k].cpu(), theirs[k]) for k in mine)
+        )
+        if not same:
+            raise ModelError(
+                f"does not make {model.name!r}'s tokens (encoder, quantizer or entropy"
+                " models differ): it cannot be its coarse-codebook model",
+                where,
+            )
+        model.coarse = member.to(model.device, model.precision)
+    member = model.coarse
+    if model.decoder_name != member.decoder_name or model.realism != member.realism:
+        member = member.with_decoder(model.decoder_name, model.realism)
+    return member
 
 
 def model_for_header(
