@@ -44,7 +44,7 @@ train-perceptual: $(STAMP) data/prepared/manifest.json
 	bash scripts/train_perceptual.sh $(TRAIN_MINUTES)
 
 ## Reproduce the default's coarse-codebook model (its decoder fine-tuned on the codewords of
-## K = 64..16384, which rate control codes Q < 60 with; ~32 min on 2 cores, resumable; see
+## K = 64..16384; rate control codes K < 6144, Q < 50, with it; ~30 min on 2 cores, resumable; see
 ## scripts/train_coarse.sh), and link it from weights/default.safetensors' card.
 train-coarse: $(STAMP) data/prepared/manifest.json
 	bash scripts/train_coarse.sh $(TRAIN_MINUTES)

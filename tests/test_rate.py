@@ -20,6 +20,7 @@ from gqtok.format import container
 from gqtok.format.prior import PriorParams
 from gqtok.io.images import read_image
 from gqtok.quant.codebook import codebook_view
+from gqtok.zoo.load import model_for_header
 from tests.conftest import DATA, REPO
 
 MODEL = load_model()
@@ -50,7 +51,9 @@ def test_quality_is_monotone_in_rate_and_fidelity(photo: Path) -> None:
     for q in QUALITIES:
         enc = encode_pictures(MODEL, [pic], quality=q)[0]
         assert enc.header.size == rc.quality_size(MODEL, q)
-        image, header = decode_bytes(enc.data, MODEL)  # another K: the same network decodes
+        # decoded as `gqtok decode` does: the model the header names (below Q = 50 the
+        # default's coarse-codebook model, same tokens)
+        image, header = decode_bytes(enc.data, model_for_header)
         points.append((enc.bpp, _psnr(np.asarray(image), pic.rgb), header.entropy_kind))
     bpps = [p[0] for p in points]
     psnrs = [p[1] for p in points]
@@ -61,6 +64,32 @@ def test_quality_is_monotone_in_rate_and_fidelity(photo: Path) -> None:
     assert [p[2] for p in points] == ["context"] * len(QUALITIES)
 
 
+@pytest.mark.parametrize("photo", sorted(DATA.glob("photo_*")), ids=lambda p: p.name)
+def test_small_codebooks_decode_better_with_the_coarse_model(photo: Path) -> None:
+    """The shipped default names its coarse-codebook model for K < 6144 (Q < 50): the same
+    tokens and bytes, and a decoder that beats the default's own on those codewords."""
+    import gqtok
+    from gqtok.eval.catalog import models_table
+
+    coarse = MODEL.card["coarse"]
+    assert coarse["below"] == 6144 and rc.quality_size(MODEL, 49) < 6144
+    row = next(r for r in models_table() if r["name"] == coarse["model"])
+    assert row["kind"] == "coarse" and row["decoders"] == ["fidelity", "perceptual"]
+    pic = read_image(str(photo))
+    for q in (0, 10, 30):
+        enc = encode_pictures(MODEL, [pic], quality=q)[0]
+        assert enc.header.model_id == coarse["model"]
+        own = gqtok.decode_array(rc.at_size(MODEL, enc.header.size, coarse=False), enc.tokens)
+        ref = encode_pictures(rc.at_size(MODEL, enc.header.size, coarse=False), [pic])[0]
+        n = enc.token_bytes  # the same coded tokens (the CRC after them covers the header)
+        assert ref.token_bytes == n and ref.data[-n - 4 : -4] == enc.data[-n - 4 : -4]
+        image, _ = decode_bytes(enc.data, model_for_header)
+        gain = _psnr(np.asarray(image), pic.rgb) - _psnr(own, pic.rgb)
+        assert gain > 0.05, (q, gain)  # +0.1 .. +0.9 dB on these photos, ~+2 dB held-out
+    for q in (50, 75):
+        assert encode_pictures(MODEL, [pic], quality=q)[0].header.model_id == MODEL.name
+
+
 def test_a_target_bpp_is_met_or_the_nearest_rate_is_reported() -> None:
     pic = read_image(str(REPO / "examples" / "sample.jpg"))
     for target in (0.12, 0.16, 0.24):
@@ -68,7 +97,7 @@ def test_a_target_bpp_is_met_or_the_nearest_rate_is_reported() -> None:
         assert enc.rate is not None and enc.rate.met, enc.rate
         assert abs(enc.bpp - target) <= rc.TOLERANCE * target
         assert enc.header.size == enc.rate.size and len(enc.rate.tried) <= rc.MAX_STEPS
-        image, _ = decode_bytes(enc.data, MODEL)
+        image, _ = decode_bytes(enc.data, model_for_header)
         assert image.size == (768, 512)
     far = encode_pictures(MODEL, [pic], bpp=3.0)[0]
     assert far.rate is not None and not far.rate.met and far.header.size == 1 << 20

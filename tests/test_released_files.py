@@ -1,8 +1,8 @@
 """Files written by earlier releases decode with this one: every model that shipped as the
-default stays resolvable by the id in its files (weights/ and weights/retired/), and each
-coding that shipped (.gq version 1 static tables, version 2 context and prior) still decodes
-to the pixels the writing release decoded it to. tests/data/released/README.md says which
-release wrote each file and how."""
+default (or as its coarse-codebook model) stays resolvable by the id in its files (weights/
+and weights/retired/), and each coding that shipped (.gq version 1 static tables, version 2
+context and prior, version 3) still decodes to the pixels the writing release decoded it to.
+tests/data/released/README.md says which release wrote each file and how."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ FILES = {
     "v3-context.gq": ("gqtok-f8c16-cpu-v3", 2, "context", 65536),
     "v3-q10.gq": ("gqtok-f8c16-cpu-v3", 2, "prior", 161),
     "v3-q95.gq": ("gqtok-f8c16-cpu-v3", 2, "context", 602256),
+    "v3-coarse-q10.gq": ("gqtok-f8c16-cpu-v3-coarse", 3, "context", 161),
 }
 
 

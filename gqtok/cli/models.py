@@ -60,6 +60,10 @@ def models(as_json: JsonOpt = False) -> None:
         )
         if r["entropy"] != "uniform":
             notes.append(f"entropy coding of {r['name']}: {_ENTROPY[r['entropy']]}")
+        if r.get("coarse"):
+            c = r["coarse"]
+            notes.append(f"{r['name']} codes codebooks K < {c['below']} (--quality/--bpp) with"
+                         f" {clean(c['model'])}: same tokens, a decoder trained on small K")
         if len(r["decoders"]) > 1:
             notes.append(f"decoders of {r['name']} ({r['path']}): {', '.join(r['decoders'])}")
         for bad in r["decoders_refused"]:

@@ -95,6 +95,7 @@ def _local_row(path: Path, card: dict[str, Any], kind: str) -> dict[str, Any]:
         "source": str(path),
         "gflops_256": cost["gflops"],
         "est_cpu_s_256": cost["cpu_seconds"],
+        "coarse": card.get("coarse"),
         **_decoders(path, card),
     }
 

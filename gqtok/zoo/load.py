@@ -180,16 +180,27 @@ def coarse_member(model: Model, size: int) -> Model:
     """The model that codes ``model``'s tokens at codebook size ``size`` (gqtok.codec.rate):
     ``model`` itself, or below its card's ``coarse.below`` the model named there, which has
     the same encoder, quantizer and entropy models (so the same tokens and bytes) and a
-    decoder trained on coarse codebooks. Found by id and weights hash like a .gq file's model,
-    loaded once, checked to make the same tokens, and given ``model``'s device and decoder
-    choice; ModelError when it is missing or differs."""
+    decoder trained on coarse codebooks. Found by id and weights hash in the weights folders
+    (never downloaded), loaded once, checked to make the same tokens, and given ``model``'s
+    device and decoder choice; ModelError when it is missing or differs."""
     spec = model.card.get("coarse")
     if spec is None or size >= spec["below"]:
         return model
     if model.coarse is None:
-        path = path_for_model_id(spec["model"], weights=spec["weights_sha256"])
-        member = load_model_file(path)
-        where = str(path)
+        found = [
+            p
+            for p, card in list_local_models()
+            if spec["model"] in (card.get("name"), p.stem)
+            and card.get("weights_sha256") == spec["weights_sha256"]
+        ]
+        if not found:  # local files only: a card never sends gqtok to the network
+            raise ModelError(
+                f"its coarse-codebook model {spec['model']!r} (weights"
+                f" {spec['weights_sha256'][:16]}) is not in the weights folders",
+                model.source or model.name,
+            )
+        member = load_model_file(found[0])
+        where = str(found[0])
         if member.weights_sha256 != spec["weights_sha256"]:
             raise ModelError(
                 f"is not the coarse-codebook model {model.name!r} names (weights"
