@@ -128,7 +128,7 @@ def test_small_codebooks_are_coded_by_a_bin_and_position_in_fewer_bytes(size: in
     """K < 32^2: the cell is the a bin alone (two symbols a token). Against the prior's table
     that coded these K before (entropy kind 3, still what --entropy static writes): the same
     tokens and pixels, 10-20 % fewer bytes on photos (a tiny grid is mostly border)."""
-    m = rc.at_size(MODEL, size)
+    m = rc.at_size(MODEL, size, coarse=False)  # the default's own decoder decodes MODEL's files
     coder = m.context_coder
     assert coder is not None and coder.coarse and coder.parts == 2 and coder.width == 32
     for photo in (DATA / "photo_a.jpg", REPO / "examples" / "sample.jpg"):
@@ -158,7 +158,8 @@ def test_the_context_model_covers_k_from_twice_its_bins() -> None:
 
 B2 = encode_file(MODEL, str(DATA / "photo_b.png")).data
 A2 = encode_file(MODEL, str(DATA / "photo_a.jpg")).data
-A2_COARSE = encode_pictures(MODEL, [read_image(str(DATA / "photo_a.jpg"))], quality=10)[0].data
+A2_COARSE = encode_pictures(rc.at_size(MODEL, rc.quality_size(MODEL, 10), coarse=False),
+                            [read_image(str(DATA / "photo_a.jpg"))])[0].data  # fmt: skip
 
 
 def _refused(data: bytes, error: type, match: str, model=MODEL) -> None:  # noqa: ANN001

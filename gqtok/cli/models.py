@@ -47,12 +47,13 @@ def models(as_json: JsonOpt = False) -> None:
 
     table = Table(title="gqtok models")
     table.add_column("name", no_wrap=True)
-    for col in ("kind", "arch", "G", "K", "bpp", "here", "~s/256²"):
+    # 80 columns: the architecture is in the names of the released models, and in --json
+    for col in ("kind", "G", "K", "bpp", "here", "~s/256²"):
         table.add_column(col)
     notes = []  # decoders besides the model's own, under the table (it fills 80 columns)
     for r in rows:
         cost = r["est_cpu_s_256"]
-        cells = (r["name"], r["kind"], r["arch"], r["dim"], r["codebook_size"], r["bpp_nominal"])
+        cells = (r["name"], r["kind"], r["dim"], r["codebook_size"], r["bpp_nominal"])
         table.add_row(
             *(clean(c) for c in cells),
             "yes" if r["available"] else "no",
@@ -62,8 +63,8 @@ def models(as_json: JsonOpt = False) -> None:
             notes.append(f"entropy coding of {r['name']}: {_ENTROPY[r['entropy']]}")
         if r.get("coarse"):
             c = r["coarse"]
-            notes.append(f"{r['name']} codes codebooks K < {c['below']} (--quality/--bpp) with"
-                         f" {clean(c['model'])}: same tokens, a decoder trained on small K")
+            notes.append(f"{r['name']} codes K < {c['below']} with {clean(c['model'])} (same"
+                         " tokens, a decoder trained on small codebooks)")
         if len(r["decoders"]) > 1:
             notes.append(f"decoders of {r['name']} ({r['path']}): {', '.join(r['decoders'])}")
         for bad in r["decoders_refused"]:
