@@ -26,11 +26,7 @@ RUN="${RUN:-runs/coarse}"
 OUT="${OUT:-weights/$NAME.safetensors}"
 PY="${PY:-.venv/bin/python}"
 
-reached() {  # the step the run's checkpoint reached (0 when there is none)
-  [ -f "$RUN/last.pt" ] || { echo 0; return; }
-  "$PY" -c "import sys; from gqtok.train import load_checkpoint; print(load_checkpoint(sys.argv[1])['step'])" \
-    "$RUN/last.pt"
-}
+reached() { "$PY" -m gqtok.train reached "$RUN"; }  # the step its checkpoint reached (0: none)
 resume() { [ -f "$RUN/last.pt" ] && echo --resume || true; }
 
 if [ "$(reached)" -lt "$STEPS" ]; then

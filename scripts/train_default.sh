@@ -26,12 +26,9 @@ COMMON=(--data data/prepared --crop 128 --batch 8 --kl-weight 0.1 --perceptual n
         --scale-min 0.25 --scale-max 1.0 --seed 0 --threads 2
         --log-every 50 --ckpt-every 250 --eval-every 500 --eval-images 16 --minutes "$MINUTES")
 
-# Prints the step a run's checkpoint reached (0 when there is none).
-reached() {
-  [ -f "$1/last.pt" ] || { echo 0; return; }
-  "$PY" -c "import sys; from gqtok.train import load_checkpoint; print(load_checkpoint(sys.argv[1])['step'])" \
-    "$1/last.pt"  # load_checkpoint maps to the CPU: a GPU run's checkpoint holds CUDA RNG state
-}
+# Prints the step a run's checkpoint reached (0 when there is none; read on the CPU, so a GPU
+# run's checkpoint, which holds CUDA RNG state, reads here too).
+reached() { "$PY" -m gqtok.train reached "$1"; }
 
 stage() {  # stage RUN STEPS ARGS...
   local run="$1" steps="$2"; shift 2

@@ -25,11 +25,7 @@ COMMON=(--data data/prepared --out "$RUN" --init weights/default.safetensors --d
         --scale-max 1.0 --seed 0 --threads 2 --log-every 25 --ckpt-every 100 --eval-every 250
         --eval-images 16 --minutes "$MINUTES")
 
-reached() {  # the step the run's checkpoint reached (0 when there is none)
-  [ -f "$RUN/last.pt" ] || { echo 0; return; }
-  "$PY" -c "import sys; from gqtok.train import load_checkpoint; print(load_checkpoint(sys.argv[1])['step'])" \
-    "$RUN/last.pt"
-}
+reached() { "$PY" -m gqtok.train reached "$RUN"; }  # the step its checkpoint reached (0: none)
 resume() { [ -f "$RUN/last.pt" ] && echo --resume || true; }
 
 if [ "$(reached)" -lt "$STEPS_A" ]; then

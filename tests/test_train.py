@@ -291,6 +291,16 @@ def test_time_budget_stops_cleanly(data_dir: Path, tmp_path: Path) -> None:
     assert 0 <= state["step"] < 50
 
 
+def test_reached_prints_the_step_of_a_run(full_run: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m gqtok.train reached RUN`: what the resumable recipes in scripts/ test."""
+    from gqtok.train.command import main
+
+    for source, step in ((full_run, "4"), (full_run / "last.pt", "4"), (tmp_path / "none", "0")):
+        main(["reached", str(source)])
+        assert capsys.readouterr().out.strip() == step
+
+
 def test_export_loads_and_round_trips(full_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "tiny.safetensors"
     card = export(full_run, path, "tiny-test", token_stats_images=3)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from gqtok.errors import GqtokError
+from gqtok.train.checkpoints import checkpoint_path, load_checkpoint
 from gqtok.train.config import config_from_args, parser
 from gqtok.train.export_model import export
 from gqtok.train.loop import run
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the `train` or `export` sub-command; user errors end in one `error:` line."""
+    """Run the `train`, `export` or `reached` sub-command; user errors end in one `error:`
+    line."""
     ap = parser()
     args = ap.parse_args(argv)
     try:
+        if args.command == "reached":
+            path = checkpoint_path(args.source)
+            print(load_checkpoint(path)["step"] if path.is_file() else 0)
+            return
         if args.command == "export":
             export(args.source, args.model, args.name, args.token_stats_images,
                    args.token_stats_side, args.data, args.half, trust_pickle=args.trust_pickle,

@@ -179,6 +179,9 @@ def parser() -> argparse.ArgumentParser:
                          " its own (same tokens and entropy models, a new name)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     ex.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+    st = sub.add_parser("reached", help="print the step a run's checkpoint reached (0: none yet)"
+                        " -- what the resumable recipes in scripts/ test")
+    st.add_argument("source", type=Path, help="run directory or checkpoint file")
     return ap
 
 
