@@ -263,6 +263,8 @@ def test_coarse_member_codes_the_small_codebooks(
         assert np.array_equal(mine, theirs) == (who == "tiny-base")
         assert at_size(linked, size).name == who
     assert at_size(linked, 64, coarse=False).name == "tiny-base"
+    # the link belongs to the model's own settings: a requantized model codes with itself
+    assert at_size(at_size(linked, 4096, coarse=False), 64).name == "tiny-base"
     # a link to other weights, or to a model that makes other tokens, is refused
     bad = dict(linked.card)
     bad["coarse"] = {**bad["coarse"], "weights_sha256": "0" * 64}

@@ -256,12 +256,15 @@ def has_card(path: Path) -> bool:
 
 def with_quantizer(card: dict[str, Any], opts: ModelOptions) -> dict[str, Any]:
     """The card with quantizer settings overridden; a frequency table fitted to other
-    settings no longer describes the tokens, so the entropy model falls back to uniform."""
+    settings no longer describes the tokens, so the entropy model falls back to uniform, and
+    the coarse-codebook link (which rate control follows from the model's own settings)
+    goes."""
     old = dict(card.get("quantizer", {}))
     new = {**old, **opts.overrides()}
     if new == old:
         return card
     out = dict(card)
+    out.pop("coarse", None)
     out["quantizer"] = new
     if out.get("entropy", {}).get("kind") == "frequency":
         out["entropy"] = {"kind": "uniform"}
