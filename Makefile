@@ -54,6 +54,7 @@ train-coarse: $(STAMP) data/prepared/manifest.json
 fit-context: $(STAMP) data/prepared/manifest.json
 	$(PY) -m gqtok fit-context data/prepared/train --val data/prepared/val \
 		-o weights/default.safetensors --overwrite
+	RELINK=1 bash scripts/train_coarse.sh  # the coarse model takes the new entropy models
 
 data/prepared/manifest.json:
 	$(MAKE) data

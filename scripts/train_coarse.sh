@@ -12,6 +12,7 @@
 #   link:   the default's perceptual decoder served beside it too (same tokens), and the
 #           default's card naming it for K < BELOW (tensors untouched: same weights hash)
 # Usage: scripts/train_coarse.sh [MINUTES]  -- resumable: run again to continue.
+#        RELINK=1 scripts/train_coarse.sh   -- only rebuild + link (after make fit-context)
 # CPU, 2 threads: ~0.6 s a step (~32 min for 3 000 steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,20 @@ PY="${PY:-.venv/bin/python}"
 reached() { "$PY" -m gqtok.train reached "$RUN"; }  # the step its checkpoint reached (0: none)
 resume() { [ -f "$RUN/last.pt" ] && echo --resume || true; }
 
-if [ "$(reached)" -lt "$STEPS" ]; then
+if [ "${RELINK:-0}" = 1 ]; then
+  # after `make fit-context` (or `make train-perceptual`): the default's entropy models (or
+  # perceptual decoder) changed; rebuild the coarse model from its own file's decoder on the
+  # default as it is now, then link again below (no training, no run needed)
+  "$PY" - "$BASE" "$OUT" <<'PY'
+import sys
+from pathlib import Path
+
+from gqtok.model import load_model_file, save_with_decoder
+
+base, old = load_model_file(Path(sys.argv[1])), load_model_file(Path(sys.argv[2]))
+save_with_decoder(base, old.decoder, old.card, sys.argv[2], overwrite=True)
+PY
+elif [ "$(reached)" -lt "$STEPS" ]; then
   # shellcheck disable=SC2046
   "$PY" -m gqtok.train train --data data/prepared --out "$RUN" --init "$BASE" --decoder-only \
     --perceptual none --disc-start 1000000000 --size-min "$SIZE_MIN" --size-max "$SIZE_MAX" \
@@ -38,7 +52,8 @@ if [ "$(reached)" -lt "$STEPS" ]; then
     --eval-every 0 --steps "$STEPS" --minutes "$MINUTES" $(resume)
   [ "$(reached)" -ge "$STEPS" ] || { echo "not finished: run again"; exit 0; }
 fi
-"$PY" -m gqtok.train export --overwrite --own-decoder "$RUN" "$OUT" --name "$NAME"
+[ "${RELINK:-0}" = 1 ] || \
+  "$PY" -m gqtok.train export --overwrite --own-decoder "$RUN" "$OUT" --name "$NAME"
 "$PY" - "$BASE" "$OUT" "$BELOW" <<'PY'
 import sys
 from pathlib import Path
