@@ -42,6 +42,7 @@ train: $(STAMP) data/prepared/manifest.json
 train-perceptual: $(STAMP) data/prepared/manifest.json
 	$(PY) -m pip install -q --no-deps stlpips-pytorch==0.0.2
 	bash scripts/train_perceptual.sh $(TRAIN_MINUTES)
+	RELINK=1 bash scripts/train_coarse.sh  # the coarse model serves the same perceptual decoder
 
 ## Reproduce the default's coarse-codebook model (its decoder fine-tuned on the codewords of
 ## K = 64..16384; rate control codes K < 6144, Q < 50, with it; ~30 min on 2 cores, resumable; see
