@@ -48,6 +48,7 @@ from gqtok.format.card import (
     DecoderScan,
     check_card,
     check_decoder_card,
+    decoder_path,
     find_decoders,
     read_card,
     read_decoder_card,
@@ -272,6 +273,18 @@ class Model:
     @property
     def arch(self) -> str:
         return str(self.card.get("arch", "unet"))
+
+    def makes_same_tokens(self, other: Model) -> bool:
+        """Whether ``other`` turns images into this model's tokens: the same architecture,
+        codebook (G, seed, beta; any K) and encoder tensors. Decoders learnt on one model's
+        tokens then serve the other's."""
+        q, o = self.quant, other.quant
+        if self.arch != other.arch or (q.dim, q.seed, q.beta) != (o.dim, o.seed, o.beta):
+            return False
+        mine, theirs = self.encoder.state_dict(), other.encoder.state_dict()
+        return mine.keys() == theirs.keys() and all(
+            torch.equal(mine[k].cpu(), theirs[k].cpu()) for k in mine
+        )
 
     @property
     def weights_fingerprint(self) -> bytes:
@@ -986,16 +999,10 @@ def copy_decoder(
     original. Only for a target with the same tokens (equal encoder tensors and quantizer, as
     a model exported with ``--own-decoder`` from ``source`` has): a decoder learnt on one
     model's tokens means nothing on another's. Returns the new card."""
-    from gqtok.format.card import decoder_path
-
     if name not in source._decoders.scan.bound:
         source._decoders.check(name)  # says which files there are and why one is not used
     _, found = source._decoders.scan.bound[name]
-    same = source.quant == target.quant and source.arch == target.arch
-    mine, theirs = source.encoder.state_dict(), target.encoder.state_dict()
-    if not same or mine.keys() != theirs.keys() or not all(
-        torch.equal(mine[k], theirs[k]) for k in mine
-    ):
+    if not source.makes_same_tokens(target):
         raise ModelError(
             f"{target.name!r} does not make {source.name!r}'s tokens (encoder or quantizer"
             " differ): its decoders do not apply",

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from gqtok.errors import ModelError
 from gqtok.format.card import has_card
@@ -207,15 +206,8 @@ def coarse_member(model: Model, size: int) -> Model:
                 f" {member.weights_sha256[:16]}, not {spec['weights_sha256'][:16]})",
                 where,
             )
-        mine, theirs = model.encoder.state_dict(), member.encoder.state_dict()
-        same = (
-            (member.quant.dim, member.quant.seed, member.quant.beta)
-            == (model.quant.dim, model.quant.seed, model.quant.beta)
-            and member.card.get("entropy") == model.card.get("entropy")
-            and mine.keys() == theirs.keys()
-            and all(torch.equal(mine[k].cpu(), theirs[k]) for k in mine)
-        )
-        if not same:
+        same_entropy = member.card.get("entropy") == model.card.get("entropy")
+        if not (same_entropy and model.makes_same_tokens(member)):
             raise ModelError(
                 f"does not make {model.name!r}'s tokens (encoder, quantizer or entropy"
                 " models differ): it cannot be its coarse-codebook model",
