@@ -140,6 +140,29 @@ def test_cli_quality_and_bpp(tmp_path: Path) -> None:
     assert r.exit_code == 2
 
 
+def test_a_token_export_at_a_low_quality_names_and_imports_with_the_coarse_model(
+    tmp_path: Path,
+) -> None:
+    """`gqtok export --quality 10` records the coarse-codebook model, and `gqtok import`
+    gives exactly the pixels `gqtok decode` gives for the .gq file of the same quality."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "b.png").write_bytes((DATA / "photo_b.png").read_bytes())
+    r = runner.invoke(app, ["export", str(src), "-o", str(tmp_path / "tok"), "--quality", "10"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    assert manifest["model"]["id"] == MODEL.card["coarse"]["model"]
+    r = runner.invoke(app, ["import", str(tmp_path / "tok"), "-o", str(tmp_path / "back")])
+    assert r.exit_code == 0, r.output
+    gq = tmp_path / "b.gq"
+    for args in (["encode", str(src / "b.png"), "-o", str(gq), "--quality", "10"],
+                 ["decode", str(gq), "-o", str(tmp_path / "b.png")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+    (imported,) = (tmp_path / "back").glob("*.png")
+    assert np.array_equal(read_image(str(imported)).rgb, read_image(str(tmp_path / "b.png")).rgb)
+
+
 @pytest.mark.parametrize(
     ("arrays", "match"),
     [
