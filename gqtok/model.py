@@ -286,6 +286,15 @@ class Model:
             torch.equal(mine[k].cpu(), theirs[k].cpu()) for k in mine
         )
 
+    def codes_like(self, other: Model) -> bool:
+        """Whether ``other`` makes this model's tokens and bytes: the same tokens, codebook
+        size and entropy models (card ``entropy``), whatever its decoder."""
+        return (
+            self.quant == other.quant
+            and self.card.get("entropy") == other.card.get("entropy")
+            and self.makes_same_tokens(other)
+        )
+
     @property
     def weights_fingerprint(self) -> bytes:
         return bytes.fromhex(self.weights_sha256)[:8]
@@ -850,15 +859,16 @@ def save_with_coarse(
     model: Model, member: Model, below: int, path: str | os.PathLike[str], overwrite: bool = False
 ) -> dict[str, Any]:
     """Write ``model``'s file again with a card naming ``member`` as its coarse-codebook model:
-    rate control codes K < ``below`` with it (gqtok.zoo.load.coarse_member, which checks at
-    load time that it makes the same tokens). Every tensor byte for byte, so the weights hash
-    and every .gq file that names the model stay valid. Returns the card as stored."""
+    rate control codes K < ``below`` with it (gqtok.zoo.load.coarse_member, which checks
+    again at load time that it makes the same tokens and bytes). Every tensor byte for byte,
+    so the weights hash and every .gq file that names the model stay valid. Returns the card
+    as stored."""
     from safetensors.numpy import save_file as save_numpy
 
-    if member.card.get("entropy") != model.card.get("entropy") or member.quant != model.quant:
+    if not model.codes_like(member):
         raise ModelError(
-            f"{member.name!r} does not code {model.name!r}'s tokens (quantizer or entropy"
-            " models differ)",
+            f"{member.name!r} does not code {model.name!r}'s tokens (encoder, quantizer or"
+            " entropy models differ)",
             member.source,
         )
     state = _file_tensors(model, "np")

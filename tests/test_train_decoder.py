@@ -278,6 +278,11 @@ def test_coarse_member_codes_the_small_codebooks(
     save_model(weights / "tiny-coarse.safetensors", enc_net, member.decoder, member.card,
                member.entropy.counts)
     other = load_model_file(weights / "tiny-coarse.safetensors")
-    save_with_coarse(load_model_file(base_path), other, 1024, base_path, overwrite=True)
+    with pytest.raises(ModelError, match="does not code"):
+        save_with_coarse(load_model_file(base_path), other, 1024, base_path, overwrite=True)
+    # a link written by hand is refused where rate control follows it
+    forged = {**linked.card, "coarse": {"below": 1024, "model": "tiny-coarse",
+                                        "weights_sha256": other.weights_sha256}}
+    save_model(base_path, linked.encoder, linked.decoder, forged, linked.entropy.counts)
     with pytest.raises(ModelError, match="does not make"):
         at_size(load_model_file(base_path), 64)

@@ -206,8 +206,7 @@ def coarse_member(model: Model, size: int) -> Model:
                 f" {member.weights_sha256[:16]}, not {spec['weights_sha256'][:16]})",
                 where,
             )
-        same_entropy = member.card.get("entropy") == model.card.get("entropy")
-        if not (same_entropy and model.makes_same_tokens(member)):
+        if not model.codes_like(member):
             raise ModelError(
                 f"does not make {model.name!r}'s tokens (encoder, quantizer or entropy"
                 " models differ): it cannot be its coarse-codebook model",
