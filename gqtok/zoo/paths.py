@@ -3,6 +3,8 @@ the model files found there. Cards are read from the safetensors header: no torc
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable
@@ -20,15 +22,37 @@ MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def weights_dirs() -> list[Path]:
-    """Where named models are looked up, in order: $GQTOK_WEIGHTS, the repository's weights/
-    folder, then the installed share/gqtok/weights."""
+    """Where named models are looked up, in order: $GQTOK_WEIGHTS, then the built-in models.
+    Those are the repository's weights/ folder when gqtok runs from a source checkout
+    (editable install, PYTHONPATH), else the copy an installed wheel carries (share/gqtok/
+    weights); never both, so one model is never listed twice."""
     dirs: list[Path] = []
     env = os.environ.get("GQTOK_WEIGHTS")
     if env:
         dirs.append(Path(env))
-    dirs.append(Path(__file__).resolve().parents[2] / "weights")
-    dirs.append(Path(sys.prefix) / "share" / "gqtok" / "weights")
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "weights").is_dir():
+        dirs.append(checkout / "weights")
+    else:
+        dirs.append(installed_weights_dir())
     return dirs
+
+
+@functools.lru_cache(maxsize=1)
+def installed_weights_dir() -> Path:
+    """share/gqtok/weights of the installed distribution, found through its file list, so
+    that a ``--user`` or ``--prefix`` install finds its models too (the wheel carries them as
+    data files: pyproject.toml). Falls back to the interpreter's prefix."""
+    fallback = Path(sys.prefix) / "share" / "gqtok" / "weights"
+    try:
+        files = importlib.metadata.distribution("gqtok").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return fallback
+    tail = ("share", "gqtok", "weights")
+    for f in files:
+        if tuple(f.parts[-4:-1]) == tail:
+            return Path(f.locate()).resolve().parent
+    return fallback
 
 
 def cache_dir() -> Path:
