@@ -17,7 +17,8 @@ import pytest
 from gqtok.errors import ModelError
 from gqtok.format.card import check_card, read_card
 from gqtok.model import load_model_file
-from gqtok.zoo.load import convert_checkpoint, list_local_models
+from gqtok.zoo.load import convert_checkpoint
+from gqtok.zoo.paths import list_local_models
 from tests.conftest import REPO
 
 DEFAULT = REPO / "weights" / "default.safetensors"

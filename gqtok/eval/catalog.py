@@ -19,7 +19,7 @@ from gqtok.format.card import FIDELITY, entropy_label, find_decoders, read_card
 from gqtok.nets.config import UNetConfig, ViTConfig, network_config
 from gqtok.zoo import registry
 from gqtok.zoo.hub import is_available
-from gqtok.zoo.paths import DEFAULT_MODEL, is_retired, list_local_models
+from gqtok.zoo.paths import DEFAULT_MODEL, is_retired, list_local_models, local_models_named
 
 
 def nominal_bpp(card: dict[str, Any]) -> float | None:
@@ -162,10 +162,8 @@ def model_for(model_id: str, weights_hash: bytes) -> tuple[Path, dict[str, Any]]
             found.append((converted, read_card(converted)))
         except (GqtokError, OSError):
             pass
-    for path, card in found:
-        if model_id not in (card.get("name"), path.stem):
-            continue
-        if str(card.get("weights_sha256", "")).startswith(weights_hash.hex()):
-            return path, card
+    named = local_models_named(model_id, weights_hash.hex(), found=found)
+    if named:
+        return named[0]
     return None
 

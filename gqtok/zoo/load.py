@@ -22,7 +22,12 @@ from gqtok.quant.codebook import codebook_fingerprint
 from gqtok.quant.config import ModelOptions, QuantizerConfig
 from gqtok.zoo.convert import model_from_checkpoint, save_converted
 from gqtok.zoo.hub import fetch_checkpoint
-from gqtok.zoo.paths import DEFAULT_MODEL, MODEL_FILE_SUFFIXES, list_local_models, weights_dirs
+from gqtok.zoo.paths import (
+    DEFAULT_MODEL,
+    MODEL_FILE_SUFFIXES,
+    local_models_named,
+    weights_dirs,
+)
 from gqtok.zoo.registry import ENTRIES, converted_path, entry_for_file, released_names
 
 if TYPE_CHECKING:
@@ -144,10 +149,10 @@ def path_for_model_id(model_id: str, trust_pickle: bool = False, weights: str = 
     ``weights`` (hex, a prefix of the weights' sha256 such as a .gq header's fingerprint)
     picks among local files of that name the one with those weights, so a retired default and
     a later model that reused its name both stay reachable; the first of the name otherwise."""
-    named = [(p, c) for p, c in list_local_models() if model_id in (c.get("name"), p.stem)]
-    for p, card in named:
-        if weights and str(card.get("weights_sha256", "")).startswith(weights):
-            return p
+    named = local_models_named(model_id)
+    exact = local_models_named(model_id, weights, found=named) if weights else []
+    if exact:
+        return exact[0][0]
     if named:
         return named[0][0]
     if model_id in ENTRIES and ENTRIES[model_id].repo:
@@ -186,20 +191,15 @@ def coarse_member(model: Model, size: int) -> Model:
     if spec is None or size >= spec["below"]:
         return model
     if model.coarse is None:
-        found = [
-            p
-            for p, card in list_local_models()
-            if spec["model"] in (card.get("name"), p.stem)
-            and card.get("weights_sha256") == spec["weights_sha256"]
-        ]
+        found = local_models_named(spec["model"], spec["weights_sha256"])
         if not found:  # local files only: a card never sends gqtok to the network
             raise ModelError(
                 f"its coarse-codebook model {spec['model']!r} (weights"
                 f" {spec['weights_sha256'][:16]}) is not in the weights folders",
                 model.source or model.name,
             )
-        member = load_model_file(found[0])
-        where = str(found[0])
+        member = load_model_file(found[0][0])
+        where = str(found[0][0])
         if member.weights_sha256 != spec["weights_sha256"]:
             raise ModelError(
                 f"is not the coarse-codebook model {model.name!r} names (weights"

@@ -100,6 +100,25 @@ def list_local_models(
     return found
 
 
+def local_models_named(
+    name: str,
+    weights: str = "",
+    found: list[tuple[Path, dict[str, Any]]] | None = None,
+) -> list[tuple[Path, dict[str, Any]]]:
+    """The model files (of ``found``, default list_local_models()) whose card name or file
+    stem is ``name``, in search order; with ``weights`` (hex: a full weights sha256 or a prefix
+    of one, such as a .gq header's fingerprint) only those whose weights hash starts with it.
+    How a file's model id and weights hash lead back to one file, wherever they are used."""
+    if found is None:
+        found = list_local_models()
+    return [
+        (p, card)
+        for p, card in found
+        if name in (card.get("name"), p.stem)
+        and str(card.get("weights_sha256", "")).startswith(weights)
+    ]
+
+
 def is_retired(path: Path) -> bool:
     """True for a model file kept only so that old files decode (in a ``retired/`` folder)."""
     return path.parent.name == RETIRED_DIR
