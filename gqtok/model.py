@@ -407,10 +407,12 @@ class Model:
 
     @property
     def entropy_label(self) -> str:
-        """How this model codes tokens by default, for people: context / frequency / uniform."""
-        if self.context is not None and self.entropy.kind != "uniform":
-            return "context"
-        return self.entropy.kind
+        """How this model codes tokens by default, for people, in the words of ``gqtok
+        models`` (gqtok.format.card.entropy_label): context / static (its frequency table) /
+        uniform."""
+        if self.entropy.kind != "frequency":
+            return self.entropy.kind
+        return "context" if self.context is not None else "static"
 
     def to(self, device: str | torch.device, precision: str | None = None) -> Model:
         """Run the networks and the GQ search on ``device``; ``precision`` ("fp32", "bf16")

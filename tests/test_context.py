@@ -260,7 +260,7 @@ def test_a_v2_file_needs_a_model_with_its_context_model(tmp_path: Path) -> None:
         del card["entropy"]["context"]
 
     old = load_model_file(_model_file(tmp_path, drop))
-    assert old.context_coder is None and old.entropy_label == "frequency"
+    assert old.context_coder is None and old.entropy_label == "static"
     _refused(B2, ModelError, "coded with a context model, but this model has none", old)
     # such a model writes version 1 whatever --entropy says, and says which it used
     enc = encode_file(old, str(DATA / "photo_b.png"))
