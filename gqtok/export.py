@@ -307,9 +307,11 @@ class _Exporter:
         return self.sources.paths[k * self.shard_size : (k + 1) * self.shard_size]
 
     def write_progress(self, shards: list[dict[str, Any]], complete: bool) -> None:
-        """The running manifest of one process; this rank's rank file among several."""
+        """The running manifest of one process (the complete one is run's to publish, once);
+        this rank's rank file among several."""
         if not self.world.distributed:
-            _write_json(self.out, MANIFEST, _manifest(self.header, shards, complete))
+            if not complete:
+                _write_json(self.out, MANIFEST, _manifest(self.header, shards, complete))
             return
         w = self.world
         record = _manifest(self.header, shards, complete, rank=w.rank, world_size=w.size)
