@@ -120,6 +120,24 @@ def test_the_prior_beats_the_uniform_code_it_replaces() -> None:
         assert np.array_equal(again, m.entropy.counts)
 
 
+def test_coordinate_bins_and_features_follow_their_definitions() -> None:
+    """The fast forms (a shift for the bin, float32 scaling for the features) give what the
+    format defines: the last of EDGES at or below the integer feature, ends open; the
+    codeword times 16 rounded half to even in float64, clipped to +-127."""
+    from gqtok.format.context import feature_table
+    from gqtok.format.prior import BINS, EDGES, coordinate_bins
+
+    cb = codebook_view(16, 1 << 20, 42).numpy()
+    want = np.clip(np.rint(cb.astype(np.float64) * 16), -127, 127).astype(np.int8)
+    assert np.array_equal(feature_table(cb), want)
+    halves = (np.arange(-4200, 4200) / 32).astype(np.float32).reshape(-1, 2)  # ties, clips
+    assert np.array_equal(
+        feature_table(halves), np.clip(np.rint(halves.astype(np.float64) * 16), -127, 127)
+    )
+    rule = np.searchsorted(np.asarray(EDGES), want.astype(np.int64), side="right") - 1
+    assert np.array_equal(coordinate_bins(cb), np.clip(rule, 0, BINS - 1))
+
+
 def test_cli_quality_and_bpp(tmp_path: Path) -> None:
     src = str(DATA / "photo_a.jpg")
     out = tmp_path / "a.gq"

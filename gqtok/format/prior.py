@@ -29,6 +29,7 @@ BINS = 32
 EDGES = tuple(range(-64, 65, 4))  # bin i holds features in [EDGES[i], EDGES[i + 1]), ends open
 PRIOR_NAMES = ("ladder", "values")
 _VALUE_LIMIT = 1 << 16
+_EXP_INT = _EXP.astype(np.int64)  # exact integers
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,11 @@ class PriorParams:
         """Integer weights (int64, >= 16) of the codewords of ``codebook`` (K, G)."""
         row = self.row(codebook.shape[0])
         b = coordinate_bins(codebook)
-        logw = row[np.arange(b.shape[1]), b].sum(axis=1)
+        logw = np.zeros(b.shape[0], dtype=np.int64)
+        for i in range(b.shape[1]):  # one 32-entry lookup per dimension
+            logw += row[i][b[:, i]]
         d = np.minimum(logw.max() - logw, D_MAX)
-        return _EXP[d].astype(np.int64)
+        return _EXP_INT[d]
 
     def table(self, codebook: np.ndarray) -> EntropyModel:
         """The entropy model of this prior for ``codebook``: kind "prior", its weights as
@@ -87,10 +90,12 @@ class PriorParams:
 
 
 def coordinate_bins(codebook: np.ndarray) -> np.ndarray:
-    """The bin (0..BINS-1) of every coordinate of every codeword, from the integer features."""
-    f = feature_table(codebook).astype(np.int64)
-    edges = np.asarray(EDGES, dtype=np.int64)
-    return np.clip(np.searchsorted(edges, f, side="right") - 1, 0, BINS - 1)
+    """The bin (0..BINS-1) of every coordinate of every codeword, from the integer features:
+    the last edge at or below the feature, ends open. EDGES are evenly spaced, so that is a
+    floor division (an arithmetic shift) in int16, not a search: 16 M of them at K = 2^20."""
+    f = feature_table(codebook).astype(np.int16)
+    step = EDGES[1] - EDGES[0]
+    return np.clip((f - EDGES[0]) >> (step.bit_length() - 1), 0, BINS - 1)
 
 
 def fit_values(bins: np.ndarray, counts: np.ndarray) -> np.ndarray:
