@@ -169,6 +169,33 @@ def test_models_lists_default() -> None:
     assert default and default[0]["available"] and default[0]["downsample"] == 8
 
 
+def test_models_shows_the_measured_rate_of_a_model_with_a_fitted_context_model(
+    tmp_path: Path,
+) -> None:
+    """The bpp column: held-out bits a token of the card's context fit per 8x8 block, close to
+    what a real file of a photo costs; the nominal log2 K figure for a model without a fit."""
+    from gqtok.format.card import read_card
+
+    rows = {m["file"]: m for m in json.loads(runner.invoke(app, ["models", "--json"]).stdout)
+            ["models"]}
+    card = read_card(REPO / "weights" / "default.safetensors")
+    fitted = card["entropy"]["context"]["fitted"]
+    row = rows["default"]
+    assert row["bpp_heldout"] == round(fitted["val_context_bits"] / 64, 4)
+    assert row["heldout_photos"] == fitted["val_photos"] >= 20
+    assert row["bpp_heldout"] < row["bpp_nominal"] == 0.25
+    assert rows["gqtok-f8c16-cpu-v1"]["bpp_heldout"] is None  # static table, no context fit
+    out = tmp_path / "s.gq"
+    r = runner.invoke(app, ["encode", str(REPO / "examples" / "sample.jpg"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    bpp = out.stat().st_size * 8 / (768 * 512)
+    assert abs(bpp - row["bpp_heldout"]) < 0.15 * row["bpp_heldout"]
+    table = runner.invoke(app, ["models"], env={"COLUMNS": "80"}).output
+    line = next(ln for ln in table.splitlines() if "gqtok-f8c16-cpu-v3 " in ln)
+    assert f"{row['bpp_heldout']:.3f}" in line
+    assert "measured on held-out photos" in table
+
+
 def test_decoded_pixels_match_api(tmp_path: Path) -> None:
     from gqtok import load_model
     from gqtok.codec import decode_bytes

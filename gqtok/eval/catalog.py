@@ -33,6 +33,20 @@ def nominal_bpp(card: dict[str, Any]) -> float | None:
         return None
 
 
+def heldout_bpp(card: dict[str, Any]) -> tuple[float, int] | None:
+    """(bits per pixel, photos) of the model's own K as its card measured it: the context
+    model's bits per token on the held-out photos of ``gqtok fit-context`` (native size, the
+    stream only: a .gq header adds ~20 bytes). None where no context model was fitted."""
+    try:
+        fitted = card["entropy"]["context"]["fitted"]
+        bits, photos = float(fitted["val_context_bits"]), int(fitted["val_photos"])
+        cfg = network_config(card)
+        ng = cfg.z_channels // int(card.get("quantizer", {}).get("dim", 16))
+        return round(ng * bits / cfg.downsample**2, 4), photos
+    except Exception:  # noqa: BLE001 - no fit, or an odd card: no figure
+        return None
+
+
 def downsample(card: dict[str, Any]) -> int | None:
     """The network's pixels per latent position along one side (f), None for an odd card."""
     try:
@@ -89,6 +103,7 @@ def _local_row(path: Path, card: dict[str, Any], kind: str) -> dict[str, Any]:
         "dim": q.get("dim"),
         "codebook_size": q.get("size"),
         "bpp_nominal": nominal_bpp(card),
+        **_heldout(card),
         "entropy": entropy_label(card),
         "available": True,
         "path": str(path),
@@ -98,6 +113,13 @@ def _local_row(path: Path, card: dict[str, Any], kind: str) -> dict[str, Any]:
         "coarse": card.get("coarse"),
         **_decoders(path, card),
     }
+
+
+def _heldout(card: dict[str, Any]) -> dict[str, Any]:
+    measured = heldout_bpp(card)
+    if measured is None:
+        return {"bpp_heldout": None, "heldout_photos": 0}
+    return {"bpp_heldout": measured[0], "heldout_photos": measured[1]}
 
 
 def _released_row(name: str) -> dict[str, Any]:
