@@ -1,7 +1,12 @@
 """Encode / decode wall time and peak memory for a 768x512 photo with the default model
 (`--decoder perceptual` times the other decoder of the same tokens; `--entropy static` the
-version-1 coding), with the time of each stage: network, GQ search and entropy coding when
-encoding; entropy decoding (container parse included) and the decoder network when decoding.
+version-1 coding; `--quality Q` rate control's codebook size for Q), with the time of each
+stage: network, GQ search and entropy coding when encoding; entropy decoding (container parse
+included) and the decoder network when decoding. "first" is a fresh process's first call,
+from the model file on: model load and the tables of its codebook size (codebook, search
+order, entropy tables) included, i.e. what one `gqtok encode` / `decode` of one image pays
+after start-up; decode's first call never saw an encode (the file comes from the encoding
+process).
 
 Each measurement runs in a fresh subprocess so that peak RSS (ru_maxrss) belongs to one step;
 times are the best of --repeat runs after a warm-up (shared machines are noisy: the best run is
@@ -14,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,17 +31,35 @@ from gqtok import load_model
 from gqtok.codec import decode_bytes, encode_pictures, unpack_tokens
 from gqtok.codec.engine import decode_to_array
 from gqtok.io.images import read_image
-m = load_model(sys.argv[4])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from gqtok.zoo.load import model_for_header
+step, gq_file, entropy, quality = sys.argv[1], sys.argv[9], sys.argv[7], sys.argv[8]
 pic = read_image(sys.argv[2])
-entropy = sys.argv[7]
-data = encode_pictures(m, [pic], entropy=entropy)[0].data  # also a warm-up (codebook, allocator)
-dec = m.with_decoder(sys.argv[6])
-decode_bytes(data, dec)  # warm-up of the decoder
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.perf_counter()
+if step == "encode":
+    m = load_model(sys.argv[4])
+    if quality != "none":
+        from gqtok.codec.rate import at_size, quality_size
+        m = at_size(m, quality_size(m, float(quality)))
+    data = encode_pictures(m, [pic], entropy=entropy)[0].data
+    first = time.perf_counter() - t0
+    with open(gq_file, "wb") as f:
+        f.write(data)
+else:
+    with open(gq_file, "rb") as f:
+        data = f.read()
+    load_model(sys.argv[4])  # the file's model by name: what `gqtok decode` loads
+    dec = None
+    def pick(header):
+        global dec
+        dec = model_for_header(header).with_decoder(sys.argv[6])
+        return dec
+    decode_bytes(data, pick)
+    first = time.perf_counter() - t0
 dt, extra = float("inf"), {}
 for _ in range(int(sys.argv[5])):
     t = time.perf_counter()
-    if sys.argv[1] == "encode":
+    if step == "encode":
         enc = encode_pictures(m, [pic], entropy=entropy)[0]
     else:
         _, tokens, _ = unpack_tokens(dec, data)
@@ -44,12 +68,13 @@ for _ in range(int(sys.argv[5])):
         t2 = time.perf_counter()
     if time.perf_counter() - t < dt:
         dt = time.perf_counter() - t
-        if sys.argv[1] == "encode":
+        if step == "encode":
             extra = {"bpp": enc.bpp, "bytes": len(enc.data), "timings": enc.timings}
         else:
             extra = {"timings": {"entropy": t1 - t, "network": t2 - t1}}
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": dt, "peak_rss_mb": peak / 1024, "model_rss_mb": base / 1024, **extra}))
+print(json.dumps({"seconds": dt, "first": first, "peak_rss_mb": peak / 1024,
+                  "model_rss_mb": base / 1024, **extra}))
 """
 
 
@@ -61,17 +86,23 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is shown")
     ap.add_argument("--decoder", default="fidelity", help="decoder timed by decode")
     ap.add_argument("--entropy", default="context", choices=("context", "static"))
+    ap.add_argument("--quality", type=float, default=None,
+                    help="rate control's quality 0..100 (default: the model's own K)")
     args = ap.parse_args()
+    quality = "none" if args.quality is None else str(args.quality)
+    tmp = tempfile.TemporaryDirectory()
+    gq_file = str(Path(tmp.name) / "speed.gq")
     for step in ("encode", "decode"):
         out = subprocess.run(
             [sys.executable, "-c", CHILD, step, args.image, str(args.threads), args.model,
-             str(args.repeat), args.decoder, args.entropy],
+             str(args.repeat), args.decoder, args.entropy, quality, gq_file],
             capture_output=True,
             text=True,
             check=True,
         )
         r = json.loads(out.stdout)
-        line = f"{step:7s} {r['seconds'] * 1000:7.0f} ms   peak RSS {r['peak_rss_mb']:6.0f} MB"
+        line = (f"{step:7s} {r['seconds'] * 1000:7.0f} ms (first {r['first'] * 1000:5.0f} ms)"
+                f"   peak RSS {r['peak_rss_mb']:6.0f} MB")
         t = r["timings"]
         if step == "encode":
             line += (
@@ -83,7 +114,9 @@ def main() -> None:
                 f"   (entropy {t['entropy'] * 1000:.0f} ms, network {t['network'] * 1000:.0f} ms)"
             )
         print(line)
-    print(f"image {args.image}, {args.threads} threads, model {args.model}, "
+    tmp.cleanup()
+    q = "" if args.quality is None else f", quality {args.quality:g}"
+    print(f"image {args.image}, {args.threads} threads, model {args.model}{q}, "
           f"decoder {args.decoder}, entropy {args.entropy}, best of {args.repeat}")
 
 
