@@ -156,6 +156,23 @@ def test_windowed_search_is_exact_on_model_like_tokens() -> None:
     assert torch.equal(search(mu, std, 16), _exhaustive(mu, std, codebook(16), 1.0))
 
 
+@pytest.mark.parametrize(("dim", "size"), [(16, 8192 + 5), (8, 65536 + 63)])
+def test_an_unaligned_codebook_size_is_searched_exactly(dim: int, size: int) -> None:
+    """A size that is not a multiple of 64 (a hand-picked --codebook-size): the aligned prefix
+    is searched fast and its winner set against the tail; the exhaustive argmax decides what
+    is right, including tokens that sit on a tail codeword and the hostile ones."""
+    mu, std = _model_like_tokens(256, dim)
+    cb = codebook(dim, size)
+    tail = torch.arange(size - size % 64, size)
+    mu[:len(tail)] = cb[tail]  # these must pick the tail codeword they sit on
+    std[:len(tail)] = 1e-3
+    got = search(mu, std, dim, size)
+    assert torch.equal(got, _exhaustive(mu, std, cb, 1.0))
+    assert torch.equal(got[: len(tail)], tail)
+    hm, hs = _hostile_tokens(dim)
+    assert torch.equal(search(hm, hs, dim, size), _exhaustive(hm, hs, cb, 1.0))
+
+
 def test_windows_hold_the_winner_and_prune_most_codewords() -> None:
     mu, std = _model_like_tokens()
     cb = codebook(16)

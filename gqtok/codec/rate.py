@@ -6,9 +6,10 @@ network runs once per image; only the GQ search and the entropy coder run again 
 
 ``--quality Q`` (0..100) maps to one K for every image: log2 K is piecewise linear in Q from
 ``K_MIN`` at Q = 0 through the model's own K at Q = ``MODEL_QUALITY`` (75) to the largest K
-rate control uses (2^20 for G = 16) at Q = 100, rounded to a multiple of 16 from 8192 on (the
-sizes the windowed GQ search takes: others fall back to the dense search, 10x slower). A higher
-quality is a larger codebook, so rate and fidelity rise with Q.
+rate control uses (2^20 for G = 16) at Q = 100, rounded to a multiple of 16 from 8192 on (chosen
+when the windowed GQ search took only such sizes; every size is fast now, and the rounding
+stays so that a quality keeps its K and its files). A higher quality is a larger codebook, so
+rate and fidelity rise with Q.
 ``--bpp B`` searches K per image (secant steps in log K on the real file size) until the file is
 within ``TOLERANCE`` of B, or settles on the K closest to it and says so.
 """

