@@ -48,7 +48,6 @@ if step == "encode":
 else:
     with open(gq_file, "rb") as f:
         data = f.read()
-    load_model(sys.argv[4])  # the file's model by name: what `gqtok decode` loads
     dec = None
     def pick(header):
         global dec
