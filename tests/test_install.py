@@ -4,6 +4,7 @@ member and decoders, the retired defaults) and finds them outside any source che
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -28,8 +29,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """The working tree built as a wheel and installed with --prefix into a temporary folder
-    (setuptools from the test environment, no network)."""
+    """The working tree built as a wheel and installed with --prefix into a temporary folder."""
     root = tmp_path_factory.mktemp("install")
     src = root / "src"
     src.mkdir()
@@ -41,8 +41,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GQTOK_", "PYTHON"))}
     wheels = root / "wheels"
-    _run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
-         root, env)
+    # the environment's setuptools where it has one (Python 3.11 venvs do; 3.12 ones do not,
+    # and pip then builds in isolation, with setuptools from the package index)
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    _run([*pip, "wheel", str(src), "--no-deps", *isolation, "-w", str(wheels)], root, env)
     (wheel,) = wheels.glob("gqtok-*.whl")
     prefix = root / "prefix"
     # --ignore-installed: without it pip would uninstall the test environment's own gqtok
