@@ -51,14 +51,14 @@ def models(as_json: JsonOpt = False) -> None:
     for col in ("kind", "G", "K", "bpp", "here", "~s/256²"):
         table.add_column(col)
     notes = []  # decoders besides the model's own, under the table (it fills 80 columns)
-    measured = [r for r in rows if r.get("bpp_heldout") is not None]
+    measured = [r for r in rows if r["bpp_heldout"] is not None]
     if measured:
         names = ", ".join(f"{clean(r['name'])} ({r['heldout_photos']} photos)" for r in measured)
         notes.append(f"bpp at the model's own K, measured on held-out photos: {names};"
                      " the others: log2 K bits a token, before entropy coding")
     for r in rows:
         cost = r["est_cpu_s_256"]
-        bpp = r["bpp_nominal"] if r.get("bpp_heldout") is None else r["bpp_heldout"]
+        bpp = r["bpp_nominal"] if r["bpp_heldout"] is None else r["bpp_heldout"]
         cells = (r["name"], r["kind"], r["dim"], r["codebook_size"])
         table.add_row(
             *(clean(c) for c in cells),

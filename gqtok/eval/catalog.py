@@ -22,29 +22,33 @@ from gqtok.zoo.hub import is_available
 from gqtok.zoo.paths import DEFAULT_MODEL, is_retired, list_local_models, local_models_named
 
 
+def _tokens_per_pixel(card: dict[str, Any]) -> float:
+    """NG tokens per f x f block of pixels (ValueError and friends for an odd card)."""
+    cfg = network_config(card)
+    ng = cfg.z_channels // int(card.get("quantizer", {}).get("dim", 16))
+    return ng / cfg.downsample**2
+
+
 def nominal_bpp(card: dict[str, Any]) -> float | None:
     """Bits per pixel before entropy coding: NG tokens of log2(K) bits per f x f block."""
     try:
-        cfg = network_config(card)
-        q = card.get("quantizer", {})
-        ng = cfg.z_channels // int(q.get("dim", 16))
-        return round(ng * math.log2(int(q.get("size", 65536))) / cfg.downsample**2, 4)
+        size = int(card.get("quantizer", {}).get("size", 65536))
+        return round(_tokens_per_pixel(card) * math.log2(size), 4)
     except Exception:  # noqa: BLE001 - odd card: no figure
         return None
 
 
-def heldout_bpp(card: dict[str, Any]) -> tuple[float, int] | None:
-    """(bits per pixel, photos) of the model's own K as its card measured it: the context
-    model's bits per token on the held-out photos of ``gqtok fit-context`` (native size, the
-    stream only: a .gq header adds ~20 bytes). None where no context model was fitted."""
+def _heldout(card: dict[str, Any]) -> dict[str, Any]:
+    """``bpp_heldout`` at the model's own K as its card measured it (the context model's bits
+    per token on the held-out photos of ``gqtok fit-context``, native size, the stream only:
+    a .gq header adds ~20 bytes) and ``heldout_photos``; None and 0 where no context model
+    was fitted."""
     try:
         fitted = card["entropy"]["context"]["fitted"]
         bits, photos = float(fitted["val_context_bits"]), int(fitted["val_photos"])
-        cfg = network_config(card)
-        ng = cfg.z_channels // int(card.get("quantizer", {}).get("dim", 16))
-        return round(ng * bits / cfg.downsample**2, 4), photos
+        return {"bpp_heldout": round(_tokens_per_pixel(card) * bits, 4), "heldout_photos": photos}
     except Exception:  # noqa: BLE001 - no fit, or an odd card: no figure
-        return None
+        return {"bpp_heldout": None, "heldout_photos": 0}
 
 
 def downsample(card: dict[str, Any]) -> int | None:
@@ -115,13 +119,6 @@ def _local_row(path: Path, card: dict[str, Any], kind: str) -> dict[str, Any]:
     }
 
 
-def _heldout(card: dict[str, Any]) -> dict[str, Any]:
-    measured = heldout_bpp(card)
-    if measured is None:
-        return {"bpp_heldout": None, "heldout_photos": 0}
-    return {"bpp_heldout": measured[0], "heldout_photos": measured[1]}
-
-
 def _released_row(name: str) -> dict[str, Any]:
     e = registry.ENTRIES[name]
     network = (ViTConfig(heads=e.heads or 12) if e.arch == "vit" else UNetConfig()).to_dict()
@@ -130,11 +127,13 @@ def _released_row(name: str) -> dict[str, Any]:
     converted = registry.converted_path(e)
     decoders: dict[str, Any] = {"decoders": [FIDELITY], "decoders_refused": []}
     entropy = "uniform"  # until converted (gqtok convert fits no context model)
+    heldout = _heldout({})
     if converted.exists():
         try:
             converted_card = read_card(converted)
             decoders = _decoders(converted, converted_card)
             entropy = entropy_label(converted_card)
+            heldout = _heldout(converted_card)
         except GqtokError:  # a damaged conversion: the loader will say so
             pass
     return {
@@ -146,6 +145,7 @@ def _released_row(name: str) -> dict[str, Any]:
         "dim": e.dim,
         "codebook_size": e.size,
         "bpp_nominal": e.bpp,
+        **heldout,
         "entropy": entropy,
         "available": is_available(name),
         "path": str(converted) if converted.exists() else None,
