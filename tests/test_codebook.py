@@ -26,22 +26,32 @@ def test_codebook_matches_reference_hash_and_rows(entry: dict) -> None:
 
 
 def test_prefix_property() -> None:
+    """A fresh draw of K rows is the first K rows of a larger draw, which is what lets the
+    cache serve a smaller size from a larger one (and it does, after the larger draw)."""
+    from gqtok.quant import codebook as module
+
     big = codebook(16, 65536)
     for k in (1, 7, 4096, 16384):
-        assert torch.equal(codebook(16, k), big[:k])
+        module.clear_cache()
+        assert torch.equal(codebook(16, k), big[:k])  # drawn anew
+    module.clear_cache()
+    whole = module.codebook_view(16, 65536)
+    part = module.codebook_view(16, 4096)
+    assert part.data_ptr() == whole.data_ptr() and part.is_contiguous()  # a view, not a draw
+    assert torch.equal(part, big[:4096])
 
 
 def test_default_dtype_float64_does_not_change_codebook() -> None:
-    from gqtok.quant.codebook import _codebook_cached
+    from gqtok.quant.codebook import clear_cache
 
-    _codebook_cached.cache_clear()
+    clear_cache()  # drawn anew under float64, not served from an earlier draw
     old = torch.get_default_dtype()
     try:
         torch.set_default_dtype(torch.float64)
         h = codebook_sha256(16, 4096)
     finally:
         torch.set_default_dtype(old)
-        _codebook_cached.cache_clear()
+        clear_cache()
     assert h == "80f16be97539daa4f0bc71101b7a7876d607d718b13127b87f8c896ee2decfce"
 
 

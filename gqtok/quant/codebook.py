@@ -8,6 +8,7 @@ reference's default dtype) and the inverse CDF in float64, then rounded to float
 from __future__ import annotations
 
 import hashlib
+import weakref
 from functools import lru_cache
 
 import torch
@@ -22,15 +23,32 @@ def _check(dim: int, size: int) -> None:
         raise ValueError(f"codebook size must be in [1, 2^24], got {size}")
 
 
+# (dim, seed) -> the largest codebook drawn that is still alive: a smaller size of the same
+# sequence is its first rows (the GQ search of a size that is not a multiple of 64 asks for
+# the aligned prefix right after the whole codebook)
+_DRAWN: dict[tuple[int, int], weakref.ref[torch.Tensor]] = {}
+
+
 @lru_cache(maxsize=8)
 def _codebook_cached(dim: int, size: int, seed: int) -> torch.Tensor:
+    ref = _DRAWN.get((dim, seed))
+    drawn = ref() if ref is not None else None
+    if drawn is not None and drawn.shape[0] >= size:
+        return drawn[:size]  # contiguous rows, bit for bit the draw of ``size``
     engine = torch.quasirandom.SobolEngine(dimension=dim, scramble=True, seed=seed)
     # dtype fixed explicitly: a process whose default dtype is float64 must still get the
     # reference codebook (drawing in float64 changes nearly every row).
     u = engine.draw(size, dtype=torch.float32)
     cb = torch.special.ndtri(u.double()).float().contiguous()
     cb.requires_grad_(False)
+    _DRAWN[(dim, seed)] = weakref.ref(cb)
     return cb
+
+
+def clear_cache() -> None:
+    """Forget every codebook built so far: the next call draws anew (tests of the draw)."""
+    _codebook_cached.cache_clear()
+    _DRAWN.clear()
 
 
 def codebook(dim: int, size: int = 65536, seed: int = 42) -> torch.Tensor:
