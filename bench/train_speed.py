@@ -38,8 +38,6 @@ def main() -> None:
     ap.add_argument("--decoder-only", action="store_true", help="time the decoder-only step")
     ap.add_argument("--disc-channels", type=int, default=TrainConfig.disc_channels,
                     help="--decoder-only: the discriminator's first width")
-    ap.add_argument("--disc-kind", default=TrainConfig.disc_kind, choices=["patch", "features"],
-                    help="the decoder-only step's critic")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,15 +82,16 @@ def main() -> None:
 def _decoder_step(args: argparse.Namespace, device: torch.device, x: torch.Tensor,
                   enc: Encoder, dec: Decoder) -> Callable[[], None]:
     """The step of a --decoder-only run with its default discriminator, GAN term on."""
-    from gqtok.train.losses import build_discriminator, build_perceptual, decoder_update
+    from gqtok.nets.patchgan import PatchDiscriminator
+    from gqtok.train.losses import build_perceptual, decoder_update
 
     cfg = TrainConfig(crop=args.crop, batch=args.batch, device=device.type, decoder_only=True,
-                      disc_channels=args.disc_channels, disc_kind=args.disc_kind)
+                      disc_channels=args.disc_channels)
     enc.requires_grad_(False)
     perceptual = build_perceptual(cfg)
     if perceptual is not None:
         perceptual.to(device)
-    disc = build_discriminator(cfg).to(device)
+    disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers).to(device)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-5)
     dopt = torch.optim.Adam(disc.parameters(), lr=1e-5)
 

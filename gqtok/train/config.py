@@ -19,7 +19,6 @@ CHOICES: dict[str, list[str]] = {
     "perceptual": ["alex", "vgg", "none"],
     "device": ["auto", "cpu", "cuda"],
     "lr_schedule": ["constant", "cosine"],
-    "disc_kind": ["patch", "features"],
 }
 NET_FIELDS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "stem")
 TRUST_HELP = "allow a checkpoint that needs full unpickling (runs code: only for trusted files)"
@@ -77,9 +76,6 @@ class TrainConfig:
     disc_lr: float = 1e-4
     disc_channels: int = 32  # first width; 64 (VQGAN) costs 9x the CPU time, 0.54 vs 0.06 s a batch
     disc_layers: int = 3
-    # "patch": the pixel patch critic (patchgan.py); "features": heads on the perceptual
-    # network's feature taps (feature_critic.py; disc_channels is their width, needs perceptual)
-    disc_kind: str = "patch"
     # --decoder-only: rate control decodes every codebook size K with one decoder, and a small
     # K hands it codewords far from anything it saw in training. With size_min > 0 each step
     # quantizes at a K drawn log-uniformly from [size_min, size_max] (0 = codebook_size).
@@ -115,9 +111,6 @@ class TrainConfig:
             raise ValueError("--adam-beta1 and --adam-beta2 must lie in [0, 1)")
         if self.decoder_only and not self.init:
             raise ValueError("--decoder-only needs --init MODEL: the model whose tokens it decodes")
-        if self.disc_kind == "features" and self.perceptual == "none":
-            raise ValueError("--disc-kind features scores the perceptual network's features:"
-                             " it needs --perceptual alex or vgg")
         if self.size_min or self.size_max:
             if not self.decoder_only:
                 raise ValueError("--size-min/--size-max apply to --decoder-only runs")

@@ -25,6 +25,7 @@ import torch
 from gqtok import dist
 from gqtok.dist import World
 from gqtok.io.pipeline import pick_device
+from gqtok.nets.patchgan import PatchDiscriminator
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.tdc import TargetDivergence
 from gqtok.train.checkpoints import (
@@ -40,7 +41,6 @@ from gqtok.train.config import TrainConfig
 from gqtok.train.data import batch_to_device, batches, load_training_data, make_sampler
 from gqtok.train.hardware import hardware_string
 from gqtok.train.losses import (
-    build_discriminator,
     build_perceptual,
     decoder_update,
     step_losses,
@@ -238,7 +238,7 @@ def _build(
     ts = TrainState(encoder, decoder, opt, tdc, sampler, noise)
     if cfg.decoder_only:
         encoder.requires_grad_(False)
-        ts.disc = build_discriminator(cfg).to(device)
+        ts.disc = PatchDiscriminator(cfg.disc_channels, cfg.disc_layers).to(device)
         ts.disc_optimizer = torch.optim.Adam(ts.disc.parameters(), lr=cfg.disc_lr,
                                              betas=_betas(cfg))
     return ts

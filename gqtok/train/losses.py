@@ -13,12 +13,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from typing import NamedTuple
 
 import torch
 
 from gqtok.dist import World
-from gqtok.nets.patchgan import PatchDiscriminator, hinge_d_loss
+from gqtok.nets.patchgan import hinge_d_loss
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.quant.search import LOGVAR_MAX, LOGVAR_MIN, quantize
 from gqtok.quant.tdc import TargetDivergence, kl_bits_per_token
@@ -34,26 +33,12 @@ def build_perceptual(cfg: TrainConfig) -> torch.nn.Module | None:
     return STLPIPS(cfg.perceptual)
 
 
-class Reconstruction(NamedTuple):
-    """What decoding a batch and scoring it gives: the loss (L1 + w_p * 3HW * ST-LPIPS), the
-    decoded batch, its L1 and mean ST-LPIPS, and (when asked for) the perceptual network's
-    feature taps of the reconstruction and of the photo, which a feature critic reuses."""
-
-    loss: torch.Tensor
-    x_hat: torch.Tensor
-    l1: torch.Tensor
-    p_mean: torch.Tensor
-    fake_taps: list[torch.Tensor] | None = None
-    real_taps: list[torch.Tensor] | None = None
-
-
 def reconstruction_loss(
     cfg: TrainConfig, decoder: Decoder, z: torch.Tensor, x: torch.Tensor,
-    perceptual: torch.nn.Module | None, keep_taps: bool = False,
-) -> Reconstruction:
-    """Decode z and score it against x: the reconstruction term both the joint and the
-    decoder-only objectives start from. ``keep_taps`` also returns the perceptual network's
-    features of both sides (needs the perceptual term)."""
+    perceptual: torch.nn.Module | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode z and score it against x: (L1 + w_p * 3HW * ST-LPIPS, x_hat, L1, ST-LPIPS mean),
+    the reconstruction term both the joint and the decoder-only objectives start from."""
     amp = x.device.type == "cuda"
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         x_hat = decoder(z)
@@ -61,17 +46,11 @@ def reconstruction_loss(
     l1 = (x_hat - x).abs().sum() / x.shape[0]
     loss = l1
     p_mean = torch.zeros((), device=x.device)
-    fake = real = None
     if perceptual is not None:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            fake, real = perceptual.features(x_hat), perceptual.features(x)
-            p_mean = perceptual.compare(fake, real).float().mean()
+            p_mean = perceptual(x_hat, x).float().mean()
         loss = loss + cfg.perceptual_weight * x[0].numel() * p_mean
-    elif keep_taps:
-        raise ValueError("a feature critic needs the perceptual term (--perceptual alex|vgg)")
-    if not keep_taps:
-        fake = real = None
-    return Reconstruction(loss, x_hat, l1, p_mean, fake, real)
+    return loss, x_hat, l1, p_mean
 
 
 def step_losses(
@@ -97,7 +76,7 @@ def step_losses(
     eps = torch.randn((b * ranks, *std.shape[1:]), generator=noise, device=x.device)
     eps = eps[rank * b : (rank + 1) * b]
     z = mu + eps * std
-    loss, _, l1, p_mean, _, _ = reconstruction_loss(cfg, decoder, z, x, perceptual)
+    loss, _, l1, p_mean = reconstruction_loss(cfg, decoder, z, x, perceptual)
     kl2 = kl_bits_per_token(mu, logvar, cfg.dim)
     kl_loss = tdc.loss(kl2)
     loss = loss + cfg.kl_weight * kl_loss
@@ -170,60 +149,36 @@ def adaptive_weight(
     return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
-def build_discriminator(cfg: TrainConfig) -> torch.nn.Module:
-    """The critic of a decoder-only run: the pixel patch discriminator (``--disc-kind patch``)
-    or heads on the perceptual network's feature taps (``features``, feature_critic.py)."""
-    if cfg.disc_kind == "features":
-        from gqtok.nets.feature_critic import FeatureCritic
-        from gqtok.nets.stlpips import VGGST, AlexST
-
-        taps = (AlexST if cfg.perceptual == "alex" else VGGST).channels
-        return FeatureCritic(taps, cfg.disc_channels)
-    return PatchDiscriminator(cfg.disc_channels, cfg.disc_layers)
-
-
-def _takes_features(disc: torch.nn.Module) -> bool:
-    return bool(getattr(disc, "takes_features", False))
-
-
 def decoder_losses(
     cfg: TrainConfig, decoder: Decoder, disc: torch.nn.Module, zhat: torch.Tensor,
     x: torch.Tensor, perceptual: torch.nn.Module | None, gan_on: bool,
     world: World | None = None,
-) -> tuple[torch.Tensor, Reconstruction, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Generator side of a decoder-only step: (loss, reconstruction, logged terms).
 
     loss = L1 + w_p * 3HW * ST-LPIPS  [+ disc_weight * adaptive * (-mean D(x_hat))]
     """
     amp = x.device.type == "cuda"
-    rec = reconstruction_loss(cfg, decoder, zhat, x, perceptual, _takes_features(disc))
-    terms = {"l1": rec.l1, "perceptual": rec.p_mean}
-    loss = rec.loss
+    rec, x_hat, l1, p_mean = reconstruction_loss(cfg, decoder, zhat, x, perceptual)
+    terms = {"l1": l1, "perceptual": p_mean}
+    loss = rec
     if gan_on:
-        seen = rec.fake_taps if _takes_features(disc) else rec.x_hat
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            g_loss = -disc(seen).float().mean()
-        weight = cfg.disc_weight * adaptive_weight(rec.loss, g_loss, decoder.conv_out.weight,
-                                                   world)
-        loss = rec.loss + weight * g_loss
+            g_loss = -disc(x_hat).float().mean()
+        weight = cfg.disc_weight * adaptive_weight(rec, g_loss, decoder.conv_out.weight, world)
+        loss = rec + weight * g_loss
         terms.update(gan_g=g_loss, gan_weight=weight)
-    return loss, rec, terms
+    return loss, x_hat, terms
 
 
 def discriminator_loss(
-    disc: torch.nn.Module, x: torch.Tensor, rec: Reconstruction
+    disc: torch.nn.Module, x: torch.Tensor, x_hat: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(hinge loss, mean real logit, mean fake logit) on the photo and the detached
-    reconstruction (or, for a feature critic, their feature taps)."""
+    reconstruction."""
     amp = x.device.type == "cuda"
-    if _takes_features(disc):
-        assert rec.real_taps is not None and rec.fake_taps is not None
-        real_in: object = rec.real_taps
-        fake_in: object = [t.detach() for t in rec.fake_taps]
-    else:
-        real_in, fake_in = x, rec.x_hat.detach()
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        real, fake = disc(real_in).float(), disc(fake_in).float()
+        real, fake = disc(x).float(), disc(x_hat.detach()).float()
     return hinge_d_loss(real, fake), real.mean().detach(), fake.mean().detach()
 
 
@@ -240,14 +195,14 @@ def decoder_update(
     discriminator's BatchNorm normalises each rank's slice, as DDP without SyncBatchNorm."""
     zhat = frozen_codewords(cfg, encoder, x, size)
     disc.requires_grad_(False)  # the decoder's step only needs gradients through D
-    loss, rec, terms = decoder_losses(cfg, decoder, disc, zhat, x, perceptual, gan_on, world)
+    loss, x_hat, terms = decoder_losses(cfg, decoder, disc, zhat, x, perceptual, gan_on, world)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(decoder.parameters(), world)
     optimizer.step()
     disc.requires_grad_(True)
     if gan_on:
-        d_loss, real, fake = discriminator_loss(disc, x, rec)
+        d_loss, real, fake = discriminator_loss(disc, x, x_hat)
         disc_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         average_gradients(disc.parameters(), world)
