@@ -118,9 +118,11 @@ def decode_array(
     max_memory: int | str | None = None,
     decoder: str | None = None,
     realism: float | None = None,
+    grain: float | None = None,
 ) -> np.ndarray:
-    """(H, W, 3) uint8 RGB for a token grid."""
-    net = select_decoder(model, decoder, realism)
+    """(H, W, 3) uint8 RGB for a token grid. ``decoder`` / ``realism`` pick the decoder,
+    ``grain`` (8-bit levels, e.g. 2) adds synthetic film grain (gqtok.io.grain)."""
+    net = select_decoder(model, decoder, realism, grain)
     return decode_to_array(net, as_tokens(tokens, net.downsample, size), max_memory)
 
 
@@ -132,11 +134,11 @@ def decode(
     max_memory: int | str | None = None,
     decoder: str | None = None,
     realism: float | None = None,
+    grain: float | None = None,
 ) -> Image.Image:
     """RGB PIL image for a token grid."""
-    a = decode_array(
-        model, tokens, size=size, max_memory=max_memory, decoder=decoder, realism=realism
-    )
+    a = decode_array(model, tokens, size=size, max_memory=max_memory, decoder=decoder,
+                     realism=realism, grain=grain)
     return Image.fromarray(a)
 
 
@@ -149,11 +151,11 @@ def decode_tensor(
     max_memory: int | str | None = None,
     decoder: str | None = None,
     realism: float | None = None,
+    grain: float | None = None,
 ) -> torch.Tensor:
     """(3, H, W) float32 tensor in ``value_range`` for a token grid (8-bit exact pixels)."""
-    a = decode_array(
-        model, tokens, size=size, max_memory=max_memory, decoder=decoder, realism=realism
-    )
+    a = decode_array(model, tokens, size=size, max_memory=max_memory, decoder=decoder,
+                     realism=realism, grain=grain)
     lo, hi = value_range
     t = torch.from_numpy(a).permute(2, 0, 1).float() / 255.0
     return t * (hi - lo) + lo

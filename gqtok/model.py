@@ -57,6 +57,7 @@ from gqtok.format.card import (
 from gqtok.format.prior import PRIOR_NAMES, PriorParams
 from gqtok.io.allocator import retain_freed_memory
 from gqtok.io.files import atomic_write, atomic_write_bytes
+from gqtok.io.grain import check_grain
 from gqtok.nets.config import UNetConfig, ViTConfig
 from gqtok.nets.unet import Decoder, Encoder
 from gqtok.nets.vit import ViTDecoder, ViTEncoder
@@ -231,7 +232,8 @@ class Model:
         self._decoders = decoders or DecoderSet(decoder, None, self.name)
         self.decoder_name = FIDELITY
         self.realism: float | None = None
-        self._variants: OrderedDict[tuple[str, float | None], Model] = OrderedDict()
+        self.grain = 0.0  # synthetic film grain added to decoded pixels (gqtok.codec.grain)
+        self._variants: OrderedDict[tuple[str, float | None, float], Model] = OrderedDict()
         self._requantized: OrderedDict[QuantizerConfig, Model] = OrderedDict()
         # the model the card's "coarse" names, once loaded (gqtok.zoo.load.coarse_member)
         self.coarse: Model | None = None
@@ -243,11 +245,13 @@ class Model:
     @property
     def label(self) -> str:
         """The model and its decoder, for tables: ``name``, ``name+perceptual`` or
-        ``name+perceptual@0.5`` (``name`` stays the card's, as .gq headers record it)."""
+        ``name+perceptual@0.5``, then ``+grain2`` with grain (``name`` stays the card's, as .gq
+        headers record it)."""
+        grain = f"+grain{self.grain:g}" if self.grain else ""
         if self.decoder_name == FIDELITY:
-            return self.name
+            return self.name + grain
         mix = "" if self.realism is None else f"@{self.realism:g}"
-        return f"{self.name}+{self.decoder_name}{mix}"
+        return f"{self.name}+{self.decoder_name}{mix}{grain}"
 
     @property
     def decoders(self) -> list[str]:
@@ -315,7 +319,9 @@ class Model:
         out._requantized = OrderedDict()
         return out
 
-    def with_decoder(self, name: str = FIDELITY, realism: float | None = None) -> Model:
+    def with_decoder(
+        self, name: str = FIDELITY, realism: float | None = None, grain: float | None = None
+    ) -> Model:
         """This model with the decoder ``name`` ("fidelity": its own; see ``decoders``).
 
         ``realism`` r in [0, 1] blends the weights: (1 - r) * fidelity + r * the named decoder,
@@ -323,6 +329,8 @@ class Model:
         r = 1 the other, bit for bit. The result shares encoder, quantizer, entropy model,
         card and weights hash with this model (so .gq files and their checks are unchanged);
         its decoder is read on first use. ModelError for a decoder the model does not have.
+        ``grain`` (8-bit levels, default: this model's) adds synthetic film grain to the
+        decoded pixels (gqtok.codec.grain).
         """
         if realism is not None:
             if isinstance(realism, bool) or not isinstance(realism, numbers.Real):
@@ -341,13 +349,17 @@ class Model:
                 (FIDELITY, None) if realism == 0 else (other, None if realism == 1 else realism)
             )
         self._decoders.check(name)
-        key = (name, None if realism is None else float(realism))
-        if key == (self.decoder_name, self.realism):
+        grain = self.grain if grain is None else check_grain(grain)
+        key = (name, None if realism is None else float(realism), grain)
+        if key == (self.decoder_name, self.realism, self.grain):
             return self
         if key not in self._variants:
             while len(self._variants) >= 4:  # realism is a continuous knob: keep a few
                 self._variants.popitem(last=False)
-            self._variants[key] = self._variant(_decoder=None, decoder_name=key[0], realism=key[1])
+            same_net = key[:2] == (self.decoder_name, self.realism)
+            self._variants[key] = self._variant(
+                _decoder=self._decoder if same_net else None, decoder_name=key[0],
+                realism=key[1], grain=grain)
         self._variants.move_to_end(key)
         return self._variants[key]
 
@@ -471,16 +483,21 @@ class Model:
             "bits_per_token_max": float(np.log2(self.quant.size)),
             "decoder": self.decoder_name,
             "realism": self.realism,
+            "grain": self.grain,
             "decoders": self.decoders,
         }
 
 
-def select_decoder(model: Model, decoder: str | None = None, realism: float | None = None) -> Model:
-    """``model`` with the decoder asked for, or as it is when neither is given (so a model
-    from ``with_decoder`` keeps its choice): the one rule of every decode function."""
+def select_decoder(
+    model: Model, decoder: str | None = None, realism: float | None = None,
+    grain: float | None = None,
+) -> Model:
+    """``model`` with the decoder (and grain) asked for, or as it is when none is given (so a
+    model from ``with_decoder`` keeps its choice): the one rule of every decode function."""
     if decoder is None and realism is None:
-        return model
-    return model.with_decoder(decoder or FIDELITY, realism)
+        return model if grain is None else model.with_decoder(
+            model.decoder_name, model.realism, grain)
+    return model.with_decoder(decoder or FIDELITY, realism, grain)
 
 
 def build_from_state(

@@ -29,6 +29,7 @@ from gqtok.cli.common import (
     DeviceOpt,
     Entropy,
     EntropyOpt,
+    GrainOpt,
     GroupOpt,
     MaxPixelsOpt,
     MemoryOpt,
@@ -399,6 +400,7 @@ def decode(
     model: ModelOpt = None,
     decoder: DecoderOpt = "fidelity",
     realism: RealismOpt = None,
+    grain: GrainOpt = None,
     recursive: RecursiveOpt = False,
     overwrite: OverwriteOpt = False,
     trust_pickle: TrustOpt = False,
@@ -412,7 +414,7 @@ def decode(
     quiet: QuietOpt = False,
 ) -> None:
     """Decode .gq token files back into images (with the model's own decoder, or another of
-    its decoders: --decoder, --realism)."""
+    its decoders: --decoder, --realism; --grain adds film grain)."""
     import threading
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -444,7 +446,7 @@ def decode(
                     raise
                 except Exception as e:  # noqa: BLE001 - e.g. codebook settings no model has
                     raise ModelError(f"no model for this file ({type(e).__name__}: {e})") from None
-            chosen = chosen_decoder(cache[key], decoder, realism)  # each variant is made once
+            chosen = chosen_decoder(cache[key], decoder, realism, grain)  # each made once
             _ = chosen.context_coder  # built here, once, not by two workers at a time
             return chosen
 
@@ -479,7 +481,7 @@ def decode(
                 {"input": job.display, "output": job.dst, "width": header.width,
                  "height": header.height, "bytes": size, "format": out_fmt,
                  "seconds": round(time.perf_counter() - t0, 4), "model": header.model_id,
-                 "decoder": used.decoder_name, "realism": used.realism},
+                 "decoder": used.decoder_name, "realism": used.realism, "grain": used.grain},
                 to_stderr,
             )  # fmt: skip
 

@@ -68,24 +68,37 @@ def _realism(value: float | None) -> float | None:
     return value
 
 
-def parse_decoders(values: list[str] | None) -> list[tuple[str, float | None]]:
-    """Repeated and/or comma-separated ``NAME`` or ``NAME@R`` (R: realism in [0, 1]) as
-    (name, realism) pairs, in order, without repeats; default the fidelity decoder alone."""
+def _grain(value: float | None) -> float | None:
+    from gqtok.io.grain import check_grain
+
+    try:
+        return None if value is None else check_grain(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def parse_decoders(values: list[str] | None) -> list[tuple[str, float | None, float | None]]:
+    """Repeated and/or comma-separated ``NAME``, ``NAME@R`` (R: realism in [0, 1]) and either
+    with ``+grainS`` (S: film grain, 8-bit levels) -- the row labels -- as (name, realism,
+    grain) triples, in order, without repeats; default the fidelity decoder alone."""
     from gqtok.format.card import FIDELITY
 
-    out: list[tuple[str, float | None]] = []
+    out: list[tuple[str, float | None, float | None]] = []
     for item in [v.strip() for value in values or [] for v in value.split(",") if v.strip()]:
-        name, _, mix = item.partition("@")
+        spec, _, grain_text = item.partition("+grain")
+        name, _, mix = spec.partition("@")
         try:
             realism = _realism(float(mix)) if mix else None
+            grain = _grain(float(grain_text)) if grain_text else None
         except ValueError:
             raise typer.BadParameter(
-                f"{item!r}: realism after '@' must be a number", param_hint="--decoder"
+                f"{item!r}: realism after '@' and grain after '+grain' must be numbers",
+                param_hint="--decoder",
             ) from None
-        pair = (_decoder(name), realism)
-        if pair not in out:
-            out.append(pair)
-    return out or [(FIDELITY, None)]
+        triple = (_decoder(name), realism, grain)
+        if triple not in out:
+            out.append(triple)
+    return out or [(FIDELITY, None, None)]
 
 
 def _budget(value: str | None) -> str | None:
@@ -139,6 +152,16 @@ RealismOpt = Annotated[
         callback=_realism,
         help="0..1: decoder weights (1-R)·fidelity + R·perceptual (or + the --decoder);"
         " 0 is the fidelity decoder, 1 the other, exactly.",
+    ),
+]
+GrainOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--grain",
+        callback=_grain,
+        help="Add synthetic film grain of S 8-bit levels (e.g. 2) to the decoded pixels:"
+        " sharper-looking, lower patch FID, ~0.6 dB less PSNR; the same pixels every time.",
+        metavar="S",
     ),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
@@ -317,13 +340,15 @@ def load_or_exit(name: str | None, opts: ModelOptions | None = None, device: str
         raise fail(e, name or DEFAULT_MODEL, ModelError, "cannot load the model") from None
 
 
-def chosen_decoder(model: Model, decoder: str | None, realism: float | None) -> Model:
-    """``model`` with --decoder/--realism applied and the decoder file read now, so that a
-    decoder the model lacks, or a damaged one, fails before any work (ModelError, one line)."""
+def chosen_decoder(
+    model: Model, decoder: str | None, realism: float | None, grain: float | None = None
+) -> Model:
+    """``model`` with --decoder/--realism/--grain applied and the decoder file read now, so
+    that a decoder the model lacks, or a damaged one, fails before any work (ModelError)."""
     from gqtok.model import select_decoder
 
     try:
-        chosen = select_decoder(model, decoder, realism)
+        chosen = select_decoder(model, decoder, realism, grain)
         _ = chosen.decoder  # reads the decoder file
     except ModelError:
         raise
@@ -333,12 +358,13 @@ def chosen_decoder(model: Model, decoder: str | None, realism: float | None) -> 
 
 
 def decoder_or_exit(
-    model: Model, decoder: str | None, realism: float | None, name: str | None = None
+    model: Model, decoder: str | None, realism: float | None, name: str | None = None,
+    grain: float | None = None,
 ) -> Model:
     """``chosen_decoder``, ending the command with one line and exit code 5 on failure."""
     from gqtok.cli.ui import fail
 
     try:
-        return chosen_decoder(model, decoder, realism)
+        return chosen_decoder(model, decoder, realism, grain)
     except Exception as e:  # noqa: BLE001 - reported as one line
         raise fail(e, name, ModelError, "cannot load the decoder") from None

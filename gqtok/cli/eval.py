@@ -26,6 +26,7 @@ from gqtok.cli.common import (
     DecodersOpt,
     Device,
     DeviceOpt,
+    GrainOpt,
     MaxPixelsOpt,
     ModelOpt,
     OverwriteOpt,
@@ -278,6 +279,7 @@ def eval_cmd(
     model: ModelOpt = None,
     decoder: DecoderOpt = "fidelity",
     realism: RealismOpt = None,
+    grain: GrainOpt = None,
     metrics: Annotated[
         list[str] | None,
         typer.Option(
@@ -321,7 +323,7 @@ def eval_cmd(
         paths = _plan(world, inputs, recursive, reports, overwrite)
         dev = world.device(setup_device(device, threads))
         net = decoder_or_exit(
-            load_or_exit(model, None, dev), decoder, realism, model or DEFAULT_MODEL
+            load_or_exit(model, None, dev), decoder, realism, model or DEFAULT_MODEL, grain
         ).to(dev, precision.value)
         rep, _ = _measure(
             paths, quiet,
@@ -456,8 +458,8 @@ def compare_cmd(
     for m in model or [DEFAULT_MODEL]:
         net = load_or_exit(m, None, dev)
         labels = set()
-        for name, mix in decoders:  # one row per decoder; "perceptual@1" is "perceptual"
-            variant = decoder_or_exit(net, name, mix, m)
+        for name, mix, grain in decoders:  # a row each; "perceptual@1" is "perceptual"
+            variant = decoder_or_exit(net, name, mix, m, grain)
             if variant.label not in labels:
                 labels.add(variant.label)
                 models.append(variant)

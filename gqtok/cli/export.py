@@ -30,6 +30,7 @@ from gqtok.cli.common import (
     DecoderOpt,
     Device,
     DeviceOpt,
+    GrainOpt,
     GroupOpt,
     JsonOpt,
     MaxPixelsOpt,
@@ -473,6 +474,7 @@ def import_cmd(
     model: ModelOpt = None,
     decoder: DecoderOpt = "fidelity",
     realism: RealismOpt = None,
+    grain: GrainOpt = None,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
     memory_budget: MemoryOpt = None,
     overwrite: OverwriteOpt = False,
@@ -511,9 +513,11 @@ def import_cmd(
         except Exception as e:  # noqa: BLE001 - a crafted export raises anything
             raise fail(e, tokens, InputError, "cannot read") from None
     if fmt.value != "gq":
-        net = decoder_or_exit(net, decoder, realism, model or net.name).to(dev, precision.value)
-    elif decoder != "fidelity" or realism is not None:
-        warn("--decoder/--realism do nothing with --format gq (the tokens are written as they are)")
+        net = decoder_or_exit(net, decoder, realism, model or net.name, grain).to(
+            dev, precision.value)
+    elif decoder != "fidelity" or realism is not None or grain is not None:
+        warn("--decoder/--realism/--grain do nothing with --format gq (the tokens are written"
+             " as they are)")
     wanted = set(index) if index else None
     failures = Failures(quiet)
     written: list[dict[str, Any]] = []

@@ -372,6 +372,7 @@ def read_token_file(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decoder: str | None = None,
     realism: float | None = None,
+    grain: float | None = None,
 ) -> TokenFile:
     """Parse, verify and entropy-decode .gq bytes (no network); arguments as decode_bytes.
 
@@ -383,7 +384,7 @@ def read_token_file(
     try:
         if not isinstance(model, Model):
             model = model(header)
-        model = _at_header_settings(select_decoder(model, decoder, realism), header)
+        model = _at_header_settings(select_decoder(model, decoder, realism, grain), header)
     except GqtokError as e:  # "model ... not available": say which file needs it
         if e.path is None and name is not None:
             raise type(e)(str(e), name) from None
@@ -417,13 +418,16 @@ def decode_bytes(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decoder: str | None = None,
     realism: float | None = None,
+    grain: float | None = None,
 ) -> tuple[Image.Image, container.Header]:
     """Decode .gq bytes to a PIL image in the original mode (RGB, L, RGBA or LA).
 
     ``model`` may be a callable that picks the model from the header; it is called only
     after the file has been verified and its size checked against ``max_pixels``
     (DecompressionBombError, exit 3, as when encoding). ``decoder`` / ``realism`` choose
-    among the model's decoders (Model.with_decoder; left out, the model's own choice).
+    among the model's decoders and ``grain`` adds film grain (Model.with_decoder; left out,
+    the model's own choice).
     """
-    tf = read_token_file(data, model, name, max_pixels=max_pixels, decoder=decoder, realism=realism)
+    tf = read_token_file(data, model, name, max_pixels=max_pixels, decoder=decoder,
+                         realism=realism, grain=grain)
     return render_token_file(tf, max_memory)

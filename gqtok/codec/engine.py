@@ -16,6 +16,7 @@ from PIL import Image
 from gqtok.codec import budget as mem
 from gqtok.codec import windowed
 from gqtok.codec.tokens import Tokens
+from gqtok.io.grain import add_grain, grain_seed
 from gqtok.io.images import crop, from_tensor, pad_to_multiple, to_tensor
 from gqtok.model import Model
 
@@ -121,12 +122,16 @@ def decode_tokens(model: Model, tokens: Tokens, max_memory: int | str | None = N
 def decode_to_array(
     model: Model, tokens: Tokens, max_memory: int | str | None = None
 ) -> np.ndarray:
-    """(H, W, 3) uint8 pixels; window by window when a whole-image pass exceeds the budget."""
+    """(H, W, 3) uint8 pixels; window by window when a whole-image pass exceeds the budget.
+    The model's grain (``Model.with_decoder(grain=...)``) is added to the finished pixels."""
     _, gh, gw = tokens.indices.shape
     f = model.downsample
     budget = mem.resolve_budget(max_memory)
     if mem.needs_tiling(model, gh * f, gw * f, "decode", budget):
-        return windowed.decode_large(model, tokens.indices, tokens.height, tokens.width, budget)
-    x = model.decode_indices(tokens.indices.unsqueeze(0))
-    x = crop(x.cpu(), tokens.height, tokens.width)
-    return from_tensor(x)
+        rgb = windowed.decode_large(model, tokens.indices, tokens.height, tokens.width, budget)
+    else:
+        x = model.decode_indices(tokens.indices.unsqueeze(0))
+        rgb = from_tensor(crop(x.cpu(), tokens.height, tokens.width))
+    if model.grain:
+        add_grain(rgb, model.grain, grain_seed(tokens.indices))
+    return rgb

@@ -84,6 +84,7 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
     decoder: str = "fidelity"  # which of the model's decoders made the images
     realism: float | None = None
+    grain: float = 0.0  # synthetic film grain on the decoded pixels (8-bit levels)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (non-finite floats become None)."""
@@ -91,6 +92,7 @@ class EvalReport:
             "model": self.model,
             "decoder": self.decoder,
             "realism": self.realism,
+            "grain": self.grain,
             "metrics": self.metrics,
             "protocol": self.protocol,
             "images": len(self.rows),
@@ -369,7 +371,7 @@ def combine(
     report = EvalReport(
         model.label, list(wanted), {"resize": resize, "center_crop": center_crop, "color": "RGB"}
     )
-    report.decoder, report.realism = model.decoder_name, model.realism
+    report.decoder, report.realism, report.grain = model.decoder_name, model.realism, model.grain
     counter = TokenCounter(model.quant.size)
     images: list[Measured] = []
     for share in shares:

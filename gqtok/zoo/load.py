@@ -214,8 +214,9 @@ def coarse_member(model: Model, size: int) -> Model:
             )
         model.coarse = member.to(model.device, model.precision)
     member = model.coarse
-    if model.decoder_name != member.decoder_name or model.realism != member.realism:
-        member = member.with_decoder(model.decoder_name, model.realism)
+    chosen = (model.decoder_name, model.realism, model.grain)
+    if chosen != (member.decoder_name, member.realism, member.grain):
+        member = member.with_decoder(*chosen)
     return member
 
 
