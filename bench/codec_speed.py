@@ -1,6 +1,7 @@
 """Encode / decode wall time and peak memory for a 768x512 photo with the default model
-(`--decoder perceptual` times the other decoder of the same tokens; `--entropy static` the
-version-1 coding; `--quality Q` rate control's codebook size for Q), with the time of each
+(`--decoder perceptual` times the other decoder of the same tokens, `fidelity+grain2` the
+decode with film grain; `--entropy static` the version-1 coding; `--quality Q` rate
+control's codebook size for Q), with the time of each
 stage: network, GQ search and entropy coding when encoding; entropy decoding (container parse
 included) and the decoder network when decoding. "first" is a fresh process's first call,
 from the model file on: model load and the tables of its codebook size (codebook, search
@@ -51,7 +52,8 @@ else:
     dec = None
     def pick(header):
         global dec
-        dec = model_for_header(header).with_decoder(sys.argv[6])
+        name, _, grain = sys.argv[6].partition("+grain")
+        dec = model_for_header(header).with_decoder(name, grain=float(grain) if grain else None)
         return dec
     decode_bytes(data, pick)
     first = time.perf_counter() - t0
@@ -83,7 +85,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="default")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is shown")
-    ap.add_argument("--decoder", default="fidelity", help="decoder timed by decode")
+    ap.add_argument("--decoder", default="fidelity",
+                    help="decoder timed by decode; NAME+grainS adds film grain (--grain S)")
     ap.add_argument("--entropy", default="context", choices=("context", "static"))
     ap.add_argument("--quality", type=float, default=None,
                     help="rate control's quality 0..100 (default: the model's own K)")
