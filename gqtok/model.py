@@ -232,7 +232,7 @@ class Model:
         self._decoders = decoders or DecoderSet(decoder, None, self.name)
         self.decoder_name = FIDELITY
         self.realism: float | None = None
-        self.grain = 0.0  # synthetic film grain added to decoded pixels (gqtok.codec.grain)
+        self.grain = 0.0  # synthetic film grain added to decoded pixels (gqtok.io.grain)
         self._variants: OrderedDict[tuple[str, float | None, float], Model] = OrderedDict()
         self._requantized: OrderedDict[QuantizerConfig, Model] = OrderedDict()
         # the model the card's "coarse" names, once loaded (gqtok.zoo.load.coarse_member)
@@ -330,7 +330,7 @@ class Model:
         card and weights hash with this model (so .gq files and their checks are unchanged);
         its decoder is read on first use. ModelError for a decoder the model does not have.
         ``grain`` (8-bit levels, default: this model's) adds synthetic film grain to the
-        decoded pixels (gqtok.codec.grain).
+        decoded pixels (gqtok.io.grain).
         """
         if realism is not None:
             if isinstance(realism, bool) or not isinstance(realism, numbers.Real):

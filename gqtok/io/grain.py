@@ -4,7 +4,7 @@ the texture a low rate cannot carry (AV1 film grain synthesis, JPEG XL photon no
 A decoder trained for L1 returns the mean of what the tokens allow, which is smoother than any
 photo; Gaussian noise of a few 8-bit levels restores the high-frequency energy a viewer (and
 a patch FID) expects, at a small, known PSNR cost (sigma^2 of MSE before clipping). Measured
-on the 22 held-out photos at the default's rate: README, "Grain".
+on the 22 held-out photos at the default's rate: README, "Film grain at decode time".
 
 The noise is a pure function of the token grid and the pixel position (bands of ``BAND`` rows,
 each from its own seeded generator), so decoding a file gives the same pixels every time,
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ MAX_GRAIN = 32.0  # 8-bit levels; beyond this the picture is noise, not grain
 
 def check_grain(sigma: float) -> float:
     """sigma as a float in [0, MAX_GRAIN] (ValueError / TypeError otherwise)."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
         raise TypeError(f"grain must be a number of 8-bit levels, got {sigma!r}")
     if not (math.isfinite(sigma) and 0.0 <= sigma <= MAX_GRAIN):
         raise ValueError(f"grain must be from 0 to {MAX_GRAIN:g} (8-bit levels), got {sigma}")
