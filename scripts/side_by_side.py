@@ -3,7 +3,8 @@ gqtok's bpp, one crop.
 
 The whole photo is coded (rates are whole-file rates, header included); a crop of each result
 is shown at 1:1 so the artefacts stay visible. The gqtok panels are the same .gq file decoded by
-each decoder the model has (fidelity, perceptual). Usage:
+each decoder the model has (fidelity, perceptual), and the fidelity one with film grain
+(`--grain S`, 0 = no such panel). Usage:
 python scripts/side_by_side.py data/prepared/val/kpa__jesper.jpg --crop 300,150,256
 """
 
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("image", type=Path)
     ap.add_argument("--crop", default="0,0,256", help="x,y,size of the shown square")
     ap.add_argument("-o", "--output", type=Path, default=Path("docs/side_by_side.png"))
+    ap.add_argument("--grain", type=float, default=2.0, help="film grain panel (0: none)")
     args = ap.parse_args()
     x0, y0, size = (int(v) for v in args.crop.split(","))
     model = load_model()
@@ -51,10 +53,14 @@ def main() -> None:
     rgb = pic.rgb
     enc = encode_pictures(model, [pic])[0]
     panels = [("original", rgb)]
-    for name in model.decoders:
-        out, _ = decode_bytes(enc.data, model, decoder=name)
+    shown = [(name, None) for name in model.decoders]
+    if args.grain:
+        shown.append(("fidelity", args.grain))
+    for name, grain in shown:
+        out, _ = decode_bytes(enc.data, model, decoder=name, grain=grain)
         gq = np.asarray(out.convert("RGB"))
-        panels.append((f"gqtok {name}\n{enc.bpp:.3f} bpp, {psnr(rgb, gq):.2f} dB", gq))
+        title = f"gqtok {name}" + (f" +grain {grain:g}" if grain else "")
+        panels.append((f"{title}\n{enc.bpp:.3f} bpp, {psnr(rgb, gq):.2f} dB", gq))
     for fmt in FORMATS:
         img, bpp, q = classical(rgb, fmt, enc.bpp)
         panels.append((f"{fmt} q{q}\n{bpp:.3f} bpp, {psnr(rgb, img):.2f} dB", img))
