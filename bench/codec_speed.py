@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gqtok.cli.common import parse_decoders
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
@@ -52,8 +54,8 @@ else:
     dec = None
     def pick(header):
         global dec
-        name, _, grain = sys.argv[6].partition("+grain")
-        dec = model_for_header(header).with_decoder(name, grain=float(grain) if grain else None)
+        name, realism, grain = json.loads(sys.argv[6])
+        dec = model_for_header(header).with_decoder(name, realism, grain)
         return dec
     decode_bytes(data, pick)
     first = time.perf_counter() - t0
@@ -86,18 +88,21 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs; the best is shown")
     ap.add_argument("--decoder", default="fidelity",
-                    help="decoder timed by decode; NAME+grainS adds film grain (--grain S)")
+                    help="decoder timed by decode, as a compare row: NAME[@R][+grainS]")
     ap.add_argument("--entropy", default="context", choices=("context", "static"))
     ap.add_argument("--quality", type=float, default=None,
                     help="rate control's quality 0..100 (default: the model's own K)")
     args = ap.parse_args()
     quality = "none" if args.quality is None else str(args.quality)
+    decoders = parse_decoders([args.decoder])  # the grammar of gqtok compare's rows
+    if len(decoders) != 1:
+        raise SystemExit("--decoder: one decoder at a time")
     tmp = tempfile.TemporaryDirectory()
     gq_file = str(Path(tmp.name) / "speed.gq")
     for step in ("encode", "decode"):
         out = subprocess.run(
             [sys.executable, "-c", CHILD, step, args.image, str(args.threads), args.model,
-             str(args.repeat), args.decoder, args.entropy, quality, gq_file],
+             str(args.repeat), json.dumps(decoders[0]), args.entropy, quality, gq_file],
             capture_output=True,
             text=True,
             check=True,

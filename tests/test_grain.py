@@ -5,6 +5,7 @@ eval) applying it the same way."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,9 +98,7 @@ def test_coarse_member_files_get_the_grain_too(net: gqtok.Model) -> None:
     assert 1.9 < diff.std() < 2.05
 
 
-def test_cli_decode_eval_and_compare_rows_take_grain(
-    tmp_path, net: gqtok.Model, photo: np.ndarray  # noqa: ANN001
-) -> None:
+def test_cli_decode_eval_and_compare_rows_take_grain(tmp_path: Path, net: gqtok.Model) -> None:
     runner = CliRunner()
     gq = tmp_path / "s.gq"
     assert runner.invoke(app, ["encode", str(SAMPLE), "-o", str(gq)]).exit_code == 0
