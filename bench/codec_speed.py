@@ -41,10 +41,8 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 if step == "encode":
     m = load_model(sys.argv[4])
-    if quality != "none":
-        from gqtok.codec.rate import at_size, quality_size
-        m = at_size(m, quality_size(m, float(quality)))
-    data = encode_pictures(m, [pic], entropy=entropy)[0].data
+    rate = {} if quality == "none" else {"quality": float(quality)}
+    data = encode_pictures(m, [pic], entropy=entropy, **rate)[0].data
     first = time.perf_counter() - t0
     with open(gq_file, "wb") as f:
         f.write(data)
@@ -63,7 +61,7 @@ dt, extra = float("inf"), {}
 for _ in range(int(sys.argv[5])):
     t = time.perf_counter()
     if step == "encode":
-        enc = encode_pictures(m, [pic], entropy=entropy)[0]
+        enc = encode_pictures(m, [pic], entropy=entropy, **rate)[0]
     else:
         _, tokens, _ = unpack_tokens(dec, data)
         t1 = time.perf_counter()
@@ -91,7 +89,7 @@ def main() -> None:
                     help="decoder timed by decode, as a compare row: NAME[@R][+grainS]")
     ap.add_argument("--entropy", default="context", choices=("context", "static"))
     ap.add_argument("--quality", type=float, default=None,
-                    help="rate control's quality 0..100 (default: the model's own K)")
+                    help="rate control's quality 0..100 (default: the model's own setting)")
     args = ap.parse_args()
     quality = "none" if args.quality is None else str(args.quality)
     decoders = parse_decoders([args.decoder])  # the grammar of gqtok compare's rows

@@ -64,15 +64,19 @@ def encode(
     quality: float | None = None,
 ) -> Tokens:
     """Token grid of one image (see to_rgb_array for what counts as an image); ``quality``
-    (0..100) codes it at that quality's codebook size (gqtok.codec.rate)."""
-    rgb = to_rgb_array(image, value_range)
-    return encode_arrays(_at_quality(model, quality), [rgb], pad_mode, max_memory=max_memory)[0]
+    (0..100) codes it at that quality's codebook size and scale (gqtok.codec.rate: the
+    tokens then decode to the image's size through a resampling step)."""
+    return encode_batch(model, [image], batch_size=1, value_range=value_range,
+                        pad_mode=pad_mode, max_memory=max_memory, quality=quality)[0]  # fmt: skip
 
 
-def _at_quality(model: Model, quality: float | None) -> Model:
-    from gqtok.codec.rate import at_size, quality_size
+def _at_quality(model: Model, quality: float | None) -> tuple[Model, float | None]:
+    from gqtok.codec.rate import at_size, quality_setting
 
-    return model if quality is None else at_size(model, quality_size(model, quality))
+    if quality is None:
+        return model, None
+    setting = quality_setting(model, quality)
+    return at_size(model, setting.size), setting.scale
 
 
 def encode_batch(
@@ -86,9 +90,13 @@ def encode_batch(
     quality: float | None = None,
 ) -> list[Tokens]:
     """Token grids of many images; images of equal size share network batches."""
+    from gqtok.codec.bytes import resampled_to, scaled_rgb
+
     rgbs = [to_rgb_array(im, value_range) for im in images]
-    net = _at_quality(model, quality)
-    return encode_arrays(net, rgbs, pad_mode, batch_size, max_memory=max_memory)
+    net, scale = _at_quality(model, quality)
+    toks = encode_arrays(net, [scaled_rgb(a, scale) for a in rgbs], pad_mode, batch_size,
+                         max_memory=max_memory)  # fmt: skip
+    return [resampled_to(t, a) for t, a in zip(toks, rgbs, strict=True)]
 
 
 def as_tokens(grid: GridLike, downsample: int, size: tuple[int, int] | None = None) -> Tokens:

@@ -100,6 +100,9 @@ class Protocol:
     # the networks' arithmetic (Model.precision): bf16 moments give some other tokens, so a
     # bf16 export is another plan; fp32 is left out of the record, as exports before it were
     precision: str = "fp32"
+    # then resampled by this factor (gqtok.io.resample): `export --quality`'s scale; 1 is
+    # left out of the record, as exports before it were
+    scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -112,14 +115,18 @@ class Protocol:
         }
         if self.precision != "fp32":
             out["network_precision"] = self.precision
+        if self.scale != 1:
+            out["scale"] = self.scale
+            out["scale_filter"] = "gqtok.io.resample (cubic, a = -1/2; docs/format.md)"
         return out
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        from gqtok.codec.bytes import scaled_rgb
         from gqtok.eval.evaluate import preprocess
 
         if self.resize or self.center_crop:
-            return preprocess(rgb, self.resize, self.center_crop)
-        return rgb
+            rgb = preprocess(rgb, self.resize, self.center_crop)
+        return scaled_rgb(rgb, self.scale)
 
 
 @dataclass(frozen=True)
@@ -630,8 +637,10 @@ def export_tokens(
     max_memory: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
     world: World | None = None,
+    scale: float = 1.0,
 ) -> ExportResult:
-    """Tokenize a folder or list file into ``out`` (resumable; see the module docstring).
+    """Tokenize a folder or list file into ``out`` (resumable; see the module docstring);
+    ``scale`` resamples each prepared image by that factor first (``export --quality``).
 
     Unreadable images are skipped and listed (``ExportResult.skipped``, the manifest) instead
     of stopping the export. ``workers`` I/O threads read and prepare images while the network
@@ -647,7 +656,7 @@ def export_tokens(
     world = world or World()
     start(world)
     sources = _from_main(world, lambda: _sources(source, recursive))
-    protocol = Protocol(resize, center_crop, flip, pad_mode, model.precision)
+    protocol = Protocol(resize, center_crop, flip, pad_mode, model.precision, scale)
     out = Path(out)
     plan = plan_fingerprint(model, protocol, sources, shard_size)
     if len(set(world.all_gather(plan))) > 1:

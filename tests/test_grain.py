@@ -86,12 +86,13 @@ def test_api_and_gq_bytes_decode_with_grain(net: gqtok.Model, photo: np.ndarray)
 
 
 def test_coarse_member_files_get_the_grain_too(net: gqtok.Model) -> None:
-    """Below Q 50 the file names the coarse-codebook model, which decodes it (found from the
-    header, as `gqtok decode` does): the grain asked for applies to that model too."""
+    """At Q 5 the file names the coarse-codebook model, which decodes it (found from the
+    header, as `gqtok decode` does), and is coded at a smaller scale: the grain asked for
+    applies to that model too, after the resampling (its full strength)."""
     from gqtok.zoo.load import model_for_header
 
-    enc = encode_pictures(net, [read_image(str(SAMPLE))], quality=20)[0]
-    assert enc.header.model_id.endswith("-coarse")
+    enc = encode_pictures(net, [read_image(str(SAMPLE))], quality=5)[0]
+    assert enc.header.model_id.endswith("-coarse") and enc.header.scaled
     plain, _ = decode_bytes(enc.data, model_for_header)
     grainy, _ = decode_bytes(enc.data, model_for_header, grain=2)
     diff = np.asarray(grainy).astype(np.float64) - np.asarray(plain)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from gqtok import load_model
@@ -35,13 +36,19 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_the_quality_scale() -> None:
-    sizes = [rc.quality_size(MODEL, q) for q in range(101)]
-    assert sizes[0] == rc.K_MIN and sizes[75] == MODEL.quant.size and sizes[100] == 1 << 20
-    assert all(a < b for a, b in zip(sizes, sizes[1:], strict=False))
-    assert all(k % 16 == 0 for k in sizes if k >= 8192)
+    settings = [rc.quality_setting(MODEL, q) for q in range(101)]
+    own = MODEL.quant.size
+    assert settings[0] == rc.Setting(rc.K_LOW, rc.S_LOW)
+    assert settings[25] == rc.Setting(own, rc.S_LOW)
+    assert settings[75] == rc.Setting(own, 1.0) and settings[100] == rc.Setting(own, rc.S_HIGH)
+    # K rises up to Q = 25, then the scale; each step raises one of them
+    keys = [(s.scale, s.size) for s in settings]
+    assert all(a < b for a, b in zip(keys, keys[1:], strict=False))
+    assert all(s.size < own for s in settings[:25]) and all(s.size == own for s in settings[25:])
+    assert all(s.size % 16 == 0 for s in settings if s.size >= 8192)
     for bad in (-1, 100.5, float("nan"), True):
         with pytest.raises(ValueError):
-            rc.quality_size(MODEL, bad)
+            rc.quality_setting(MODEL, bad)
 
 
 @pytest.mark.parametrize("photo", PHOTOS, ids=lambda p: p.name)
@@ -50,10 +57,15 @@ def test_quality_is_monotone_in_rate_and_fidelity(photo: Path) -> None:
     points = []
     for q in QUALITIES:
         enc = encode_pictures(MODEL, [pic], quality=q)[0]
-        assert enc.header.size == rc.quality_size(MODEL, q)
-        # decoded as `gqtok decode` does: the model the header names (below Q = 50 the
-        # default's coarse-codebook model, same tokens)
+        setting = rc.quality_setting(MODEL, q)
+        assert enc.header.size == setting.size
+        h, w = pic.rgb.shape[:2]
+        assert enc.header.coded_size == (round(w * setting.scale), round(h * setting.scale))
+        assert enc.header.file_version == (2 if q == 75 else 4)  # else coded at another scale
+        # decoded as `gqtok decode` does: the model the header names (up to Q = 10 the
+        # default's coarse-codebook model, same tokens), resampled to the image's size
         image, header = decode_bytes(enc.data, model_for_header)
+        assert image.size == (w, h)
         points.append((enc.bpp, _psnr(np.asarray(image), pic.rgb), header.entropy_kind))
     bpps = [p[0] for p in points]
     psnrs = [p[1] for p in points]
@@ -66,18 +78,20 @@ def test_quality_is_monotone_in_rate_and_fidelity(photo: Path) -> None:
 
 @pytest.mark.parametrize("photo", sorted(DATA.glob("photo_*")), ids=lambda p: p.name)
 def test_small_codebooks_decode_better_with_the_coarse_model(photo: Path) -> None:
-    """The shipped default names its coarse-codebook model for K < 6144 (Q < 50): the same
-    tokens and bytes, and a decoder that beats the default's own on those codewords."""
+    """The shipped default names its coarse-codebook model for K < 6144 (qualities 0..10
+    code such K): the same tokens and bytes, and a decoder that beats the default's own on
+    those codewords."""
     import gqtok
     from gqtok.eval.catalog import models_table
 
     coarse = MODEL.card["coarse"]
-    assert coarse["below"] == 6144 and rc.quality_size(MODEL, 49) < 6144
+    assert coarse["below"] == 6144 and rc.quality_setting(MODEL, 10).size < 6144
     row = next(r for r in models_table() if r["name"] == coarse["model"])
     assert row["kind"] == "coarse" and row["decoders"] == ["fidelity", "perceptual"]
     pic = read_image(str(photo))
-    for q in (0, 10, 30):
-        enc = encode_pictures(MODEL, [pic], quality=q)[0]
+    assert encode_pictures(MODEL, [pic], quality=5)[0].header.model_id == coarse["model"]
+    for size in (64, 406, 1024):
+        enc = encode_pictures(rc.at_size(MODEL, size), [pic])[0]
         assert enc.header.model_id == coarse["model"]
         own = gqtok.decode_array(rc.at_size(MODEL, enc.header.size, coarse=False), enc.tokens)
         ref = encode_pictures(rc.at_size(MODEL, enc.header.size, coarse=False), [pic])[0]
@@ -85,22 +99,27 @@ def test_small_codebooks_decode_better_with_the_coarse_model(photo: Path) -> Non
         assert ref.token_bytes == n and ref.data[-n - 4 : -4] == enc.data[-n - 4 : -4]
         image, _ = decode_bytes(enc.data, model_for_header)
         gain = _psnr(np.asarray(image), pic.rgb) - _psnr(own, pic.rgb)
-        assert gain > 0.05, (q, gain)  # +0.1 .. +0.9 dB on these photos, ~+2 dB held-out
-    for q in (50, 75):
+        assert gain > 0.05, (size, gain)  # +0.1 .. +0.9 dB on these photos, ~+2 dB held-out
+    for q in (25, 50, 75):
         assert encode_pictures(MODEL, [pic], quality=q)[0].header.model_id == MODEL.name
 
 
 def test_a_target_bpp_is_met_or_the_nearest_rate_is_reported() -> None:
     pic = read_image(str(REPO / "examples" / "sample.jpg"))
-    for target in (0.12, 0.16, 0.24):
+    for target in (0.04, 0.12, 0.24, 0.5):
         enc = encode_pictures(MODEL, [pic], bpp=target)[0]
         assert enc.rate is not None and enc.rate.met, enc.rate
         assert abs(enc.bpp - target) <= rc.TOLERANCE * target
-        assert enc.header.size == enc.rate.size and len(enc.rate.tried) <= rc.MAX_STEPS
+        assert enc.header.size == enc.rate.size
+        assert len(enc.rate.tried) <= rc.MAX_STEPS + rc.MAX_SCALE_STEPS
+        w, h = enc.header.coded_size
+        assert (w, h) == (round(768 * enc.rate.scale), round(512 * enc.rate.scale))
+        # below the lowest scale's rate a smaller K; above it the model's own K
+        assert (enc.header.size < MODEL.quant.size) == (target < 0.08), enc.rate
         image, _ = decode_bytes(enc.data, model_for_header)
         assert image.size == (768, 512)
     far = encode_pictures(MODEL, [pic], bpp=3.0)[0]
-    assert far.rate is not None and not far.rate.met and far.header.size == 1 << 20
+    assert far.rate is not None and not far.rate.met and far.rate.scale == rc.S_HIGH
     with pytest.raises(ValueError):
         encode_pictures(MODEL, [pic], bpp=0.2, quality=50)
 
@@ -144,8 +163,12 @@ def test_cli_quality_and_bpp(tmp_path: Path) -> None:
     r = runner.invoke(app, ["encode", src, "-o", str(out), "--quality", "40", "--json"])
     assert r.exit_code == 0, r.output
     rec = json.loads(r.stdout.strip().splitlines()[-1])
-    assert rec["codebook_size"] == rc.quality_size(MODEL, 40) and rec["format_version"] == 2
-    assert container.unpack(out.read_bytes())[0].size == rec["codebook_size"]
+    setting = rc.quality_setting(MODEL, 40)
+    assert rec["codebook_size"] == setting.size and rec["format_version"] == 4
+    header = container.unpack(out.read_bytes())[0]
+    assert header.size == rec["codebook_size"] and header.version == 2  # context-coded
+    assert (rec["coded_width"], rec["coded_height"]) == header.coded_size
+    assert rec["coded_width"] == round(rec["width"] * setting.scale)
     r = runner.invoke(app, ["decode", str(out), "-o", str(tmp_path / "a.png")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["encode", src, "-o", str(tmp_path / "b.gq"), "--bpp", "5"])
@@ -161,24 +184,32 @@ def test_cli_quality_and_bpp(tmp_path: Path) -> None:
 def test_a_token_export_at_a_low_quality_names_and_imports_with_the_coarse_model(
     tmp_path: Path,
 ) -> None:
-    """`gqtok export --quality 10` records the coarse-codebook model, and `gqtok import`
-    gives exactly the pixels `gqtok decode` gives for the .gq file of the same quality."""
+    """`gqtok export --quality 5` records the coarse-codebook model and the scale, holds the
+    tokens of the .gq file of the same quality, and `gqtok import` gives their pixels at the
+    coded size (an export is a dataset at that resolution)."""
+    from gqtok.codec import unpack_tokens
+    from gqtok.format.shards import iter_entries
+
     src = tmp_path / "in"
     src.mkdir()
     (src / "b.png").write_bytes((DATA / "photo_b.png").read_bytes())
-    r = runner.invoke(app, ["export", str(src), "-o", str(tmp_path / "tok"), "--quality", "10"])
+    r = runner.invoke(app, ["export", str(src), "-o", str(tmp_path / "tok"), "--quality", "5"])
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "tok" / "manifest.json").read_text())
     assert manifest["model"]["id"] == MODEL.card["coarse"]["model"]
+    assert manifest["protocol"]["scale"] == rc.S_LOW
     r = runner.invoke(app, ["import", str(tmp_path / "tok"), "-o", str(tmp_path / "back")])
     assert r.exit_code == 0, r.output
     gq = tmp_path / "b.gq"
-    for args in (["encode", str(src / "b.png"), "-o", str(gq), "--quality", "10"],
-                 ["decode", str(gq), "-o", str(tmp_path / "b.png")]):
-        r = runner.invoke(app, args)
-        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["encode", str(src / "b.png"), "-o", str(gq), "--quality", "5"])
+    assert r.exit_code == 0, r.output
+    header, tokens, _ = unpack_tokens(model_for_header(container.unpack(gq.read_bytes())[0]),
+                                      gq.read_bytes())  # fmt: skip
+    (entry,) = iter_entries(tmp_path / "tok")
+    assert np.array_equal(entry.tokens, tokens.indices.numpy())
+    assert (entry.width, entry.height) == header.coded_size != (header.width, header.height)
     (imported,) = (tmp_path / "back").glob("*.png")
-    assert np.array_equal(read_image(str(imported)).rgb, read_image(str(tmp_path / "b.png")).rgb)
+    assert Image.open(imported).size == header.coded_size
 
 
 @pytest.mark.parametrize(

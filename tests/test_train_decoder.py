@@ -224,7 +224,7 @@ def test_coarse_member_codes_the_small_codebooks(
     from PIL import Image
 
     from gqtok.codec import decode_bytes, encode_pictures
-    from gqtok.codec.rate import at_size, quality_size
+    from gqtok.codec.rate import at_size
     from gqtok.errors import ModelError
     from gqtok.io.images import Picture
     from gqtok.model import load_model_file, save_model, save_with_coarse
@@ -248,11 +248,9 @@ def test_coarse_member_codes_the_small_codebooks(
     rgb = np.asarray(Image.open("tests/data/photo_a.jpg").convert("RGB"))[:64, :96].copy()
     pic = Picture(rgb, None, "RGB", "PNG", 8)
     plain = load_model_file(base_model)  # the same model without the link
-    for quality, who in ((10, "tiny-coarse"), (30, "tiny-base"), (75, "tiny-base")):
-        size = quality_size(linked, quality)
-        assert (size < 1024) == (who == "tiny-coarse")
-        enc = encode_pictures(linked, [pic], quality=quality)[0]
-        ref = encode_pictures(plain, [pic], quality=quality)[0]
+    for size, who in ((161, "tiny-coarse"), (1024, "tiny-base"), (4096, "tiny-base")):
+        enc = encode_pictures(at_size(linked, size), [pic])[0]
+        ref = encode_pictures(at_size(plain, size), [pic])[0]
         assert enc.header.model_id == who and enc.header.size == size
         assert torch.equal(enc.tokens.indices, ref.tokens.indices)
         n = enc.token_bytes

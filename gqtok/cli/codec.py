@@ -159,6 +159,14 @@ def _rate_record(enc: Any) -> dict[str, Any]:
     return {"target_bpp": r.target_bpp, "target_met": r.met, "sizes_tried": len(r.tried)}
 
 
+def _scale_record(enc: Any) -> dict[str, Any]:
+    """The coded size of an image coded at another scale (format version 4)."""
+    h = enc.header
+    if not h.scaled:
+        return {}
+    return {"coded_width": h.coded_width, "coded_height": h.coded_height}
+
+
 def _encode_each(
     net: Model,
     ready: list[tuple[Job, Any]],
@@ -206,8 +214,8 @@ def encode(
             "-q",
             min=0,
             max=100,
-            help="Quality 0..100 (75: the model's own codebook size; higher: larger codebooks,"
-            " more bits). See README, rate control.",
+            help="Quality 0..100 (75: the model's own setting; higher: the image coded larger,"
+            " more bits; lower: smaller, then smaller codebooks). See README, rate control.",
         ),
     ] = None,
     bpp: Annotated[
@@ -216,7 +224,8 @@ def encode(
             "--bpp",
             min=0.001,
             max=64,
-            help="Target bits per pixel: the codebook size whose file comes closest, per image.",
+            help="Target bits per pixel: the scale (and codebook size) whose file comes"
+            " closest, per image.",
         ),
     ] = None,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
@@ -295,7 +304,8 @@ def encode(
                 if enc.rate is not None and not enc.rate.met and not quiet:
                     warn(
                         f"{job.display}: {enc.rate.target_bpp:g} bpp is out of reach; nearest"
-                        f" {enc.rate.bpp:.4f} bpp (codebook size {enc.rate.size})"
+                        f" {enc.rate.bpp:.4f} bpp (codebook size {enc.rate.size},"
+                        f" scale {enc.rate.scale:g})"
                     )
                 if as_json:
                     emit(
@@ -309,8 +319,9 @@ def encode(
                             "tokens": enc.header.num_tokens,
                             "bits_per_token": round(enc.bits_per_token, 4),
                             "entropy": enc.entropy,
-                            "format_version": enc.header.version,
+                            "format_version": enc.header.file_version,
                             "codebook_size": enc.header.size,
+                            **_scale_record(enc),
                             **_rate_record(enc),
                             "seconds": round(elapsed, 4),
                             "model": net.name,

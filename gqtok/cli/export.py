@@ -319,7 +319,8 @@ def export_cmd(
         float | None,
         typer.Option(
             "--quality", "-q", min=0, max=100,
-            help="Tokens at this quality's codebook size (as gqtok encode --quality).",
+            help="Tokens at this quality's codebook size and scale (as gqtok encode"
+            " --quality; the shards record the scaled size).",
         ),
     ] = None,
     seed: SeedOpt = None,
@@ -381,7 +382,7 @@ def export_cmd(
     if merge is not None:
         return _merge(merge, quiet, as_json)
     assert source is not None and output is not None  # checked above
-    from gqtok.codec.rate import at_size, quality_size
+    from gqtok.codec.rate import at_size, quality_setting
     from gqtok.export import export_tokens
     from gqtok.quant.config import ModelOptions
 
@@ -401,8 +402,10 @@ def export_cmd(
             raise fail(e, None, GqtokError, "cannot join torchrun's process group") from None
         opts = ModelOptions(group, codebook_size, seed, beta, trust_pickle=trust_pickle)
         net = load_or_exit(model, opts, dev)
+        scale = 1.0
         if quality is not None:
-            net = at_size(net, quality_size(net, quality))
+            setting = quality_setting(net, quality)
+            net, scale = at_size(net, setting.size), setting.scale
         net = net.to(dev, precision.value)
         t0 = time.perf_counter()
         with Bar("exporting", None, not (quiet or as_json) and world.is_main) as bar:
@@ -423,6 +426,7 @@ def export_cmd(
                     overwrite=overwrite,
                     max_pixels=max_pixels,
                     max_memory=budget,
+                    scale=scale,
                     progress=bar.to,
                     world=world,
                 )

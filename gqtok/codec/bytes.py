@@ -31,6 +31,7 @@ from gqtok.io.images import (  # _pillow_limit: the alpha plane is read under ou
     picture_to_pil,
     read_image,
 )
+from gqtok.io.resample import MAX_RATIO, resample, scaled_size
 from gqtok.model import Model, select_decoder
 from gqtok.quant.codebook import codebook_fingerprint
 from gqtok.quant.config import QuantizerConfig
@@ -87,6 +88,8 @@ def _header_for(
 ) -> container.Header:
     q = model.quant
     ng, gh, gw = tok.indices.shape
+    width, height = tok.size
+    coded = (tok.width, tok.height) if tok.size != (tok.width, tok.height) else (0, 0)
     return container.Header(
         model_id=model.name,
         weights_hash=model.weights_fingerprint,
@@ -95,8 +98,10 @@ def _header_for(
         seed=q.seed,
         beta=q.beta,
         codebook_fingerprint=codebook_fingerprint(q.dim, q.size, q.seed),
-        width=tok.width,
-        height=tok.height,
+        width=width,
+        height=height,
+        coded_width=coded[0],
+        coded_height=coded[1],
         groups=ng,
         grid_h=gh,
         grid_w=gw,
@@ -144,21 +149,28 @@ def encode_pictures(
     *,
     quality: float | None = None,
     bpp: float | None = None,
+    scale: float | None = None,
 ) -> list[Encoded]:
     """Encode decoded input images to .gq bytes (batched through the network); ``entropy``
-    as in ``pack_tokens``. ``quality`` (0..100) encodes at that quality's codebook size,
-    ``bpp`` searches the codebook size per image whose file comes closest to that many bits
-    per pixel (gqtok.codec.rate; ``Encoded.rate`` says how close)."""
+    as in ``pack_tokens``. ``quality`` (0..100) encodes at that quality's codebook size and
+    scale, ``bpp`` searches the setting per image whose file comes closest to that many bits
+    per pixel (gqtok.codec.rate; ``Encoded.rate`` says how close), ``scale`` codes the images
+    resampled by that factor (0.25..4; format version 4)."""
     context_coder(model, entropy)  # a bad choice fails before the network runs
-    if quality is not None and bpp is not None:
-        raise ValueError("give a quality or a target bpp, not both")
+    if sum(x is not None for x in (quality, bpp, scale)) > 1:
+        raise ValueError("give one of a quality, a target bpp or a scale")
     if quality is not None:
-        model = rc.at_size(model, rc.quality_size(model, quality))
+        setting = rc.quality_setting(model, quality)
+        model, scale = rc.at_size(model, setting.size), setting.scale
     if bpp is not None:
         return [_encode_at_bpp(model, p, bpp, pad_mode, entropy, max_memory) for p in pictures]
     timings: dict[str, float] = {}
-    rgbs = [p.rgb for p in pictures]
-    toks = encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory)
+    rgbs = [scaled_rgb(p.rgb, scale) for p in pictures]
+    toks = [
+        resampled_to(t, p.rgb)
+        for t, p in zip(encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory),
+                        pictures, strict=True)
+    ]  # fmt: skip
     share = 1.0 / max(1, len(pictures))
     out = []
     for pic, tok in zip(pictures, toks, strict=True):
@@ -170,6 +182,25 @@ def encode_pictures(
     return out
 
 
+def scaled_rgb(rgb: np.ndarray, scale: float | None) -> np.ndarray:
+    """``rgb`` resampled by ``scale`` (gqtok.io.resample), or itself for None or 1."""
+    if scale is None or scale == 1:
+        return rgb
+    if not (isinstance(scale, (int, float)) and 1 / MAX_RATIO <= scale <= MAX_RATIO):
+        raise ValueError(f"scale must be in {1 / MAX_RATIO:g}..{MAX_RATIO}, got {scale!r}")
+    h, w = rgb.shape[:2]
+    cw, ch = scaled_size(w, h, scale)
+    return rgb if (cw, ch) == (w, h) else resample(rgb, cw, ch)
+
+
+def resampled_to(tok: Tokens, rgb: np.ndarray) -> Tokens:
+    """``tok`` of an image coded at another size, marked to decode to ``rgb``'s size."""
+    h, w = rgb.shape[:2]
+    if (tok.width, tok.height) != (w, h):
+        tok.resample_to = (w, h)
+    return tok
+
+
 def _encode_at_bpp(
     model: Model,
     picture: Picture,
@@ -178,23 +209,37 @@ def _encode_at_bpp(
     entropy: str,
     max_memory: int | str | None,
 ) -> Encoded:
-    """The picture at the codebook size whose whole file is closest to ``bpp``."""
+    """The picture at the setting whose whole file is closest to ``bpp``: the scale at the
+    model's own K, then, below the lowest scale's rate, K at that scale (gqtok.codec.rate)."""
     if not (bpp > 0 and bpp < float("inf")):
         raise ValueError(f"target bpp must be a positive number, got {bpp!r}")
     t0 = time.perf_counter()
-    tokens_at = tokens_by_model(model, picture.rgb, pad_mode, max_memory)
     pixels = picture.rgb.shape[0] * picture.rgb.shape[1]
-    files: dict[int, Encoded] = {}
+    own = rc.at_size(model, rc.own_size(model))
+    files: dict[tuple[int, float], Encoded] = {}
+    networks: dict[float, Callable[[Model], Tokens]] = {}
 
-    def trial(size: int) -> float:
-        m = rc.at_size(model, size)
-        files[size] = pack_tokens(m, tokens_at(m), picture, entropy)
-        return len(files[size].data) * 8 / pixels
+    def tokens_at(scale: float) -> Callable[[Model], Tokens]:
+        if scale not in networks:
+            rgb = scaled_rgb(picture.rgb, scale)
+            run = tokens_by_model(own, rgb, pad_mode, max_memory)
+            networks[scale] = lambda m: resampled_to(run(m), picture.rgb)
+        return networks[scale]
 
-    start = min(rc.max_size(model), max(rc.K_MIN, model.quant.size))
-    size, tried = rc.search_size(trial, bpp, start, rc.K_MIN, rc.max_size(model))
-    enc = files[size]
-    enc.rate = rc.RateSearch(bpp, size, tried[size], sorted(tried.items()))
+    def trial(m: Model, scale: float) -> float:
+        key = (m.quant.size, scale)
+        files[key] = pack_tokens(m, tokens_at(scale)(m), picture, entropy)
+        return len(files[key].data) * 8 / pixels
+
+    scale, scales = rc.search_scale(lambda s: trial(own, s), bpp, rc.S_LOW, rc.S_HIGH)
+    key = (own.quant.size, scale)
+    if scale == rc.S_LOW and scales[scale] > bpp * (1 + rc.TOLERANCE):
+        size, _ = rc.search_size(lambda k: trial(rc.at_size(model, k), scale), bpp,
+                                 own.quant.size, rc.K_MIN, own.quant.size)  # fmt: skip
+        key = (size, scale)
+    enc = files[key]
+    tried = sorted((k, s, len(e.data) * 8 / pixels) for (k, s), e in files.items())
+    enc.rate = rc.RateSearch(bpp, key[0], len(enc.data) * 8 / pixels, tried, key[1])
     enc.timings = {"rate_search": time.perf_counter() - t0}
     return enc
 
@@ -238,11 +283,12 @@ def check_compatible(model: Model, header: container.Header, name: str | None = 
     if header.layout != model.layout:
         raise ModelError(f"file token layout {header.layout} differs from the model's", name)
     f = model.downsample
-    want = ((header.height + f - 1) // f, (header.width + f - 1) // f)
+    cw, ch = header.coded_size
+    want = ((ch + f - 1) // f, (cw + f - 1) // f)
     if (header.grid_h, header.grid_w) != want or header.groups != model.groups:
         raise FormatError(
             f"token grid {header.groups}x{header.grid_h}x{header.grid_w} does not fit a"
-            f" {header.width}x{header.height} image for this model",
+            f" {cw}x{ch} image for this model",
             name,
         )
     if header.entropy_kind == "context":
@@ -332,7 +378,9 @@ def _decode_parts(
         raise FormatError(str(exc), name) from None
     indices = torch.from_numpy(grid).reshape(shape)
     alpha = _alpha_plane(alpha_bytes, header, name, max_pixels) if header.has_alpha else None
-    return header, Tokens(indices, header.width, header.height, header.pad_mode), alpha
+    cw, ch = header.coded_size
+    to = (header.width, header.height) if header.scaled else None
+    return header, Tokens(indices, cw, ch, header.pad_mode, to), alpha
 
 
 def _alpha_plane(

@@ -18,6 +18,7 @@ from gqtok.codec import windowed
 from gqtok.codec.tokens import Tokens
 from gqtok.io.grain import add_grain, grain_seed
 from gqtok.io.images import crop, from_tensor, pad_to_multiple, to_tensor
+from gqtok.io.resample import resample
 from gqtok.model import Model
 
 
@@ -123,7 +124,8 @@ def decode_to_array(
     model: Model, tokens: Tokens, max_memory: int | str | None = None
 ) -> np.ndarray:
     """(H, W, 3) uint8 pixels; window by window when a whole-image pass exceeds the budget.
-    The model's grain (``Model.with_decoder(grain=...)``) is added to the finished pixels."""
+    Tokens of an image coded at another scale are resampled to its size (gqtok.io.resample),
+    and the model's grain (``Model.with_decoder(grain=...)``) is added to the finished pixels."""
     _, gh, gw = tokens.indices.shape
     f = model.downsample
     budget = mem.resolve_budget(max_memory)
@@ -132,6 +134,8 @@ def decode_to_array(
     else:
         x = model.decode_indices(tokens.indices.unsqueeze(0))
         rgb = from_tensor(crop(x.cpu(), tokens.height, tokens.width))
+    if tokens.resample_to is not None and tokens.resample_to != (tokens.width, tokens.height):
+        rgb = resample(rgb, *tokens.resample_to)
     if model.grain:
         add_grain(rgb, model.grain, grain_seed(tokens.indices))
     return rgb

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, features
 
-from gqtok.codec.rate import at_size, quality_size
 from gqtok.errors import GqtokError, OutputError
 from gqtok.eval.bjontegaard import bd_metric, bd_rate
 from gqtok.eval.evaluate import json_safe, preprocess, roundtrip
@@ -484,13 +483,13 @@ def _image_points(
         if not len(orig):
             inception = None  # smaller than a patch: no patch features for this image
     coded: dict[tuple[Any, ...], Any] = {}
-    # (model coding, quality, model named): at a low quality a model may code with its
-    # coarse-codebook model (gqtok.codec.rate.at_size), still one curve under its own name
-    runs = [(m, None, m) for m in models] if not qualities else [
-        (at_size(m, quality_size(m, q)), q, m) for m in models for q in qualities
+    # (model, quality): at a low quality a model may code with its coarse-codebook model
+    # (gqtok.codec.rate.at_size), still one curve under its own name
+    runs = [(m, None) for m in models] if not qualities else [
+        (m, q) for m in models for q in qualities
     ]  # fmt: skip
-    for model, q, named in runs:
-        rec, nbytes, _ = roundtrip(model, Picture(rgb, None, "RGB", "PNG", 8), coded)
+    for named, q in runs:
+        rec, nbytes, _ = roundtrip(named, Picture(rgb, None, "RGB", "PNG", 8), coded, q)
         bpp = nbytes * 8 / (rgb.shape[0] * rgb.shape[1])
         target = f"@{named.name}" if q is None else f"@{named.name} q{q:g}"
         if (target, bpp) not in own:

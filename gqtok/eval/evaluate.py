@@ -165,19 +165,28 @@ def preprocess(rgb: np.ndarray, resize: int | None, center_crop: int | None) -> 
 
 
 def roundtrip(
-    model: Model, pic: Picture, coded: dict[tuple[Any, ...], Any] | None = None
+    model: Model,
+    pic: Picture,
+    coded: dict[tuple[Any, ...], Any] | None = None,
+    quality: float | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
-    """(decoded RGB, .gq file size in bytes, token indices) through the real byte path.
+    """(decoded RGB, .gq file size in bytes, token indices) through the real byte path, at
+    ``quality`` (gqtok.codec.rate) when given.
 
     ``coded`` keeps the encodings of one picture: the tokens do not depend on the decoder, so
     the decoders of one model (Model.with_decoder) decode bytes encoded once.
     """
     from gqtok.codec import decode_bytes, encode_pictures
+    from gqtok.codec.rate import at_size, quality_setting
 
-    key = (model.name, model.weights_sha256, model.quant)
+    scale = None
+    if quality is not None:  # the model that codes this quality decodes it (its coarse member)
+        setting = quality_setting(model, quality)
+        model, scale = at_size(model, setting.size), setting.scale
+    key = (model.name, model.weights_sha256, model.quant, scale)
     enc = coded.get(key) if coded is not None else None
     if enc is None:
-        enc = encode_pictures(model, [pic])[0]
+        enc = encode_pictures(model, [pic], scale=scale)[0]
         if coded is not None:
             coded[key] = enc
     image, _ = decode_bytes(enc.data, model)

@@ -11,6 +11,11 @@ gqtok.format.context). All integers little-endian; docs/format.md is the full sp
     token_len u32 | alpha_len u32
     token payload | alpha payload | crc32 u32 (over everything before it)
 
+Version 4 marks an image coded at another scale: the same fields, then ``coding u8`` (the
+version 1, 2 or 3 whose token coding the file uses) | ``filter u8`` (0: gqtok.io.resample) |
+``coded_width u32 | coded_height u32`` (the size the token grid decodes to, resampled to
+width x height) before the payloads. ``Header.version`` holds the coding version.
+
 Parsing validates every field against the limits of docs/format.md before anything is
 allocated, so corrupt or hostile files end in a FormatError, never in a crash or a huge
 allocation. ``read_header`` checks a file on disk (or a stream) without holding its payload.
@@ -33,12 +38,16 @@ from gqtok.errors import (
     UnsupportedVersionError,
 )
 from gqtok.format import bounds
+from gqtok.io import resample
 
 MAGIC = b"GQTK"
 FORMAT_VERSION = 1  # files coded with a static table (uniform or frequency)
 CONTEXT_VERSION = 2  # files coded with a context model (gqtok.format.context)
 COARSE_VERSION = 3  # context-coded files of a codebook too small for B x B cells (K < B^2)
-SUPPORTED_VERSIONS = (1, 2, 3)
+SCALED_VERSION = 4  # any of the three, coded at another scale (an extension names which)
+CODING_VERSIONS = (1, 2, 3)
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
+FILTERS = ("cubic",)  # version 4 resampling filters: 0 = gqtok.io.resample
 
 FLAG_ALPHA = 0x01
 FLAG_GRAY = 0x02
@@ -55,6 +64,7 @@ VERSION_KINDS = {  # entropy models per version
 
 _PRE = struct.Struct("<4sBBBBB")  # magic, version, flags, layout, pad_mode, model_id_len
 _MID = struct.Struct("<8sHIQf8sIIHIIB8sII")
+_EXT = struct.Struct("<BBII")  # version 4: coding version, filter, coded width, coded height
 _CRC = struct.Struct("<I")
 
 # Limits of docs/format.md. Sides: a million pixels, far beyond any real image. Codebook: K
@@ -66,7 +76,7 @@ MIN_CODEBOOK_SIZE = bounds.MIN_SIZE
 MAX_CODEBOOK_SIZE = bounds.MAX_SIZE
 MAX_CODEBOOK_DIM = 21201  # gqtok.quant.codebook.MAX_DIM, not imported: that would load torch
 MAX_CODEBOOK_VALUES = 1 << 24
-MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _CRC.size
+MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _EXT.size + _CRC.size
 _CHUNK = 1 << 20  # read_header streams the payload through the CRC in pieces of this size
 _TRAILING_COUNTED = 1 << 24  # trailing bytes of a stream counted for the message, at most
 
@@ -93,7 +103,9 @@ class Header:
     pad_mode: str = "replicate"
     has_alpha: bool = False
     grayscale: bool = False
-    version: int = FORMAT_VERSION
+    version: int = FORMAT_VERSION  # how the tokens are coded: 1, 2 or 3 (also in a v4 file)
+    coded_width: int = 0  # version 4: the size the tokens decode to; 0: width x height
+    coded_height: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -103,10 +115,31 @@ class Header:
     def pixels(self) -> int:
         return self.width * self.height
 
+    @property
+    def scaled(self) -> bool:
+        """True for an image coded at another size (written as format version 4)."""
+        return bool(self.coded_width or self.coded_height)
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(width, height) the token grid decodes to, before resampling to the image size."""
+        return (self.coded_width, self.coded_height) if self.scaled else (self.width, self.height)
+
+    @property
+    def file_version(self) -> int:
+        """The version byte of the file: 4 when scaled, else the coding version."""
+        return SCALED_VERSION if self.scaled else self.version
+
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON values; "version" is the file's (4 for a scaled image, whose
+        token coding is then "coding_version"), coded sizes only for a scaled image."""
         d = asdict(self)
         for key in ("weights_hash", "codebook_fingerprint", "entropy_fingerprint"):
             d[key] = d[key].hex()
+        if self.scaled:
+            d["coding_version"], d["version"] = self.version, self.file_version
+        else:
+            del d["coded_width"], d["coded_height"]
         return d
 
 
@@ -198,10 +231,29 @@ def check_header(h: Header) -> None:
         raise ValueError(f"image size {h.width}x{h.height} outside 1..{MAX_SIDE} per side")
     if not 1 <= h.groups <= 0xFFFF:
         raise ValueError(f"token groups {h.groups} outside 1..65535")
-    if not grid_fits(h.width, h.height, h.grid_h, h.grid_w):
+    if h.scaled:
+        check_scale(h.width, h.height, h.coded_width, h.coded_height)
+    cw, ch = h.coded_size
+    if not grid_fits(cw, ch, h.grid_h, h.grid_w):
         raise ValueError(
-            f"token grid {h.grid_h}x{h.grid_w} is not ceil(size / f) of a {h.width}x{h.height}"
+            f"token grid {h.grid_h}x{h.grid_w} is not ceil(size / f) of a {cw}x{ch}"
             " image for any f"
+        )
+
+
+def check_scale(width: int, height: int, coded_width: int, coded_height: int) -> None:
+    """ValueError unless a width x height image may be coded at coded_width x coded_height:
+    a different size, each side within 1..2^20 and a factor MAX_RATIO of the image's."""
+    if not (0 < coded_width <= MAX_SIDE and 0 < coded_height <= MAX_SIDE):
+        raise ValueError(
+            f"coded size {coded_width}x{coded_height} outside 1..{MAX_SIDE} per side"
+        )
+    if (coded_width, coded_height) == (width, height):
+        raise ValueError("a scaled image's coded size equals its size")
+    if not (resample.ratio_ok(width, coded_width) and resample.ratio_ok(height, coded_height)):
+        raise ValueError(
+            f"coded size {coded_width}x{coded_height} is not within a factor"
+            f" {resample.MAX_RATIO} of {width}x{height}"
         )
 
 
@@ -236,9 +288,10 @@ def check_pixels(h: Header, max_pixels: int, name: str | None = None) -> None:
     same limit, class and message as reading an image to encode (--max-pixels)."""
     if max_pixels < 1:
         raise ValueError("max_pixels must be at least 1")
-    if h.pixels > max_pixels:
+    pixels = max(h.pixels, h.coded_size[0] * h.coded_size[1])  # decoded at both sizes
+    if pixels > max_pixels:
         raise DecompressionBombError(
-            f"image has {h.pixels} pixels, over the limit of {max_pixels}"
+            f"image has {pixels} pixels, over the limit of {max_pixels}"
             " (raise it with --max-pixels)",
             name,
         )
@@ -255,7 +308,7 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
     The encoder's headers come from a loaded model, whose card passed the same limits.
     """
     check_model_id(header.model_id)
-    if header.version not in SUPPORTED_VERSIONS:
+    if header.version not in CODING_VERSIONS:
         raise ValueError(f"cannot write format version {header.version}")
     if bool(alpha) != header.has_alpha:
         raise ValueError("alpha payload present iff header.has_alpha")
@@ -264,7 +317,7 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
     out = bytearray(
         _PRE.pack(
             MAGIC,
-            header.version,
+            header.file_version,
             flags,
             LAYOUTS.index(header.layout),
             PAD_MODES.index(header.pad_mode),
@@ -289,6 +342,8 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
         len(tokens),
         len(alpha),
     )
+    if header.scaled:
+        out += _EXT.pack(header.version, 0, header.coded_width, header.coded_height)
     out += tokens
     out += alpha
     out += _CRC.pack(zlib.crc32(out) & 0xFFFFFFFF)
@@ -315,7 +370,8 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
             name,
         )
     pos = _PRE.size
-    if len(head) < pos + id_len + _MID.size + _CRC.size:
+    ext = _EXT.size if version == SCALED_VERSION else 0
+    if len(head) < pos + id_len + _MID.size + ext + _CRC.size:
         raise bad("truncated .gq file (header incomplete)")
     if flags & ~_KNOWN_FLAGS or layout >= len(LAYOUTS) or pad_mode >= len(PAD_MODES):
         raise bad("corrupt .gq header (unknown flag, layout or padding code)")
@@ -344,6 +400,12 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
         alpha_len,
     ) = _MID.unpack_from(head, pos)
     pos += _MID.size
+    coded_width = coded_height = 0
+    if ext:
+        version, filt, coded_width, coded_height = _EXT.unpack_from(head, pos)
+        pos += ext
+        if version not in CODING_VERSIONS or filt >= len(FILTERS):
+            raise bad("corrupt .gq header (unknown coding version or resampling filter)")
     header = Header(
         model_id=model_id,
         weights_hash=weights_hash,
@@ -364,6 +426,8 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
         has_alpha=bool(flags & FLAG_ALPHA),
         grayscale=bool(flags & FLAG_GRAY),
         version=version,
+        coded_width=coded_width,
+        coded_height=coded_height,
     )
     return header, pos, token_len, alpha_len
 
