@@ -51,17 +51,36 @@ def taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, q.astype(np.int32)
 
 
+BLOCK = 1 << 18  # output samples x channels per accumulator block: bounded memory, warm cache
+
+
 def _pass(a: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """Resample uint8 ``a`` along ``axis`` (0 rows, 1 columns) to ``n_out`` samples."""
+    """Resample uint8 ``a`` along ``axis`` (0 rows, 1 columns) to ``n_out`` samples, in
+    blocks of output rows so that the int32 accumulator stays small."""
     n_in = a.shape[axis]
     if n_in == n_out:
         return a
     lo, w = taps(n_in, n_out)
     shape = list(a.shape)
     shape[axis] = n_out
+    out = np.empty(shape, dtype=np.uint8)
+    row = int(np.prod(shape[1:]))  # values in one output row
+    step = max(1, BLOCK // max(1, row))
+    for r0 in range(0, shape[0], step):
+        r1 = min(shape[0], r0 + step)
+        if axis == 0:  # output rows r0..r1 read their own taps
+            out[r0:r1] = _block(a, lo[r0:r1], w[r0:r1], n_in, 0)
+        else:
+            out[r0:r1] = _block(a[r0:r1], lo, w, n_in, 1)
+    return out
+
+
+def _block(a: np.ndarray, lo: np.ndarray, w: np.ndarray, n_in: int, axis: int) -> np.ndarray:
+    shape = list(a.shape)
+    shape[axis] = len(lo)
     acc = np.full(shape, ONE >> 1, dtype=np.int32)  # + 1/2: round half up after the shift
     wshape = [1] * a.ndim
-    wshape[axis] = n_out
+    wshape[axis] = len(lo)
     for t in range(w.shape[1]):
         idx = np.minimum(lo + t, n_in - 1)  # a padded tap has weight 0; keep its index valid
         acc += np.take(a, idx, axis=axis).astype(np.int32) * w[:, t].reshape(wshape)
