@@ -151,3 +151,19 @@ def test_info_shows_both_sizes(tmp_path: Path) -> None:
     assert (rec["coded_width"], rec["coded_height"]) == (round(w * 1.5), round(h * 1.5))
     with pytest.raises(ValueError, match="scale"):
         _scaled(5.0)
+
+
+def test_an_image_is_never_coded_over_the_default_pixel_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file the default decoder would refuse is never written: the scale shrinks until the
+    coded image fits the limit (here lowered to 20 000 pixels; photo_b is 150 x 97)."""
+    import gqtok.codec.bytes as cb
+
+    monkeypatch.setattr(cb, "DEFAULT_MAX_PIXELS", 20_000)
+    enc = _scaled(2.0)
+    cw, ch = enc.header.coded_size
+    assert cw * ch <= 20_000 and cw > 150 and 1.0 < cw / 150 < 2.0
+    assert decode_bytes(enc.data, MODEL, max_pixels=20_000)[0].size == (150, 97)
+    monkeypatch.setattr(cb, "DEFAULT_MAX_PIXELS", 10_000)  # the image itself is over it
+    assert not _scaled(2.0).header.scaled and _scaled(0.625).header.scaled

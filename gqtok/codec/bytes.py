@@ -183,13 +183,19 @@ def encode_pictures(
 
 
 def scaled_rgb(rgb: np.ndarray, scale: float | None) -> np.ndarray:
-    """``rgb`` resampled by ``scale`` (gqtok.io.resample), or itself for None or 1."""
+    """``rgb`` resampled by ``scale`` (gqtok.io.resample), or itself for None or 1. Never
+    larger than the default pixel limit: a file the default decoder refuses is not written,
+    so a huge image is coded at the largest scale under the limit instead."""
     if scale is None or scale == 1:
         return rgb
     if not (isinstance(scale, (int, float)) and 1 / MAX_RATIO <= scale <= MAX_RATIO):
         raise ValueError(f"scale must be in {1 / MAX_RATIO:g}..{MAX_RATIO}, got {scale!r}")
     h, w = rgb.shape[:2]
     cw, ch = scaled_size(w, h, scale)
+    limit = max(DEFAULT_MAX_PIXELS, w * h)  # an image already over it is not enlarged
+    while cw * ch > limit and scale > 1:
+        scale = max(1.0, scale * 0.999 * (limit / (cw * ch)) ** 0.5)
+        cw, ch = scaled_size(w, h, scale)
     return rgb if (cw, ch) == (w, h) else resample(rgb, cw, ch)
 
 
