@@ -156,7 +156,9 @@ def _rate_record(enc: Any) -> dict[str, Any]:
     r = enc.rate
     if r is None:
         return {}
-    return {"target_bpp": r.target_bpp, "target_met": r.met, "sizes_tried": len(r.tried)}
+    # sizes_tried: settings (K, scale) tried, the name from before rate control had scales
+    return {"target_bpp": r.target_bpp, "target_met": r.met, "sizes_tried": len(r.tried),
+            "scale": r.scale}
 
 
 def _scale_record(enc: Any) -> dict[str, Any]:
