@@ -45,7 +45,7 @@ train-perceptual: $(STAMP) data/prepared/manifest.json
 	RELINK=1 bash scripts/train_coarse.sh  # the coarse model serves the same perceptual decoder
 
 ## Reproduce the default's coarse-codebook model (its decoder fine-tuned on the codewords of
-## K = 64..16384; rate control codes K < 6144, Q < 50, with it; ~30 min on 2 cores, resumable; see
+## K = 64..16384; rate control codes K < 6144 (Q <= 10) with it; ~30 min on 2 cores, resumable; see
 ## scripts/train_coarse.sh), and link it from weights/default.safetensors' card.
 train-coarse: $(STAMP) data/prepared/manifest.json
 	bash scripts/train_coarse.sh $(TRAIN_MINUTES)

@@ -20,7 +20,7 @@ MINUTES="${1:-0}"
 STEPS="${STEPS:-3000}"
 SIZE_MIN="${SIZE_MIN:-64}"
 SIZE_MAX="${SIZE_MAX:-16384}"
-BELOW="${BELOW:-6144}"  # where it stops beating the default's own decoder (README): Q < 50
+BELOW="${BELOW:-6144}"  # where it stops beating the default's own decoder (README): Q <= 10
 BASE="${BASE:-weights/default.safetensors}"
 NAME="${NAME:-gqtok-f8c16-cpu-v3-coarse}"
 RUN="${RUN:-runs/coarse}"

@@ -153,6 +153,19 @@ def test_info_shows_both_sizes(tmp_path: Path) -> None:
         _scaled(5.0)
 
 
+def test_the_extreme_scales_write_files_the_format_allows() -> None:
+    """At 1/4 a side can round below a quarter of the image's (10 px -> 2): it is kept at a
+    quarter, so every file written passes the reader's checks."""
+    rgb = np.asarray(Image.open(PHOTO).convert("RGB"))[:10, :30].copy()
+    for scale in (0.25, 4.0):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        enc = _scaled(scale, buf.getvalue())
+        assert decode_bytes(enc.data, MODEL)[0].size == (30, 10)
+        cw, ch = enc.header.coded_size
+        assert 4 * ch >= 10 and 4 * cw >= 30 and ch <= 40 and cw <= 120
+
+
 def test_an_image_is_never_coded_over_the_default_pixel_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

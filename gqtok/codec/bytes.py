@@ -31,7 +31,7 @@ from gqtok.io.images import (  # _pillow_limit: the alpha plane is read under ou
     picture_to_pil,
     read_image,
 )
-from gqtok.io.resample import MAX_RATIO, resample, scaled_size
+from gqtok.io.resample import resample, scaled_size
 from gqtok.model import Model, select_decoder
 from gqtok.quant.codebook import codebook_fingerprint
 from gqtok.quant.config import QuantizerConfig
@@ -188,14 +188,17 @@ def scaled_rgb(rgb: np.ndarray, scale: float | None) -> np.ndarray:
     so a huge image is coded at the largest scale under the limit instead."""
     if scale is None or scale == 1:
         return rgb
-    if not (isinstance(scale, (int, float)) and 1 / MAX_RATIO <= scale <= MAX_RATIO):
-        raise ValueError(f"scale must be in {1 / MAX_RATIO:g}..{MAX_RATIO}, got {scale!r}")
+    top = container.MAX_SCALE
+    if not (isinstance(scale, (int, float)) and 1 / top <= scale <= top):
+        raise ValueError(f"scale must be in {1 / top:g}..{top}, got {scale!r}")
     h, w = rgb.shape[:2]
     cw, ch = scaled_size(w, h, scale)
     limit = max(DEFAULT_MAX_PIXELS, w * h)  # an image already over it is not enlarged
     while cw * ch > limit and scale > 1:
         scale = max(1.0, scale * 0.999 * (limit / (cw * ch)) ** 0.5)
         cw, ch = scaled_size(w, h, scale)
+    # rounding must not take a side past the format's factor (10 px at 1/4 rounds to 2)
+    cw, ch = (min(max(c, -(-n // top)), top * n) for c, n in ((cw, w), (ch, h)))
     return rgb if (cw, ch) == (w, h) else resample(rgb, cw, ch)
 
 

@@ -38,7 +38,6 @@ from gqtok.errors import (
     UnsupportedVersionError,
 )
 from gqtok.format import bounds
-from gqtok.io import resample
 
 MAGIC = b"GQTK"
 FORMAT_VERSION = 1  # files coded with a static table (uniform or frequency)
@@ -76,6 +75,7 @@ MIN_CODEBOOK_SIZE = bounds.MIN_SIZE
 MAX_CODEBOOK_SIZE = bounds.MAX_SIZE
 MAX_CODEBOOK_DIM = 21201  # gqtok.quant.codebook.MAX_DIM, not imported: that would load torch
 MAX_CODEBOOK_VALUES = 1 << 24
+MAX_SCALE = 4  # a version 4 file's coded sides are within this factor of the image's
 MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _EXT.size + _CRC.size
 _CHUNK = 1 << 20  # read_header streams the payload through the CRC in pieces of this size
 _TRAILING_COUNTED = 1 << 24  # trailing bytes of a stream counted for the message, at most
@@ -243,18 +243,19 @@ def check_header(h: Header) -> None:
 
 def check_scale(width: int, height: int, coded_width: int, coded_height: int) -> None:
     """ValueError unless a width x height image may be coded at coded_width x coded_height:
-    a different size, each side within 1..2^20 and a factor MAX_RATIO of the image's."""
+    a different size, each side within 1..2^20 and a factor MAX_SCALE of the image's."""
     if not (0 < coded_width <= MAX_SIDE and 0 < coded_height <= MAX_SIDE):
         raise ValueError(
             f"coded size {coded_width}x{coded_height} outside 1..{MAX_SIDE} per side"
         )
     if (coded_width, coded_height) == (width, height):
         raise ValueError("a scaled image's coded size equals its size")
-    if not (resample.ratio_ok(width, coded_width) and resample.ratio_ok(height, coded_height)):
-        raise ValueError(
-            f"coded size {coded_width}x{coded_height} is not within a factor"
-            f" {resample.MAX_RATIO} of {width}x{height}"
-        )
+    for side, coded in ((width, coded_width), (height, coded_height)):
+        if coded > MAX_SCALE * side or side > MAX_SCALE * coded:
+            raise ValueError(
+                f"coded size {coded_width}x{coded_height} is not within a factor {MAX_SCALE}"
+                f" of {width}x{height}"
+            )
 
 
 def check_payloads(h: Header, token_bytes: int, alpha_bytes: int) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 
 FRACTION_BITS = 14
 ONE = 1 << FRACTION_BITS
-MAX_RATIO = 4  # sides may shrink or grow by at most this factor (format version 4's limit)
 
 
 def cubic(x: np.ndarray) -> np.ndarray:
@@ -99,8 +98,3 @@ def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The size an image of ``width`` x ``height`` is coded at for ``scale`` (rounded, at
     least 1 pixel a side)."""
     return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def ratio_ok(picture: int, coded: int) -> bool:
-    """True if a side of ``picture`` samples may be coded with ``coded`` samples."""
-    return coded <= MAX_RATIO * picture and picture <= MAX_RATIO * coded
