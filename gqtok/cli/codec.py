@@ -582,7 +582,8 @@ def info(
             "tokens": header.num_tokens,
             "bits_per_token": round(found.token_bytes * 8 / header.num_tokens, 4),
             "bpp": round(found.file_bytes * 8 / (header.width * header.height), 5),
-            "entropy": f"{_ENTROPY_NAMES[header.entropy_kind]} (format {header.version})",
+            "entropy": f"{_ENTROPY_NAMES[header.entropy_kind]} (format {header.version}"
+            + (f", in a version {header.file_version} file)" if header.scaled else ")"),
             "decoders": None if here is None else find_decoders(*here).names,
             "model_entropy": None if here is None else entropy_label(here[1]),
         }
