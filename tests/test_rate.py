@@ -179,6 +179,18 @@ def test_cli_quality_and_bpp(tmp_path: Path) -> None:
     r = runner.invoke(app, ["encode", src, "-o", str(tmp_path / "c.gq"), "--quality", "50",
                             "--codebook-size", "4096"])  # fmt: skip
     assert r.exit_code == 2
+    r = runner.invoke(app, ["encode", src, "-o", str(tmp_path / "c.gq"), "--quality", "50",
+                            "--scale", "2"])  # fmt: skip
+    assert r.exit_code == 2 and not (tmp_path / "c.gq").exists()
+    # an explicit scale, with an explicit codebook size
+    r = runner.invoke(app, ["encode", src, "-o", str(tmp_path / "d.gq"), "--scale", "1.5",
+                            "--codebook-size", "4096", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rec["codebook_size"] == 4096 and rec["format_version"] == 4
+    assert (rec["coded_width"], rec["coded_height"]) == (round(317 * 1.5), round(211 * 1.5))
+    r = runner.invoke(app, ["decode", str(tmp_path / "d.gq"), "-o", str(tmp_path / "d.png")])
+    assert r.exit_code == 0 and Image.open(tmp_path / "d.png").size == (317, 211)
 
 
 def test_a_token_export_at_a_low_quality_names_and_imports_with_the_coarse_model(

@@ -230,6 +230,16 @@ def encode(
             " closest, per image.",
         ),
     ] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option(
+            "--scale",
+            min=0.25,
+            max=4,
+            help="Code each image resampled by this factor (format version 4; decodes to the"
+            " image's size). --quality and --bpp choose it for you.",
+        ),
+    ] = None,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,
     group: GroupOpt = None,
     codebook_size: SizeOpt = None,
@@ -253,14 +263,14 @@ def encode(
     jobs = plan(inputs, output, IMAGE_EXTS, recursive, ".gq")
     budget = parse_budget(memory_budget)
     check_group(model, group)
-    if quality is not None and bpp is not None:
-        raise typer.BadParameter("give --quality or --bpp, not both", param_hint="--quality")
+    if sum(x is not None for x in (quality, bpp, scale)) > 1:
+        raise typer.BadParameter("give one of --quality, --bpp or --scale", param_hint="--quality")
     if (quality is not None or bpp is not None) and codebook_size is not None:
         raise typer.BadParameter(
             "--quality and --bpp choose the codebook size: leave out --codebook-size",
             param_hint="--codebook-size",
         )
-    rate = {"quality": quality, "bpp": bpp}
+    rate = {"quality": quality, "bpp": bpp, "scale": scale}
     dev = setup_device(device, threads)
 
     def load(job: Job) -> Any:
