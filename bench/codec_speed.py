@@ -1,7 +1,7 @@
 """Encode / decode wall time and peak memory for a 768x512 photo with the default model
 (`--decoder perceptual` times the other decoder of the same tokens, `fidelity+grain2` the
 decode with film grain; `--entropy static` the version-1 coding; `--quality Q` rate
-control's codebook size for Q), with the time of each
+control's setting for Q: codebook size and scale), with the time of each
 stage: network, GQ search and entropy coding when encoding; entropy decoding (container parse
 included) and the decoder network when decoding. "first" is a fresh process's first call,
 from the model file on: model load and the tables of its codebook size (codebook, search

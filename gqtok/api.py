@@ -90,13 +90,9 @@ def encode_batch(
     quality: float | None = None,
 ) -> list[Tokens]:
     """Token grids of many images; images of equal size share network batches."""
-    from gqtok.codec.bytes import resampled_to, scaled_rgb
-
     rgbs = [to_rgb_array(im, value_range) for im in images]
     net, scale = _at_quality(model, quality)
-    toks = encode_arrays(net, [scaled_rgb(a, scale) for a in rgbs], pad_mode, batch_size,
-                         max_memory=max_memory)  # fmt: skip
-    return [resampled_to(t, a) for t, a in zip(toks, rgbs, strict=True)]
+    return encode_arrays(net, rgbs, pad_mode, batch_size, max_memory=max_memory, scale=scale)
 
 
 def as_tokens(grid: GridLike, downsample: int, size: tuple[int, int] | None = None) -> Tokens:

@@ -121,7 +121,7 @@ class Protocol:
         return out
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray:
-        from gqtok.codec.bytes import scaled_rgb
+        from gqtok.codec.engine import scaled_rgb
         from gqtok.eval.evaluate import preprocess
 
         if self.resize or self.center_crop:

@@ -171,7 +171,7 @@ def test_an_image_is_never_coded_over_the_default_pixel_limit(
 ) -> None:
     """A file the default decoder would refuse is never written: the scale shrinks until the
     coded image fits the limit (here lowered to 20 000 pixels; photo_b is 150 x 97)."""
-    import gqtok.codec.bytes as cb
+    import gqtok.codec.engine as cb
 
     monkeypatch.setattr(cb, "DEFAULT_MAX_PIXELS", 20_000)
     enc = _scaled(2.0)

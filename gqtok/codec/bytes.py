@@ -31,7 +31,6 @@ from gqtok.io.images import (  # _pillow_limit: the alpha plane is read under ou
     picture_to_pil,
     read_image,
 )
-from gqtok.io.resample import resample, scaled_size
 from gqtok.model import Model, select_decoder
 from gqtok.quant.codebook import codebook_fingerprint
 from gqtok.quant.config import QuantizerConfig
@@ -165,12 +164,8 @@ def encode_pictures(
     if bpp is not None:
         return [_encode_at_bpp(model, p, bpp, pad_mode, entropy, max_memory) for p in pictures]
     timings: dict[str, float] = {}
-    rgbs = [scaled_rgb(p.rgb, scale) for p in pictures]
-    toks = [
-        resampled_to(t, p.rgb)
-        for t, p in zip(encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory),
-                        pictures, strict=True)
-    ]  # fmt: skip
+    rgbs = [p.rgb for p in pictures]
+    toks = encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory, scale)
     share = 1.0 / max(1, len(pictures))
     out = []
     for pic, tok in zip(pictures, toks, strict=True):
@@ -180,34 +175,6 @@ def encode_pictures(
         enc.timings["entropy"] = time.perf_counter() - t0
         out.append(enc)
     return out
-
-
-def scaled_rgb(rgb: np.ndarray, scale: float | None) -> np.ndarray:
-    """``rgb`` resampled by ``scale`` (gqtok.io.resample), or itself for None or 1. Never
-    larger than the default pixel limit: a file the default decoder refuses is not written,
-    so a huge image is coded at the largest scale under the limit instead."""
-    if scale is None or scale == 1:
-        return rgb
-    top = container.MAX_SCALE
-    if not (isinstance(scale, (int, float)) and 1 / top <= scale <= top):
-        raise ValueError(f"scale must be in {1 / top:g}..{top}, got {scale!r}")
-    h, w = rgb.shape[:2]
-    cw, ch = scaled_size(w, h, scale)
-    limit = max(DEFAULT_MAX_PIXELS, w * h)  # an image already over it is not enlarged
-    while cw * ch > limit and scale > 1:
-        scale = max(1.0, scale * 0.999 * (limit / (cw * ch)) ** 0.5)
-        cw, ch = scaled_size(w, h, scale)
-    # rounding must not take a side past the format's factor (10 px at 1/4 rounds to 2)
-    cw, ch = (min(max(c, -(-n // top)), top * n) for c, n in ((cw, w), (ch, h)))
-    return rgb if (cw, ch) == (w, h) else resample(rgb, cw, ch)
-
-
-def resampled_to(tok: Tokens, rgb: np.ndarray) -> Tokens:
-    """``tok`` of an image coded at another size, marked to decode to ``rgb``'s size."""
-    h, w = rgb.shape[:2]
-    if (tok.width, tok.height) != (w, h):
-        tok.resample_to = (w, h)
-    return tok
 
 
 def _encode_at_bpp(
@@ -230,9 +197,7 @@ def _encode_at_bpp(
 
     def tokens_at(scale: float) -> Callable[[Model], Tokens]:
         if scale not in networks:
-            rgb = scaled_rgb(picture.rgb, scale)
-            run = tokens_by_model(own, rgb, pad_mode, max_memory)
-            networks[scale] = lambda m: resampled_to(run(m), picture.rgb)
+            networks[scale] = tokens_by_model(own, picture.rgb, pad_mode, max_memory, scale)
         return networks[scale]
 
     def trial(m: Model, scale: float) -> float:

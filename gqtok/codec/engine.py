@@ -16,9 +16,10 @@ from PIL import Image
 from gqtok.codec import budget as mem
 from gqtok.codec import windowed
 from gqtok.codec.tokens import Tokens
+from gqtok.format.container import MAX_SCALE
 from gqtok.io.grain import add_grain, grain_seed
-from gqtok.io.images import crop, from_tensor, pad_to_multiple, to_tensor
-from gqtok.io.resample import resample
+from gqtok.io.images import DEFAULT_MAX_PIXELS, crop, from_tensor, pad_to_multiple, to_tensor
+from gqtok.io.resample import resample, scaled_size
 from gqtok.model import Model
 
 
@@ -26,6 +27,34 @@ def _prepare(model: Model, rgb: np.ndarray, pad_mode: str) -> torch.Tensor:
     x = to_tensor(rgb)
     padded, _ = pad_to_multiple(x, model.downsample, pad_mode)
     return padded
+
+
+def scaled_rgb(rgb: np.ndarray, scale: float | None) -> np.ndarray:
+    """``rgb`` resampled by ``scale`` (gqtok.io.resample), or itself for None or 1. Never
+    larger than the default pixel limit: a file the default decoder refuses is not written,
+    so a huge image is coded at the largest scale under the limit instead."""
+    if scale is None or scale == 1:
+        return rgb
+    top = MAX_SCALE
+    if not (isinstance(scale, (int, float)) and 1 / top <= scale <= top):
+        raise ValueError(f"scale must be in {1 / top:g}..{top}, got {scale!r}")
+    h, w = rgb.shape[:2]
+    cw, ch = scaled_size(w, h, scale)
+    limit = max(DEFAULT_MAX_PIXELS, w * h)  # an image already over it is not enlarged
+    while cw * ch > limit and scale > 1:
+        scale = max(1.0, scale * 0.999 * (limit / (cw * ch)) ** 0.5)
+        cw, ch = scaled_size(w, h, scale)
+    # rounding must not take a side past the format's factor (10 px at 1/4 rounds to 2)
+    cw, ch = (min(max(c, -(-n // top)), top * n) for c, n in ((cw, w), (ch, h)))
+    return rgb if (cw, ch) == (w, h) else resample(rgb, cw, ch)
+
+
+def _resampled_to(tok: Tokens, rgb: np.ndarray) -> Tokens:
+    """``tok`` of an image coded at another size, marked to decode to ``rgb``'s size."""
+    h, w = rgb.shape[:2]
+    if (tok.width, tok.height) != (w, h):
+        tok.resample_to = (w, h)
+    return tok
 
 
 def host_batch(model: Model, parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -58,12 +87,19 @@ def encode_arrays(
     batch_size: int = 4,
     timings: dict[str, float] | None = None,
     max_memory: int | str | None = None,
+    scale: float | None = None,
 ) -> list[Tokens]:
     """Token grids of (H, W, 3) uint8 images; equal-size images share network batches.
 
     Batches are kept under the memory budget (default $GQTOK_MEMORY_BUDGET or 4 GB); an image
     whose whole-image pass would exceed it is encoded window by window (gqtok.codec.windowed).
+    ``scale`` codes each image resampled by that factor (``scaled_rgb``); its tokens then
+    decode to the image's own size (``Tokens.resample_to``).
     """
+    if scale is not None and scale != 1:
+        toks = encode_arrays(model, [scaled_rgb(im, scale) for im in images], pad_mode,
+                             batch_size, timings, max_memory)  # fmt: skip
+        return [_resampled_to(t, im) for t, im in zip(toks, images, strict=True)]
     out: list[Tokens | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
     budget = mem.resolve_budget(max_memory)
@@ -96,12 +132,19 @@ def encode_arrays(
 
 
 def tokens_by_model(
-    model: Model, rgb: np.ndarray, pad_mode: str = "replicate", max_memory: int | str | None = None
+    model: Model,
+    rgb: np.ndarray,
+    pad_mode: str = "replicate",
+    max_memory: int | str | None = None,
+    scale: float | None = None,
 ) -> Callable[[Model], Tokens]:
     """A function from ``model`` at other quantizer settings (Model.requantized) to the
-    image's tokens under them. The network runs once, here, and only the GQ search per call
-    (rate control tries several codebook sizes); an image over the memory budget is encoded
-    window by window on each call instead."""
+    image's tokens under them (coded at ``scale``, as in ``encode_arrays``). The network runs
+    once, here, and only the GQ search per call (rate control tries several codebook sizes);
+    an image over the memory budget is encoded window by window on each call instead."""
+    if scale is not None and scale != 1:
+        run = tokens_by_model(model, scaled_rgb(rgb, scale), pad_mode, max_memory)
+        return lambda m: _resampled_to(run(m), rgb)
     h, w = rgb.shape[:2]
     budget = mem.resolve_budget(max_memory)
     if mem.needs_tiling(model, h, w, "encode", budget):
@@ -134,8 +177,8 @@ def decode_to_array(
     else:
         x = model.decode_indices(tokens.indices.unsqueeze(0))
         rgb = from_tensor(crop(x.cpu(), tokens.height, tokens.width))
-    if tokens.resample_to is not None and tokens.resample_to != (tokens.width, tokens.height):
-        rgb = resample(rgb, *tokens.resample_to)
+    if tokens.size != (tokens.width, tokens.height):
+        rgb = resample(rgb, *tokens.size)
     if model.grain:
         add_grain(rgb, model.grain, grain_seed(tokens.indices))
     return rgb
