@@ -47,6 +47,21 @@ def photos(tmp_path: Path) -> Path:
     return src
 
 
+def test_no_command_gives_one_flag_two_meanings() -> None:
+    """Each option name (long or short) of a command means one thing: ``encode -q 90`` once
+    parsed as --quiet plus an input named 90."""
+    from typer.main import get_command
+
+    for name, command in get_command(app).commands.items():
+        seen: dict[str, str] = {}
+        for param in command.params:
+            for flag in (*param.opts, *param.secondary_opts):
+                assert flag not in seen, f"gqtok {name}: {flag} is {seen[flag]} and {param.name}"
+                seen[flag] = param.name or ""
+    r = runner.invoke(app, ["encode", "--help"])
+    assert r.exit_code == 0 and "--quality" in r.output
+
+
 def test_encode_decode_single_file_and_info(tmp_path: Path) -> None:
     img = tmp_path / "a.jpg"
     shutil.copy(DATA / "photo_a.jpg", img)

@@ -199,10 +199,10 @@ def test_any_failure_of_one_image_is_recorded_and_the_run_goes_on(
     Image.open(DATA / "photo_a.jpg").crop((0, 0, 64, 48)).save(a)
     Image.open(DATA / "photo_a.jpg").crop((0, 0, 48, 64)).save(b)
 
-    def failing(m, pic):  # noqa: ANN001, ANN202
+    def failing(m, pic, **rate):  # noqa: ANN001, ANN003, ANN202
         if pic.rgb.shape[1] == 64:
             raise ZeroDivisionError("simulated")
-        return real(m, pic)
+        return real(m, pic, **rate)
 
     monkeypatch.setattr(ev, "roundtrip", failing)
     rep = evaluate(model, [a, b], metrics=("psnr",))

@@ -193,6 +193,31 @@ def test_cli_quality_and_bpp(tmp_path: Path) -> None:
     assert r.exit_code == 0 and Image.open(tmp_path / "d.png").size == (317, 211)
 
 
+def test_eval_at_a_quality_or_a_bpp_measures_the_files_encode_writes(tmp_path: Path) -> None:
+    """gqtok eval --quality Q / --bpp B: the rate and PSNR of the .gq file gqtok encode writes
+    with the same option, decoded by gqtok decode (a scaled quality, a coarse one, a search)."""
+    src = DATA / "photo_a.jpg"
+    for option in (["--quality", "90"], ["--quality", "10"], ["--bpp", "0.1"]):
+        gq, png = tmp_path / "x.gq", tmp_path / "x.png"
+        r = runner.invoke(app, ["encode", str(src), "-o", str(gq), "--overwrite", *option])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["decode", str(gq), "-o", str(png), "--overwrite"])
+        assert r.exit_code == 0, r.output
+        want_psnr = _psnr(read_image(str(src)).rgb, np.asarray(Image.open(png).convert("RGB")))
+        r = runner.invoke(app, ["eval", str(src), *option, "--metrics", "psnr", "--json", "-"])
+        assert r.exit_code == 0, r.output
+        rep = json.loads(r.stdout)
+        key = {"--quality": "quality", "--bpp": "target_bpp"}[option[0]]
+        assert rep["protocol"][key] == float(option[1])
+        w, h = Image.open(src).size
+        assert rep["summary"]["bpp"]["mean"] == pytest.approx(gq.stat().st_size * 8 / (w * h))
+        assert rep["summary"]["psnr"]["mean"] == pytest.approx(want_psnr, abs=1e-9)
+        if option[0] == "--quality" and float(option[1]) < rc.Q_SCALE:  # a smaller codebook
+            assert rep["codebook"]["codebook_size"] == rc.quality_setting(MODEL, 10).size
+    r = runner.invoke(app, ["eval", str(src), "--quality", "50", "--bpp", "0.2"])
+    assert r.exit_code == 2
+
+
 def test_a_token_export_at_a_low_quality_names_and_imports_with_the_coarse_model(
     tmp_path: Path,
 ) -> None:

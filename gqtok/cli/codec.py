@@ -41,10 +41,12 @@ from gqtok.cli.common import (
     PrecisionOpt,
     QualityOpt,
     QuietOpt,
+    RateQualityOpt,
     RealismOpt,
     RecursiveOpt,
     SeedOpt,
     SizeOpt,
+    TargetBppOpt,
     ThreadsOpt,
     TrustOpt,
     WorkersOpt,
@@ -209,27 +211,8 @@ def encode(
     batch_size: BatchOpt = 4,
     pad: PadOpt = PadMode.replicate,
     entropy: EntropyOpt = Entropy.context,
-    quality: Annotated[
-        float | None,
-        typer.Option(
-            "--quality",
-            "-q",
-            min=0,
-            max=100,
-            help="Quality 0..100 (75: the model's own setting; higher: the image coded larger,"
-            " more bits; lower: smaller, then smaller codebooks). See README, rate control.",
-        ),
-    ] = None,
-    bpp: Annotated[
-        float | None,
-        typer.Option(
-            "--bpp",
-            min=0.001,
-            max=64,
-            help="Target bits per pixel: the scale (and codebook size) whose file comes"
-            " closest, per image.",
-        ),
-    ] = None,
+    quality: RateQualityOpt = None,
+    bpp: TargetBppOpt = None,
     scale: Annotated[
         float | None,
         typer.Option(

@@ -234,6 +234,26 @@ BatchOpt = Annotated[
 QualityOpt = Annotated[
     int | None, typer.Option("--quality", min=1, max=100, help="JPEG/WebP quality.")
 ]
+RateQualityOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--quality",
+        min=0,
+        max=100,
+        help="Quality 0..100 (75: the model's own setting; higher: the image coded larger,"
+        " more bits; lower: smaller, then smaller codebooks). See README, rate control.",
+    ),
+]
+TargetBppOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--bpp",
+        min=0.001,
+        max=64,
+        help="Target bits per pixel: the scale (and codebook size) whose file comes"
+        " closest, per image.",
+    ),
+]
 ResizeOpt = Annotated[
     int | None,
     typer.Option(

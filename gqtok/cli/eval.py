@@ -33,9 +33,11 @@ from gqtok.cli.common import (
     Precision,
     PrecisionOpt,
     QuietOpt,
+    RateQualityOpt,
     RealismOpt,
     RecursiveOpt,
     ResizeOpt,
+    TargetBppOpt,
     ThreadsOpt,
     decoder_or_exit,
     load_or_exit,
@@ -91,6 +93,10 @@ def _eval_table(rep: EvalReport) -> Table:
         if proto["resize"] or proto["center_crop"]
         else "native resolution"
     )
+    if "quality" in proto:
+        how += f", quality {proto['quality']:g}"
+    if "target_bpp" in proto:
+        how += f", target {proto['target_bpp']:g} bpp"
     table = Table(title=f"gqtok eval: {clean(rep.model)}, {len(rep.rows)} image(s), {how}")
     for col in ("metric", "mean", "std", "images"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -280,6 +286,8 @@ def eval_cmd(
     decoder: DecoderOpt = "fidelity",
     realism: RealismOpt = None,
     grain: GrainOpt = None,
+    quality: RateQualityOpt = None,
+    bpp: TargetBppOpt = None,
     metrics: Annotated[
         list[str] | None,
         typer.Option(
@@ -313,6 +321,8 @@ def eval_cmd(
     bad = sorted(set(wanted) - set(ALL_METRICS))
     if bad:
         raise typer.BadParameter(f"unknown {bad}; choose from {', '.join(ALL_METRICS)}")
+    if quality is not None and bpp is not None:
+        raise typer.BadParameter("give one of --quality or --bpp", param_hint="--quality")
     reports: list[str | Path] = [d for d in (json_out, per_image) if d is not None]
     world = World.from_env()
     try:
@@ -328,7 +338,8 @@ def eval_cmd(
         rep, _ = _measure(
             paths, quiet,
             lambda paths, on_image: evaluate(
-                net, paths, wanted, resize, center_crop, dev, max_pixels, on_image, world
+                net, paths, wanted, resize, center_crop, dev, max_pixels, on_image, world,
+                quality=quality, bpp=bpp,
             ),
             world,
         )  # fmt: skip

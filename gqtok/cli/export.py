@@ -318,7 +318,7 @@ def export_cmd(
     quality: Annotated[
         float | None,
         typer.Option(
-            "--quality", "-q", min=0, max=100,
+            "--quality", min=0, max=100,
             help="Tokens at this quality's codebook size and scale (as gqtok encode"
             " --quality; the shards record the scaled size).",
         ),

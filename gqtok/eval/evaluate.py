@@ -169,9 +169,11 @@ def roundtrip(
     pic: Picture,
     coded: dict[tuple[Any, ...], Any] | None = None,
     quality: float | None = None,
+    bpp: float | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """(decoded RGB, .gq file size in bytes, token indices) through the real byte path, at
-    ``quality`` (gqtok.codec.rate) when given.
+    ``quality`` or the setting whose file comes closest to ``bpp`` (gqtok.codec.rate) when
+    given.
 
     ``coded`` keeps the encodings of one picture: the tokens do not depend on the decoder, so
     the decoders of one model (Model.with_decoder) decode bytes encoded once.
@@ -183,12 +185,15 @@ def roundtrip(
     if quality is not None:  # the model that codes this quality decodes it (its coarse member)
         setting = quality_setting(model, quality)
         model, scale = at_size(model, setting.size), setting.scale
-    key = (model.name, model.weights_sha256, model.quant, scale)
+    key = (model.name, model.weights_sha256, model.quant, scale, bpp)
     enc = coded.get(key) if coded is not None else None
     if enc is None:
-        enc = encode_pictures(model, [pic], scale=scale)[0]
+        rate = {"scale": scale} if bpp is None else {"bpp": bpp}
+        enc = encode_pictures(model, [pic], **rate)[0]
         if coded is not None:
             coded[key] = enc
+    if enc.rate is not None:  # the codebook size the search chose decodes (maybe coarse)
+        model = at_size(model, enc.rate.size)
     image, _ = decode_bytes(enc.data, model)
     return np.asarray(image.convert("RGB")), len(enc.data), enc.tokens.indices.numpy()
 
@@ -303,16 +308,20 @@ def measure_image(
     resize: int | None = None,
     center_crop: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    quality: float | None = None,
+    bpp: float | None = None,
 ) -> tuple[Measured, np.ndarray | None]:
-    """One image through .gq bytes and the metrics: its record and its token indices (None
-    when it failed). Any exception of the image is its failure, never the run's."""
+    """One image through .gq bytes (at ``quality`` / ``bpp`` as in ``roundtrip``) and the
+    metrics: its record and its token indices (None when it failed). Any exception of the
+    image is its failure, never the run's."""
     name = str(path)
     try:
         pic = read_image(path, max_pixels=max_pixels, name=name)
         if resize or center_crop:
             rgb = preprocess(pic.rgb, resize, center_crop)
             pic = Picture(rgb, None, "RGB", pic.source_format, 8)
-        rec, nbytes, indices = roundtrip(model, pic)
+        rec, nbytes, indices = roundtrip(model, pic, quality=quality, bpp=bpp)
     except Exception as e:  # noqa: BLE001 - one bad image never ends the run
         if isinstance(e, GqtokError):
             msg = str(e) if e.path else f"{name}: {e}"
@@ -347,6 +356,9 @@ def measure(
     device: str = "cpu",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_image: Callable[[str, str | None], None] | None = None,
+    *,
+    quality: float | None = None,
+    bpp: float | None = None,
 ) -> Share:
     """This process's share: the (index, path) pairs it was given, measured in that order.
 
@@ -357,8 +369,9 @@ def measure(
     images = []
     for index, path in items:
         record, indices = measure_image(
-            model, index, path, meters, wanted, resize, center_crop, max_pixels
-        )
+            model, index, path, meters, wanted, resize, center_crop, max_pixels,
+            quality=quality, bpp=bpp,
+        )  # fmt: skip
         if indices is not None:
             counter.add(indices)
         images.append(record)
@@ -374,14 +387,29 @@ def combine(
     shares: Iterable[Share],
     resize: int | None = None,
     center_crop: int | None = None,
+    *,
+    quality: float | None = None,
+    bpp: float | None = None,
 ) -> EvalReport:
     """One report from the shares of all processes, images in source order: the same report
     whichever process measured which image."""
-    report = EvalReport(
-        model.label, list(wanted), {"resize": resize, "center_crop": center_crop, "color": "RGB"}
-    )
+    protocol: dict[str, Any] = {"resize": resize, "center_crop": center_crop, "color": "RGB"}
+    if quality is not None:
+        protocol["quality"] = quality
+    if bpp is not None:
+        protocol["target_bpp"] = bpp
+    report = EvalReport(model.label, list(wanted), protocol)
     report.decoder, report.realism, report.grain = model.decoder_name, model.realism, model.grain
-    counter = TokenCounter(model.quant.size)
+    size = model.quant.size
+    if quality is not None:  # usage over the codebook this quality codes with
+        from gqtok.codec.rate import quality_setting
+
+        size = quality_setting(model, quality).size
+    elif bpp is not None:
+        report.notes.append(
+            f"codebook usage: the --bpp search picks K per image; counted over K = {size}"
+        )
+    counter = TokenCounter(size)
     images: list[Measured] = []
     for share in shares:
         for name, why in share.unavailable.items():
@@ -436,6 +464,9 @@ def evaluate(
     max_pixels: int = ...,
     on_image: Callable[[str, str | None], None] | None = ...,
     world: None = ...,
+    *,
+    quality: float | None = ...,
+    bpp: float | None = ...,
 ) -> EvalReport: ...
 @overload
 def evaluate(
@@ -448,6 +479,9 @@ def evaluate(
     max_pixels: int = ...,
     on_image: Callable[[str, str | None], None] | None = ...,
     world: World = ...,
+    *,
+    quality: float | None = ...,
+    bpp: float | None = ...,
 ) -> EvalReport | None: ...
 def evaluate(
     model: Model,
@@ -459,8 +493,13 @@ def evaluate(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     on_image: Callable[[str, str | None], None] | None = None,
     world: World | None = None,
+    *,
+    quality: float | None = None,
+    bpp: float | None = None,
 ) -> EvalReport | None:
     """Round-trip every image through .gq bytes and measure it; failures are recorded, not fatal.
+    ``quality`` (0..100) or a target ``bpp`` codes each image as ``gqtok encode --quality`` /
+    ``--bpp`` would (one at most); by default at the model's own setting.
 
     ``on_image(path, error)`` is called after each of this process's images (error None on
     success). With a ``world`` of several ranks (torchrun), every rank measures its
@@ -471,11 +510,14 @@ def evaluate(
     wanted = check_metrics(metrics)
     world = world or World()
     mine = world.part(list(enumerate(paths)))
-    share = measure(model, mine, wanted, resize, center_crop, device, max_pixels, on_image)
+    if quality is not None and bpp is not None:
+        raise ValueError("give a quality or a target bpp, not both")
+    rate = {"quality": quality, "bpp": bpp}
+    share = measure(model, mine, wanted, resize, center_crop, device, max_pixels, on_image, **rate)
     shares = world.gather(share)
     if shares is None:
         return None
-    return combine(model, wanted, shares, resize, center_crop)
+    return combine(model, wanted, shares, resize, center_crop, **rate)
 
 
 def _summarise_patches(report: EvalReport, wanted: list[str], acc: PatchFID) -> None:
