@@ -8,6 +8,7 @@
 #   MINUTES wall-clock bound of this invocation (0 = none); run again to resume
 #   LR      peak learning rate of the cosine schedule (default 3e-4)
 #   PY      the Python with torch (default python3)
+#   DATA    prepared photos (default data/prepared), RUN the run folder (default runs/family-$MEMBER)
 # Writes runs/family-$MEMBER/{last.pt,metrics.csv,model.safetensors}. Needs only torch, numpy,
 # pillow and safetensors (a GPU machine without constriction); then, where gqtok is installed:
 #   gqtok fit-context data/prepared/train --val data/prepared/val \
@@ -25,7 +26,8 @@ DEVICE="${DEVICE:-cuda}"
 MINUTES="${MINUTES:-0}"
 LR="${LR:-3e-4}"
 INIT="${INIT:-weights/default.safetensors}"
-RUN="runs/family-$MEMBER"
+DATA="${DATA:-data/prepared}"
+RUN="${RUN:-runs/family-$MEMBER}"
 if [ "$DEVICE" = cuda ]; then CROP="${CROP:-256}"; BATCH="${BATCH:-32}"
 else CROP="${CROP:-128}"; BATCH="${BATCH:-8}"; fi
 if [ -z "${STEPS:-}" ]; then
@@ -36,7 +38,7 @@ if [ -z "${STEPS:-}" ]; then
 fi
 resume=()
 [ -f "$RUN/last.pt" ] && resume=(--resume)
-"$PY" -m gqtok.train train --data data/prepared --out "$RUN" --init "$INIT" --device "$DEVICE" \
+"$PY" -m gqtok.train train --data "$DATA" --out "$RUN" --init "$INIT" --device "$DEVICE" \
   --dim "$DIM" --codebook-size 65536 \
   --crop "$CROP" --batch "$BATCH" --scale-levels 8 --scale-min 0.25 --scale-max 1.0 \
   --lr "$LR" --lr-schedule cosine --lr-min 1e-5 --warmup-steps 200 --kl-weight 0.1 \

@@ -6,6 +6,7 @@
 # L1 + ST-LPIPS (Alex) + the adaptively weighted hinge GAN term from DISC_START on.
 # Usage: STEPS=N scripts/train_perceptual_gpu.sh   (or BUDGET_S=seconds instead of STEPS)
 #   RUN     run folder (default runs/perceptual-gpu; run again to resume)
+#   DATA    prepared photos (default data/prepared)
 #   MINUTES wall-clock bound of this invocation (0 = none), PY the Python with torch
 # Writes $RUN/{last.pt,metrics.csv} and $RUN/default.decoder-perceptual.safetensors (blend
 # 1.0: choose the blend afterwards on the CPU with `gqtok eval --realism`, then export again
@@ -20,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-python3}"
 RUN="${RUN:-runs/perceptual-gpu}"
+DATA="${DATA:-data/prepared}"
 MINUTES="${MINUTES:-0}"
 DEVICE="${DEVICE:-cuda}"  # cpu only to check the command line
 DISC_START="${DISC_START:-500}"
@@ -33,7 +35,7 @@ if [ -z "${STEPS:-}" ]; then
 fi
 resume=()
 [ -f "$RUN/last.pt" ] && resume=(--resume)
-"$PY" -m gqtok.train train --data data/prepared --out "$RUN" --init weights/default.safetensors \
+"$PY" -m gqtok.train train --data "$DATA" --out "$RUN" --init weights/default.safetensors \
   --decoder-only --device "$DEVICE" --crop "$CROP" --batch "$BATCH" --scale-levels 8 \
   --scale-min 0.25 --scale-max 1.0 --lr 1e-4 --disc-lr 1e-4 --adam-beta1 0.5 --adam-beta2 0.9 \
   --disc-weight 0.75 --disc-start "$DISC_START" --disc-channels 64 --disc-layers 3 \
