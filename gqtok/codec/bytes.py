@@ -202,7 +202,8 @@ def _encode_at_bpp(
 
     def trial(m: Model, scale: float) -> float:
         key = (m.quant.size, scale)
-        files[key] = pack_tokens(m, tokens_at(scale)(m), picture, entropy)
+        if key not in files:  # the K search starts where the scale search ended: packed once
+            files[key] = pack_tokens(m, tokens_at(scale)(m), picture, entropy)
         return len(files[key].data) * 8 / pixels
 
     scale, scales = rc.search_scale(lambda s: trial(own, s), bpp, rc.S_LOW, rc.S_HIGH)
