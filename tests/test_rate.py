@@ -216,6 +216,11 @@ def test_eval_at_a_quality_or_a_bpp_measures_the_files_encode_writes(tmp_path: P
             assert rep["codebook"]["codebook_size"] == rc.quality_setting(MODEL, 10).size
     r = runner.invoke(app, ["eval", str(src), "--quality", "50", "--bpp", "0.2"])
     assert r.exit_code == 2
+    from gqtok.eval.evaluate import evaluate
+
+    for bad in ({"quality": 101.0}, {"bpp": float("nan")}, {"bpp": 0.0}):  # before any image
+        with pytest.raises(ValueError, match="quality must be|target bpp must"):
+            evaluate(MODEL, [src], ("psnr",), **bad)
 
 
 def test_a_token_export_at_a_low_quality_names_and_imports_with_the_coarse_model(

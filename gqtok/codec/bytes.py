@@ -187,8 +187,7 @@ def _encode_at_bpp(
 ) -> Encoded:
     """The picture at the setting whose whole file is closest to ``bpp``: the scale at the
     model's own K, then, below the lowest scale's rate, K at that scale (gqtok.codec.rate)."""
-    if not (bpp > 0 and bpp < float("inf")):
-        raise ValueError(f"target bpp must be a positive number, got {bpp!r}")
+    rc.check_bpp(bpp)
     t0 = time.perf_counter()
     pixels = picture.rgb.shape[0] * picture.rgb.shape[1]
     own = rc.at_size(model, rc.own_size(model))

@@ -73,6 +73,14 @@ def check_quality(quality: float) -> float:
     return float(quality)
 
 
+def check_bpp(target: float) -> float:
+    """``target`` if it is a positive finite number of bits per pixel, else ValueError."""
+    ok = not isinstance(target, bool) and isinstance(target, (int, float))
+    if not (ok and 0 < target < math.inf):
+        raise ValueError(f"target bpp must be a positive number, got {target!r}")
+    return float(target)
+
+
 def round_scale(scale: float) -> float:
     """A scale rate control uses: 4 decimals, so that a quality keeps its scale and files."""
     return round(scale, 4)
@@ -126,8 +134,7 @@ def search_scale(
     log s against log rate from s = 1 (the rate grows about as s^1.8 on photos, the first
     step's slope), stopping within TOLERANCE, after MAX_SCALE_STEPS trials, or when a step
     would repeat a scale. Returns (s, {s tried: rate})."""
-    if not (target > 0 and math.isfinite(target)):
-        raise ValueError(f"target bpp must be a positive number, got {target!r}")
+    check_bpp(target)
     tried: dict[float, float] = {}
 
     def at(scale: float) -> tuple[float, float]:
@@ -161,8 +168,7 @@ def search_size(
     steps in log2 K from ``start`` (rate grows with K, roughly linearly in log K), stopping
     within TOLERANCE, after MAX_STEPS trials, or when a step would repeat a K (a bound or a
     flat stretch: nothing closer to find). Returns (K, {K tried: rate})."""
-    if not (target > 0 and math.isfinite(target)):
-        raise ValueError(f"target bpp must be a positive number, got {target!r}")
+    check_bpp(target)
     tried: dict[int, float] = {}
 
     def at(size: int) -> tuple[float, float]:

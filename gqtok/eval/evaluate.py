@@ -512,6 +512,12 @@ def evaluate(
     mine = world.part(list(enumerate(paths)))
     if quality is not None and bpp is not None:
         raise ValueError("give a quality or a target bpp, not both")
+    from gqtok.codec.rate import check_bpp, check_quality
+
+    if quality is not None:  # a bad setting is the caller's error, not every image's
+        check_quality(quality)
+    if bpp is not None:
+        check_bpp(bpp)
     rate = {"quality": quality, "bpp": bpp}
     share = measure(model, mine, wanted, resize, center_crop, device, max_pixels, on_image, **rate)
     shares = world.gather(share)
