@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gqtok-installed
 
-.PHONY: demo test lint data train train-perceptual train-coarse fit-context bench throughput clean
+.PHONY: demo test lint data train train-perceptual train-coarse fit-context gpu-carry bench throughput clean
 
 $(STAMP): pyproject.toml scripts/install_metrics.sh
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,13 @@ fit-context: $(STAMP) data/prepared/manifest.json
 
 data/prepared/manifest.json:
 	$(MAKE) data
+
+## What a GPU training session carries besides data/prepared (scripts/gpu_train_session.sh):
+## the ST-LPIPS AlexNet weight file in .gpu-carry/ (9.9 MB; the whole wheel passes the 64 MiB
+## carry limit). gqtok finds it there as the stlpips_pytorch package's and checks its sha256.
+gpu-carry: $(STAMP)
+	$(PY) -m pip install -q --no-deps stlpips-pytorch==0.0.2
+	$(PY) scripts/gpu_carry.py
 
 ## Benchmarks (print numbers; see README).
 bench: $(STAMP)

@@ -11,12 +11,10 @@
 # Writes $RUN/{last.pt,metrics.csv} and $RUN/default.decoder-perceptual.safetensors (blend
 # 1.0: choose the blend afterwards on the CPU with `gqtok eval --realism`, then export again
 # with --blend B).
-# In a device session (data/prepared and the wheel carried), e.g.:
-#   python3 -m pip install -q --no-deps --target /tmp/site .whl/stlpips*.whl && \
-#   PYTHONPATH=/tmp/site BUDGET_S=420 bash scripts/train_perceptual_gpu.sh && \
-#   cp runs/perceptual-gpu/default.decoder-perceptual.* runs/perceptual-gpu/metrics.csv $OUT/
-# Needs the stlpips-pytorch==0.0.2 wheel (ST-LPIPS weights): on a machine without internet,
-# carry it (see /work/.library/device/README.md on wheels) and pip install it first.
+# In a device session this runs as the first stage of scripts/gpu_train_session.sh (which
+# also returns the decoder at several blends). It needs the ST-LPIPS AlexNet weights: there,
+# the folder `make gpu-carry` writes (.gpu-carry/, 9.9 MB, on PYTHONPATH); the whole
+# stlpips-pytorch==0.0.2 wheel is 64 MB, over the carry limit beside data/prepared.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-python3}"

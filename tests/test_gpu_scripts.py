@@ -8,14 +8,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import gqtok
@@ -25,7 +28,12 @@ from tests.test_train import HAS_STLPIPS, data_dir  # noqa: F401 - a fixture
 
 def _bench(name: str) -> Any:
     """bench/NAME.py as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    return _load("bench", name)
+
+
+def _load(folder: str, name: str) -> Any:
+    """FOLDER/NAME.py as a module (bench/ and scripts/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -150,3 +158,62 @@ def test_the_perceptual_gpu_script_trains_a_decoder_the_default_serves(
     a = gqtok.decode_array(model, tokens)
     b = gqtok.decode_array(model, tokens, decoder="perceptual")
     assert a.shape == b.shape == (64, 96, 3) and not np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not HAS_STLPIPS, reason="ST-LPIPS weights not installed")
+def test_the_carried_stlpips_weights_are_found_without_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scripts/gpu_carry.py lays the AlexNet file out so that a Python without the
+    stlpips-pytorch wheel (the GPU machine) finds it on PYTHONPATH, hash-checked."""
+    from gqtok.nets import stlpips
+
+    dst = _load("scripts", "gpu_carry").main(["--out", str(tmp_path / "carry")])
+    assert dst.stat().st_size < 16 << 20  # the whole wheel would not fit the 64 MiB carry
+    installed = Path(next(iter(importlib.util.find_spec(stlpips.PACKAGE)
+                               .submodule_search_locations)))  # fmt: skip
+    # this process as the GPU machine sees it: the package's folder gone from the path
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "carry")] + [
+        p for p in sys.path if not (Path(p) / installed.name).exists()])  # fmt: skip
+    sys.path_importer_cache.clear()
+    assert stlpips.weights_file("alex") == dst
+    net = stlpips.STLPIPS("alex", weights=stlpips.weights_file("alex"))  # sha256 checked
+    x = torch.zeros(1, 3, 32, 32)
+    assert float(net(x, x)) == 0.0
+
+
+@pytest.mark.skipif(not HAS_STLPIPS, reason="ST-LPIPS weights not installed")
+def test_the_gpu_training_session_runs_every_stage_and_returns_its_products(
+    data_dir: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """scripts/gpu_train_session.sh, the one device command for issues 14 and 15, as a dry run
+    (two steps a stage on the CPU): the perceptual decoder at three blends and both family
+    members come back in $OUT, within what the device tool returns (8 files of 16 MiB, plain
+    names), the logs and metrics packed in one archive."""
+    out = tmp_path / "out"
+    env = {"OUT": str(out), "STEPS": "2", "CROP": "32", "BATCH": "2", "DISC_START": "1",
+           "DATA": str(data_dir), "PERCEPTUAL_RUN": str(tmp_path / "perceptual"),
+           "FAMILY_RUNS": str(tmp_path), "WORK": str(tmp_path / "work")}  # fmt: skip
+    r = _script("gpu_train_session.sh", env)
+    assert r.returncode == 0, r.stdout + r.stderr + (out / "session.log").read_text()
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["family-g4.safetensors", "family-g8.safetensors",
+                     "perceptual-b0.5.safetensors", "perceptual-b0.7.safetensors",
+                     "perceptual-b1.0.safetensors", "records.tar.gz", "session.log"]  # fmt: skip
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in files)
+    assert all((out / n).stat().st_size < 16 << 20 for n in files)
+    assert gqtok.load_model(out / "family-g4.safetensors").quant.dim == 4
+    weights = tmp_path / "weights"  # a blend is a decoder the default serves
+    weights.mkdir()
+    shutil.copy(REPO / "weights" / "default.safetensors", weights / "default.safetensors")
+    shutil.copy(out / "perceptual-b0.5.safetensors",
+                weights / "default.decoder-perceptual.safetensors")  # fmt: skip
+    assert "perceptual" in gqtok.load_model(weights / "default.safetensors").decoders
+    with tarfile.open(out / "records.tar.gz") as tar:
+        packed = {Path(n).name for n in tar.getnames()}
+    assert {"perceptual.log", "perceptual.metrics.csv", "family-g8.log", "family-g4.metrics.csv",
+            "family-g8.model.json"} <= packed  # fmt: skip
+    log = (out / "session.log").read_text()
+    assert "start: 2 steps a stage" in log and "family g4 done" in log
+    r = _script("gpu_train_session.sh", {**env, "DATA": str(tmp_path / "none")})
+    assert r.returncode == 2  # no photos: says so and stops before any stage
