@@ -24,7 +24,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -120,13 +120,17 @@ class Protocol:
             out["scale_filter"] = "gqtok.io.resample (cubic, a = -1/2; docs/format.md)"
         return out
 
-    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """The pixels to tokenize, and under a scale the (width, height) before it (the size
+        the tokens decode back to), else None."""
         from gqtok.codec.engine import scaled_rgb
         from gqtok.eval.evaluate import preprocess
 
         if self.resize or self.center_crop:
             rgb = preprocess(rgb, self.resize, self.center_crop)
-        return scaled_rgb(rgb, self.scale)
+        if self.scale == 1:
+            return rgb, None
+        return scaled_rgb(rgb, self.scale), (rgb.shape[1], rgb.shape[0])
 
 
 @dataclass(frozen=True)
@@ -194,9 +198,10 @@ def _valid_shard(
     return shard if ok else None
 
 
-def _npy_files(k: int, flip: bool) -> list[str]:
-    """The .npy files written beside shard k (tokens_flip only under the flip protocol)."""
-    return sorted(n for key, n in npy_names(k).items() if flip or key != "tokens_flip")
+def _npy_files(k: int, arrays: Iterable[str]) -> list[str]:
+    """The .npy files written beside shard k: one per tensor it holds, and the paths."""
+    have = {*arrays, "paths"}
+    return sorted(n for key, n in npy_names(k).items() if key in have)
 
 
 def _record(k: int, shard_size: int, meta: dict[str, Any], npy: list[str]) -> dict[str, Any]:
@@ -324,12 +329,12 @@ class _Exporter:
         record = _manifest(self.header, shards, complete, rank=w.rank, world_size=w.size)
         _write_json(self.out, rank_file(w.rank, w.size), record)
 
-    def load(self, rel: str) -> np.ndarray:
+    def load(self, rel: str) -> tuple[np.ndarray, tuple[int, int] | None]:
         t0 = time.perf_counter()
         rgb = read_image(self.sources.resolve(rel), max_pixels=self.max_pixels, name=rel).rgb
-        rgb = self.protocol.prepare(rgb)
+        prepared = self.protocol.prepare(rgb)
         self._time("io", t0)
-        return rgb
+        return prepared
 
     def _time(self, key: str, t0: float) -> None:
         dt = time.perf_counter() - t0
@@ -343,13 +348,13 @@ class _Exporter:
         loaded = prefetch(lambda it: self.load(it[1]), items, self.workers, 2 * self.batch_size)
         for batch in batched(loaded, self.batch_size):
             good = []
-            for (i, rel), rgb in batch:
-                if isinstance(rgb, BaseException):
-                    msg = str(rgb) if isinstance(rgb, GqtokError) else f"{rel}: {rgb!r}"
+            for (i, rel), got in batch:
+                if isinstance(got, BaseException):
+                    msg = str(got) if isinstance(got, GqtokError) else f"{rel}: {got!r}"
                     skipped.append({"index": i, "path": rel, "error": msg})
                     self.result.skipped.append((rel, msg))
                 else:
-                    good.append((i, rel, rgb))
+                    good.append((i, rel, *got))
             try:
                 entries += self.encode_batch(good)
             except Exception:  # noqa: BLE001 - find the image(s) at fault, keep the others
@@ -357,18 +362,21 @@ class _Exporter:
                     try:
                         entries += self.encode_batch([one])
                     except Exception as e:  # noqa: BLE001 - recorded as a skip, not fatal
-                        i, rel, _ = one
+                        i, rel = one[:2]
                         msg = str(e) if isinstance(e, GqtokError) else f"{rel}: {first_line(e)}"
                         skipped.append({"index": i, "path": rel, "error": msg})
                         self.result.skipped.append((rel, msg))
             self.advance(len(batch))
         return entries, skipped
 
-    def encode_batch(self, good: list[tuple[int, str, np.ndarray]]) -> list[Entry]:
-        """Entries of loaded images (and their mirror images under the flip protocol)."""
+    def encode_batch(
+        self, good: list[tuple[int, str, np.ndarray, tuple[int, int] | None]]
+    ) -> list[Entry]:
+        """Entries of loaded images (index, path, pixels, size before the protocol's scale),
+        and their mirror images' tokens under the flip protocol."""
         from gqtok.codec import encode_arrays
 
-        arrays = [rgb for _, _, rgb in good]
+        arrays = [rgb for _, _, rgb, _ in good]
         if self.protocol.flip:
             arrays += [np.ascontiguousarray(rgb[:, ::-1]) for rgb in arrays]
         timings: dict[str, float] = {}
@@ -379,10 +387,10 @@ class _Exporter:
             for key, v in timings.items():
                 self.result.timings[key] = self.result.timings.get(key, 0.0) + v
         out = []
-        for k, (i, rel, _) in enumerate(good):
+        for k, (i, rel, _, image) in enumerate(good):
             tok = toks[k]
             flip = toks[k + len(good)].indices.numpy() if self.protocol.flip else None
-            out.append(Entry(i, rel, tok.indices.numpy(), tok.width, tok.height, flip))
+            out.append(Entry(i, rel, tok.indices.numpy(), tok.width, tok.height, flip, image))
         return out
 
     def advance(self, n: int) -> None:
@@ -392,8 +400,9 @@ class _Exporter:
 
     def write_shard(
         self, k: int, entries: list[Entry], skipped: list[dict], paths: list[str]
-    ) -> dict[str, Any]:
-        """Write shard k (its .npy files first, so the shard's name appears last); its meta."""
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Write shard k (its .npy files first, so the shard's name appears last); its meta
+        and the names of its tensors."""
         tensors = shard_arrays(entries, self.dtype, self.protocol.flip)
         meta = {
             "format": FORMAT_VERSION,
@@ -410,7 +419,7 @@ class _Exporter:
         if self.npy:
             self.write_npy(k, tensors, meta["paths"])
         atomic_write_bytes(self.out / shard_name(k), shard_bytes(tensors, meta), overwrite=True)
-        return meta
+        return meta, list(tensors)
 
     def write_npy(self, k: int, tensors: dict[str, np.ndarray], paths: list[str]) -> None:
         arrays = {**tensors, "paths": np.array(paths, dtype=np.str_)}
@@ -459,15 +468,15 @@ class _Exporter:
             if self.npy and not self.npy_ok(k, shard):
                 self.write_npy(k, shard.tensors, shard.meta["paths"])
             self.advance(len(part))
-            meta = shard.meta
+            meta, arrays = shard.meta, list(shard.tensors)
         else:
             if self.world.distributed:  # no manifest.json may list a shard being rewritten
                 (self.out / MANIFEST).unlink(missing_ok=True)
             entries, skipped = self.encode_shard(k * self.shard_size, part)
-            meta = self.write_shard(k, entries, skipped, part)
+            meta, arrays = self.write_shard(k, entries, skipped, part)
             self.result.shards_written += 1
         self.result.images += len(meta["paths"])
-        npy = _npy_files(k, self.protocol.flip) if self.npy else []
+        npy = _npy_files(k, arrays) if self.npy else []
         return _record(k, self.shard_size, meta, npy)
 
     def gather(self, records: dict[int, dict[str, Any]]) -> None:
@@ -523,7 +532,7 @@ def _start(record: dict[str, Any]) -> int:
 
 def _npy_on_disk(out: Path, k: int, shard: Shard) -> list[str]:
     """Shard k's .npy files if all of them are there (a rank wrote them with --npy)."""
-    names = _npy_files(k, "tokens_flip" in shard.tensors)
+    names = _npy_files(k, shard.tensors)
     return names if all((out / n).is_file() for n in names) else []
 
 

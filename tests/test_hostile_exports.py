@@ -129,6 +129,16 @@ def _tensor(key: str, fn: Callable[[np.ndarray], np.ndarray]):  # noqa: ANN202
     return change
 
 
+def _scaled(fn: Callable[[np.ndarray], np.ndarray]):  # noqa: ANN202
+    """A shard of an export at a scale (its protocol says so) with image_sizes = fn(sizes)."""
+
+    def change(t: dict, m: dict) -> None:
+        m["protocol"]["scale"] = 2.0
+        t["image_sizes"] = fn(t["sizes"])
+
+    return change
+
+
 def _bump(a: np.ndarray, i: int, by: int) -> np.ndarray:
     a = a.copy()
     a.flat[i] += by
@@ -157,6 +167,11 @@ SHARD_CASES = [
     (_tensor("tokens", lambda a: a[:-1].copy()), "offsets: must rise from 0 to the 31 tokens"),
     (_tensor("tokens_flip", lambda a: a[:-1].copy()), "tokens_flip: must have as many"),
     (lambda t, m: t.pop("sizes"), "sizes: tensor is missing"),
+    (lambda t, m: t.update(image_sizes=t["sizes"] // 2), "image_sizes: only an export with a"),
+    (_scaled(lambda a: a // 8), r"image_sizes: coded size 32x32 is not within a factor 4"),
+    (_scaled(lambda a: a[:1].copy()), r"image_sizes: must have one \(width, height\) per grid"),
+    (_scaled(lambda a: a.astype(np.int64)), "image_sizes: must be a 2-D int32 tensor"),
+    (_scaled(lambda a: a * 0), "image_sizes: width and height must be in 1.."),
 ]
 
 

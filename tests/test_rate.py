@@ -223,35 +223,47 @@ def test_eval_at_a_quality_or_a_bpp_measures_the_files_encode_writes(tmp_path: P
             evaluate(MODEL, [src], ("psnr",), **bad)
 
 
-def test_a_token_export_at_a_low_quality_names_and_imports_with_the_coarse_model(
-    tmp_path: Path,
+@pytest.mark.parametrize("quality", [5, 90])
+def test_a_token_export_at_a_quality_holds_and_gives_back_that_qualitys_file(
+    tmp_path: Path, quality: int
 ) -> None:
-    """`gqtok export --quality 5` records the coarse-codebook model and the scale, holds the
-    tokens of the .gq file of the same quality, and `gqtok import` gives their pixels at the
-    coded size (an export is a dataset at that resolution)."""
+    """`gqtok export --quality Q` records the model that codes Q (the coarse-codebook one at
+    Q 5) and the scale, holds the tokens of the .gq file of the same quality with the size
+    before the scale, and `gqtok import` gives back that file: its pixels at the image's size
+    (PNG) and its very bytes (-f gq)."""
     from gqtok.codec import unpack_tokens
     from gqtok.format.shards import iter_entries
 
     src = tmp_path / "in"
     src.mkdir()
     (src / "b.png").write_bytes((DATA / "photo_b.png").read_bytes())
-    r = runner.invoke(app, ["export", str(src), "-o", str(tmp_path / "tok"), "--quality", "5"])
+    tok = tmp_path / "tok"
+    r = runner.invoke(app, ["export", str(src), "-o", str(tok), "--quality", str(quality)])
     assert r.exit_code == 0, r.output
-    manifest = json.loads((tmp_path / "tok" / "manifest.json").read_text())
-    assert manifest["model"]["id"] == MODEL.card["coarse"]["model"]
-    assert manifest["protocol"]["scale"] == rc.S_LOW
-    r = runner.invoke(app, ["import", str(tmp_path / "tok"), "-o", str(tmp_path / "back")])
-    assert r.exit_code == 0, r.output
+    manifest = json.loads((tok / "manifest.json").read_text())
+    setting = rc.quality_setting(MODEL, quality)
+    want = MODEL.card["coarse"]["model"] if quality < 25 else MODEL.name
+    assert manifest["model"]["id"] == want and manifest["protocol"]["scale"] == setting.scale
     gq = tmp_path / "b.gq"
-    r = runner.invoke(app, ["encode", str(src / "b.png"), "-o", str(gq), "--quality", "5"])
+    r = runner.invoke(app, ["encode", str(src / "b.png"), "-o", str(gq), "--quality",
+                            str(quality)])  # fmt: skip
     assert r.exit_code == 0, r.output
     header, tokens, _ = unpack_tokens(model_for_header(container.unpack(gq.read_bytes())[0]),
                                       gq.read_bytes())  # fmt: skip
-    (entry,) = iter_entries(tmp_path / "tok")
+    (entry,) = iter_entries(tok)
     assert np.array_equal(entry.tokens, tokens.indices.numpy())
     assert (entry.width, entry.height) == header.coded_size != (header.width, header.height)
-    (imported,) = (tmp_path / "back").glob("*.png")
-    assert Image.open(imported).size == header.coded_size
+    assert entry.image_size == (header.width, header.height)
+    for fmt in ("png", "gq"):
+        r = runner.invoke(app, ["import", str(tok), "-o", str(tmp_path / fmt), "-f", fmt])
+        assert r.exit_code == 0, r.output
+    (gq_back,) = (tmp_path / "gq").glob("*.gq")
+    assert gq_back.read_bytes() == gq.read_bytes()
+    r = runner.invoke(app, ["decode", str(gq), "-o", str(tmp_path / "b.png")])
+    assert r.exit_code == 0, r.output
+    (png_back,) = (tmp_path / "png").glob("*.png")
+    assert np.array_equal(np.asarray(Image.open(png_back)),
+                          np.asarray(Image.open(tmp_path / "b.png")))  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -167,14 +167,17 @@ def _npy_entry(
     return Entry(0, path.name, grid.astype(np.int64), w, h)
 
 
-def _render(model: Model, tokens: np.ndarray, w: int, h: int, fmt: str, budget: int | None) -> Any:
-    """Decoded image (PIL) or, for the gq format, .gq bytes (entropy coding runs here)."""
+def _render(model: Model, e: Entry, grid: np.ndarray, fmt: str, budget: int | None) -> Any:
+    """Decoded image (PIL) or, for the gq format, .gq bytes (entropy coding runs here). The
+    tokens of an export with a scale come back at the size before it, as that quality's .gq
+    file does (a version 4 file with --format gq)."""
     import numpy as np
     import torch
 
     from gqtok.codec import Tokens, decode_tokens, pack_tokens
 
-    tok = Tokens(torch.from_numpy(tokens.astype(np.int64)), w, h)
+    back = e.image_size if e.image_size != (e.width, e.height) else None
+    tok = Tokens(torch.from_numpy(grid.astype(np.int64)), e.width, e.height, resample_to=back)
     if fmt == "gq":
         return pack_tokens(model, tok).data
     return decode_tokens(model, tok, budget)
@@ -572,8 +575,10 @@ def import_cmd(
             bar.advance(str(dst))
             try:
                 check_output(dst, overwrite, [src])
-                _check_pixels(e.width, e.height, max_pixels)
-                obj = _render(net, grid, e.width, e.height, fmt.value, budget)
+                image = e.image_size or (e.width, e.height)  # the larger of the two counts
+                _check_pixels(*max(image, (e.width, e.height), key=lambda s: s[0] * s[1]),
+                              max_pixels)  # fmt: skip
+                obj = _render(net, e, grid, fmt.value, budget)
             except Exception as err:  # noqa: BLE001 - crafted tokens raise anything
                 failures.add(err, str(dst), InputError, "cannot decode")
                 continue

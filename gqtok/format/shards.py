@@ -32,13 +32,16 @@ from gqtok.format.container import (
     MIN_CODEBOOK_SIZE,
     check_codebook,
     check_model_id,
+    check_scale,
 )
 
 FORMAT_NAME = "gqtok-tokens"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 META_KEY = "gqtok.tokens"
-NPY_ARRAYS = ("tokens", "tokens_flip", "offsets", "shapes", "sizes", "index", "paths")
+NPY_ARRAYS = (
+    "tokens", "tokens_flip", "offsets", "shapes", "sizes", "image_sizes", "index", "paths"
+)
 MAX_MANIFEST_BYTES = 1 << 28  # a manifest lists shards; far below this even for huge exports
 MAX_PATH_CHARS = 4096
 
@@ -184,6 +187,9 @@ class Entry:
     width: int
     height: int
     tokens_flip: np.ndarray | None = None
+    # (width, height) of the image before the protocol's scale (export --quality): the grid
+    # decodes to width x height, then resamples to this, as a .gq file of that quality does
+    image_size: tuple[int, int] | None = None
 
 
 def shard_arrays(entries: Sequence[Entry], dtype: np.dtype, flip: bool) -> dict[str, np.ndarray]:
@@ -199,6 +205,10 @@ def shard_arrays(entries: Sequence[Entry], dtype: np.dtype, flip: bool) -> dict[
         "index": np.array([e.index for e in entries], dtype=np.int64),
     }
     out["tokens"] = out["tokens"].astype(dtype)
+    if any(e.image_size is not None for e in entries):
+        out["image_sizes"] = np.array(
+            [e.image_size or (e.width, e.height) for e in entries], dtype=np.int32
+        ).reshape(-1, 2)
     if flip:
         flips = [e.tokens_flip.reshape(-1) for e in entries if e.tokens_flip is not None]
         out["tokens_flip"] = np.concatenate(flips or [np.zeros(0)]).astype(dtype)
@@ -234,7 +244,8 @@ class Shard:
             shape = tuple(int(s) for s in t["shapes"][i])
             flip = t["tokens_flip"][a:b].reshape(shape) if "tokens_flip" in t else None
             w, h = (int(s) for s in t["sizes"][i])
-            out.append(Entry(gi, paths[i], t["tokens"][a:b].reshape(shape), w, h, flip))
+            image = tuple(int(s) for s in t["image_sizes"][i]) if "image_sizes" in t else None
+            out.append(Entry(gi, paths[i], t["tokens"][a:b].reshape(shape), w, h, flip, image))
         return out
 
 
@@ -277,6 +288,8 @@ def check_arrays(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         grid = -(-sizes.astype(np.int64)[:, ::-1] // f)  # (h, w) = ceil((height, width) / f)
         if (grid != cells[:, 1:]).any():
             raise ValueError(f"sizes: a grid is not ceil(size / {f}) of its image size")
+    if "image_sizes" in tensors:
+        _check_image_sizes(_array(tensors, "image_sizes", "int32", 2), sizes, meta)
     if tokens.size and int(tokens.max()) >= k:
         raise ValueError(f"tokens: values must be below the codebook size K={k}")
     if "tokens_flip" in tensors:
@@ -285,6 +298,23 @@ def check_arrays(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
             raise ValueError("tokens_flip: must have as many tokens as tokens")
         if flip.size and int(flip.max()) >= k:
             raise ValueError(f"tokens_flip: values must be below the codebook size K={k}")
+
+
+def _check_image_sizes(image: np.ndarray, sizes: np.ndarray, meta: dict[str, Any]) -> None:
+    """The sizes before the protocol's scale: one row per grid, only under a scale, each the
+    grid's own size (rounding kept it) or one a .gq file may code at that size (version 4)."""
+    if "scale" not in meta["protocol"]:
+        raise ValueError("image_sizes: only an export with a scale has them")
+    if image.shape != sizes.shape:
+        raise ValueError("image_sizes: must have one (width, height) per grid")
+    if (image < 1).any() or (image > MAX_SIDE).any():
+        raise ValueError(f"image_sizes: width and height must be in 1..{MAX_SIDE}")
+    for (w, h), (cw, ch) in zip(image.tolist(), sizes.tolist(), strict=True):
+        if (w, h) != (cw, ch):
+            try:
+                check_scale(w, h, cw, ch)
+            except ValueError as e:
+                raise ValueError(f"image_sizes: {e}") from None
 
 
 def read_shard(path: str | Path, verify: bool = True) -> Shard:
