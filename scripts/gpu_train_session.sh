@@ -4,14 +4,16 @@
 #   1. the perceptual decoder's GAN stage   scripts/train_perceptual_gpu.sh   PERCEPTUAL_PCT %
 #   2. the rate family, G = 8               scripts/train_family.sh g8        G8_PCT %
 #   3. the rate family, G = 4               scripts/train_family.sh g4        the rest
-# of TOTAL_S seconds of training (default 360; each stage also pays its start-up, a short
-# speed calibration (bench/train_speed.py) and its export, ~30-60 s each on an H200).
+# of TOTAL_S seconds of training (default 300; each stage also pays its start-up, photo
+# loading and resizing, a short speed calibration (bench/train_speed.py), evaluations and its
+# export: budget ~60-100 s a stage on an H200, so 300 s of training fits a 590 s call).
+# A stage stopped by its timeout still returns its last checkpoint, exported here.
 #
 # Prepare here, then run through the device tool (the carry limit is 64 MiB: the ST-LPIPS
 # wheel alone is 64 MB, so only its AlexNet weight file travels, 9.9 MB, checked by sha256
 # when loaded):
 #   make data gpu-carry          # data/prepared (35 MB) and .gpu-carry/ (the weight file)
-#   run: OUT=$OUT TOTAL_S=360 bash scripts/gpu_train_session.sh
+#   run: OUT=$OUT TOTAL_S=300 bash scripts/gpu_train_session.sh
 #        carry ["data/prepared", ".gpu-carry"], timeout_s 590
 # At most 8 files come back from $OUT (16 MiB each), so it holds seven: the perceptual decoder
 # exported at three blends with the base decoder, perceptual-b{0.5,0.7,1.0}.safetensors (3.5
@@ -24,7 +26,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./gpu-out}"
-TOTAL_S="${TOTAL_S:-360}"
+TOTAL_S="${TOTAL_S:-300}"
 PERCEPTUAL_PCT="${PERCEPTUAL_PCT:-50}"
 G8_PCT="${G8_PCT:-25}"
 BLENDS="${BLENDS:-0.5 0.7 1.0}"
@@ -72,6 +74,11 @@ for member in g8 g4; do
   env $(budget "$(share "$pct")") MEMBER="$member" RUN="$run" \
     timeout $(($(share "$pct") + 150)) bash scripts/train_family.sh \
     > "$WORK/family-$member.log" 2>&1 || { status=$?; log "family $member ended with status $status"; }
+  if [ ! -f "$run/model.safetensors" ] && [ -f "$run/last.pt" ]; then  # stopped before export
+    "$PY" -m gqtok.train export --overwrite --half "$run" "$run/model.safetensors" \
+      --name "gqtok-f8c16-$member-v1" --token-stats-images 200 >> "$WORK/family-$member.log" 2>&1 \
+      || log "family $member: export of its last checkpoint failed"
+  fi
   [ -f "$run/model.safetensors" ] && cp "$run/model.safetensors" "$OUT/family-$member.safetensors"
   for f in model.json metrics.csv; do
     [ -f "$run/$f" ] && cp "$run/$f" "$WORK/family-$member.$f"
