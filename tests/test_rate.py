@@ -238,7 +238,8 @@ def test_a_token_export_at_a_quality_holds_and_gives_back_that_qualitys_file(
     src.mkdir()
     (src / "b.png").write_bytes((DATA / "photo_b.png").read_bytes())
     tok = tmp_path / "tok"
-    r = runner.invoke(app, ["export", str(src), "-o", str(tok), "--quality", str(quality)])
+    r = runner.invoke(app, ["export", str(src), "-o", str(tok), "--quality", str(quality),
+                            "--npy"])  # fmt: skip
     assert r.exit_code == 0, r.output
     manifest = json.loads((tok / "manifest.json").read_text())
     setting = rc.quality_setting(MODEL, quality)
@@ -254,6 +255,8 @@ def test_a_token_export_at_a_quality_holds_and_gives_back_that_qualitys_file(
     assert np.array_equal(entry.tokens, tokens.indices.numpy())
     assert (entry.width, entry.height) == header.coded_size != (header.width, header.height)
     assert entry.image_size == (header.width, header.height)
+    assert np.load(tok / "shard-00000.image_sizes.npy").tolist() == [[header.width, header.height]]
+    assert "shard-00000.image_sizes.npy" in manifest["shards"][0]["npy"]
     for fmt in ("png", "gq"):
         r = runner.invoke(app, ["import", str(tok), "-o", str(tmp_path / fmt), "-f", fmt])
         assert r.exit_code == 0, r.output

@@ -323,7 +323,7 @@ def export_cmd(
         typer.Option(
             "--quality", min=0, max=100,
             help="Tokens at this quality's codebook size and scale (as gqtok encode"
-            " --quality; the shards record the scaled size).",
+            " --quality; the shards record the scaled size and the size before it).",
         ),
     ] = None,
     seed: SeedOpt = None,
