@@ -1,0 +1,105 @@
+"""How much a per-image colour correction would add to gqtok's PSNR (README, "What was tried on
+the CPU"): for each photo and quality, the real .gq round trip, then the affine map of the
+decoded RGB (3 x 3 gains and 3 offsets, least squares against the original, quantised as a
+file would store them: gains to 1/4096, offsets to 1/16 of a level, 24 bytes) and, as a bound
+on what a local correction could add, a per-block offset (32 px blocks, 1/4 level, not costed).
+
+Nothing here is part of the codec yet: this measures whether it is worth a format version.
+Usage: python bench/color_fit.py [FOLDER] [--quality 25,75,90,100] [--every N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GAIN_STEP, OFFSET_STEP, BLOCK_STEP, BLOCK = 4096, 16, 4, 32
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def affine_corrected(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """(n, 3) decoded pixels through the least-squares affine map to the original, with the
+    map quantised as a file would carry it, rounded and clipped to 8 bits."""
+    a = np.c_[decoded, np.ones(len(decoded))]
+    m, *_ = np.linalg.lstsq(a, original, rcond=None)
+    m[:3] = np.round(m[:3] * GAIN_STEP) / GAIN_STEP
+    m[3] = np.round(m[3] * OFFSET_STEP) / OFFSET_STEP
+    return np.clip(np.rint(a @ m), 0, 255)
+
+
+def block_corrected(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
+    """(H, W, 3) decoded pixels with each block's mean error per channel added back (an
+    oracle: the offsets are not costed)."""
+    out = decoded.copy()
+    for top in range(0, decoded.shape[0], BLOCK):
+        for left in range(0, decoded.shape[1], BLOCK):
+            sl = np.s_[top : top + BLOCK, left : left + BLOCK]
+            err = (original[sl] - decoded[sl]).mean(axis=(0, 1))
+            out[sl] += np.round(err * BLOCK_STEP) / BLOCK_STEP
+    return np.clip(np.rint(out), 0, 255)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import gqtok
+    from gqtok.codec import decode_bytes, encode_pictures
+    from gqtok.eval.evaluate import collect_images
+    from gqtok.io.images import read_image
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", default="data/prepared/val")
+    ap.add_argument("--quality", default="25,75,90,100")
+    ap.add_argument("--every", type=int, default=1, help="every Nth photo (quick runs)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    qualities = [float(q) for q in args.quality.split(",")]
+    model = gqtok.load_model()
+    rows = []
+    for path in collect_images([args.folder])[:: args.every]:
+        pic = read_image(path)
+        x = pic.rgb.astype(np.float64)
+        for q in qualities:
+            enc = encode_pictures(model, [pic], quality=q)[0]
+            image, _ = decode_bytes(enc.data, model)
+            d = np.asarray(image.convert("RGB")).astype(np.float64)
+            base = psnr(x, d)
+            flat = affine_corrected(x.reshape(-1, 3), d.reshape(-1, 3))
+            rows.append({
+                "image": str(path), "quality": q, "bpp": len(enc.data) * 8 / d[..., 0].size,
+                "psnr": base, "affine_gain": psnr(x.reshape(-1, 3), flat) - base,
+                "block_gain": psnr(x, block_corrected(x, d)) - base,
+            })  # fmt: skip
+        print(path.name, " ".join(f"Q{r['quality']:g} +{r['affine_gain']:.3f}"
+                                  for r in rows[-len(qualities):]), flush=True)  # fmt: skip
+    summary = []
+    for q in qualities:
+        at = [r for r in rows if r["quality"] == q]
+        gains = [r["affine_gain"] for r in at]
+        summary.append({
+            "quality": q, "photos": len(at), "bpp": float(np.mean([r["bpp"] for r in at])),
+            "psnr": float(np.mean([r["psnr"] for r in at])), "affine_gain": float(np.mean(gains)),
+            "affine_min": float(min(gains)), "affine_max": float(max(gains)),
+            "block_gain": float(np.mean([r["block_gain"] for r in at])),
+        })  # fmt: skip
+    print("| quality | photos | bpp | PSNR | + affine (min, max) | + 32 px block offsets |")
+    print("|---|---|---|---|---|---|")
+    for s in summary:
+        print(f"| {s['quality']:g} | {s['photos']} | {s['bpp']:.4f} | {s['psnr']:.2f} |"
+              f" +{s['affine_gain']:.3f} ({s['affine_min']:+.3f}, {s['affine_max']:+.3f}) |"
+              f" +{s['block_gain']:.3f} |")  # fmt: skip
+    report = {"rows": rows, "summary": summary}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
