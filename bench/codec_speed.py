@@ -2,7 +2,8 @@
 (`--decoder perceptual` times the other decoder of the same tokens, `fidelity+grain2` the
 decode with film grain; `--entropy static` the version-1 coding; `--quality Q` rate
 control's setting for Q: codebook size and scale), with the time of each
-stage: network, GQ search and entropy coding when encoding; entropy decoding (container parse
+stage: network, GQ search, the colour correction's fit (coded larger than the image, above
+quality 75) and entropy coding when encoding; entropy decoding (container parse
 included) and the decoder network when decoding. "first" is a fresh process's first call,
 from the model file on: model load and the tables of its codebook size (codebook, search
 order, entropy tables) included, i.e. what one `gqtok encode` / `decode` of one image pays
@@ -110,9 +111,10 @@ def main() -> None:
                 f"   peak RSS {r['peak_rss_mb']:6.0f} MB")
         t = r["timings"]
         if step == "encode":
+            fit = f" colour fit {t['color_fit'] * 1000:.0f} ms," if "color_fit" in t else ""
             line += (
                 f"   (network {t['network'] * 1000:.0f} ms, GQ search {t['search'] * 1000:.0f} ms,"
-                f" entropy {t['entropy'] * 1000:.0f} ms; {r['bpp']:.4f} bpp)"
+                f"{fit} entropy {t['entropy'] * 1000:.0f} ms; {r['bpp']:.4f} bpp)"
             )
         else:
             line += (

@@ -1,10 +1,10 @@
-"""How much a per-image colour correction would add to gqtok's PSNR (README, "What was tried on
-the CPU"): for each photo and quality, the real .gq round trip, then the affine map of the
-decoded RGB (3 x 3 gains and 3 offsets, least squares against the original, quantised as a
-file would store them: gains to 1/4096, offsets to 1/16 of a level, 24 bytes) and, as a bound
-on what a local correction could add, a per-block offset (32 px blocks, 1/4 level, not costed).
-
-Nothing here is part of the codec yet: this measures whether it is worth a format version.
+"""What a per-image colour correction adds to gqtok's PSNR (README, "What was tried on the
+CPU"; format version 5): for each photo and quality, the real .gq file, its pixels without a
+colour correction (the version 4 decoding of its tokens), the affine map of those pixels
+(3 x 3 gains and 3 offsets, least squares against the original, quantised as a file stores
+them: gains to 1/4096, offsets to 1/16 of a level, 24 bytes), what the file itself gives
+(version 5 above quality 75: the same fit, by the encoder), and, as a bound on what a local
+correction could add, a per-block offset (32 px blocks, 1/4 level, not costed).
 Usage: python bench/color_fit.py [FOLDER] [--quality 25,75,90,100] [--every N] [--json OUT]
 """
 
@@ -48,7 +48,7 @@ def block_corrected(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> dict:
     import gqtok
-    from gqtok.codec import decode_bytes, encode_pictures
+    from gqtok.codec import decode_bytes, decode_to_array, encode_pictures, unpack_tokens
     from gqtok.eval.evaluate import collect_images
     from gqtok.io.images import read_image
 
@@ -69,12 +69,15 @@ def main(argv: list[str] | None = None) -> dict:
         for q in qualities:
             enc = encode_pictures(model, [pic], quality=q)[0]
             image, _ = decode_bytes(enc.data, model)
-            d = np.asarray(image.convert("RGB")).astype(np.float64)
+            _, tokens, _ = unpack_tokens(model, enc.data)
+            tokens.color = ()  # the same tokens decoded as version 4
+            d = decode_to_array(model, tokens).astype(np.float64)
             base = psnr(x, d)
             flat = affine_corrected(x.reshape(-1, 3), d.reshape(-1, 3))
             rows.append({
                 "image": str(path), "quality": q, "bpp": len(enc.data) * 8 / d[..., 0].size,
                 "psnr": base, "affine_gain": psnr(x.reshape(-1, 3), flat) - base,
+                "file_gain": psnr(x, np.asarray(image.convert("RGB"))) - base,
                 "block_gain": psnr(x, block_corrected(x, d)) - base,
             })  # fmt: skip
         print(path.name, " ".join(f"Q{r['quality']:g} +{r['affine_gain']:.3f}"
@@ -88,13 +91,15 @@ def main(argv: list[str] | None = None) -> dict:
             "psnr": float(np.mean([r["psnr"] for r in at])), "affine_gain": float(np.mean(gains)),
             "affine_min": float(min(gains)), "affine_max": float(max(gains)),
             "block_gain": float(np.mean([r["block_gain"] for r in at])),
+            "file_gain": float(np.mean([r["file_gain"] for r in at])),
         })  # fmt: skip
-    print("| quality | photos | bpp | PSNR | + affine (min, max) | + 32 px block offsets |")
-    print("|---|---|---|---|---|---|")
+    print("| quality | photos | bpp | PSNR, v4 | + affine (min, max) | + 32 px block offsets"
+          " | the file's gain |")
+    print("|---|---|---|---|---|---|---|")
     for s in summary:
         print(f"| {s['quality']:g} | {s['photos']} | {s['bpp']:.4f} | {s['psnr']:.2f} |"
               f" +{s['affine_gain']:.3f} ({s['affine_min']:+.3f}, {s['affine_max']:+.3f}) |"
-              f" +{s['block_gain']:.3f} |")  # fmt: skip
+              f" +{s['block_gain']:.3f} | {s['file_gain']:+.3f} |")  # fmt: skip
     report = {"rows": rows, "summary": summary}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -120,9 +120,9 @@ class Protocol:
             out["scale_filter"] = "gqtok.io.resample (cubic, a = -1/2; docs/format.md)"
         return out
 
-    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int] | None]:
-        """The pixels to tokenize, and under a scale the (width, height) before it (the size
-        the tokens decode back to), else None."""
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pixels to tokenize, and under a scale the image before it (what the tokens
+        decode back to, and what their colour correction is fitted to), else None."""
         from gqtok.codec.engine import scaled_rgb
         from gqtok.eval.evaluate import preprocess
 
@@ -130,7 +130,7 @@ class Protocol:
             rgb = preprocess(rgb, self.resize, self.center_crop)
         if self.scale == 1:
             return rgb, None
-        return scaled_rgb(rgb, self.scale), (rgb.shape[1], rgb.shape[0])
+        return scaled_rgb(rgb, self.scale), rgb
 
 
 @dataclass(frozen=True)
@@ -329,7 +329,7 @@ class _Exporter:
         record = _manifest(self.header, shards, complete, rank=w.rank, world_size=w.size)
         _write_json(self.out, rank_file(w.rank, w.size), record)
 
-    def load(self, rel: str) -> tuple[np.ndarray, tuple[int, int] | None]:
+    def load(self, rel: str) -> tuple[np.ndarray, np.ndarray | None]:
         t0 = time.perf_counter()
         rgb = read_image(self.sources.resolve(rel), max_pixels=self.max_pixels, name=rel).rgb
         prepared = self.protocol.prepare(rgb)
@@ -370,11 +370,13 @@ class _Exporter:
         return entries, skipped
 
     def encode_batch(
-        self, good: list[tuple[int, str, np.ndarray, tuple[int, int] | None]]
+        self, good: list[tuple[int, str, np.ndarray, np.ndarray | None]]
     ) -> list[Entry]:
-        """Entries of loaded images (index, path, pixels, size before the protocol's scale),
-        and their mirror images' tokens under the flip protocol."""
-        from gqtok.codec import encode_arrays
+        """Entries of loaded images (index, path, pixels, the image before the protocol's
+        scale), and their mirror images' tokens under the flip protocol. Tokens of an image
+        coded larger carry the colour correction its .gq file would (the flipped ones none)."""
+        from gqtok.codec import Tokens, encode_arrays
+        from gqtok.codec.engine import with_color
 
         arrays = [rgb for _, _, rgb, _ in good]
         if self.protocol.flip:
@@ -387,10 +389,17 @@ class _Exporter:
             for key, v in timings.items():
                 self.result.timings[key] = self.result.timings.get(key, 0.0) + v
         out = []
-        for k, (i, rel, _, image) in enumerate(good):
+        for k, (i, rel, _, before) in enumerate(good):
             tok = toks[k]
             flip = toks[k + len(good)].indices.numpy() if self.protocol.flip else None
-            out.append(Entry(i, rel, tok.indices.numpy(), tok.width, tok.height, flip, image))
+            image, color = None, ()
+            if before is not None:
+                image = (before.shape[1], before.shape[0])
+                back = None if image == (tok.width, tok.height) else image
+                scaled = Tokens(tok.indices, tok.width, tok.height, tok.pad_mode, back)
+                color = with_color(self.model, scaled, before, self.max_memory).color
+            out.append(Entry(i, rel, tok.indices.numpy(), tok.width, tok.height, flip, image,
+                             color))  # fmt: skip
         return out
 
     def advance(self, n: int) -> None:

@@ -31,18 +31,22 @@ MID_FIELDS = (
     "token_len",
     "alpha_len",
 )
-_EXT = struct.Struct("<BBII")  # version 4 only
+_EXT = struct.Struct("<BBII")  # versions 4 and 5
 EXT_FIELDS = ("coding_version", "filter", "coded_width", "coded_height")
+_COLOR = struct.Struct("<12h")  # version 5, after the extension
+COLOR_FIELDS = tuple(f"color{i}" for i in range(12))
 # Numeric fields and their struct codes, for strategies that draw any value a field can hold.
 WIDTHS = {"version": "B", "flags": "B", "layout": "B", "pad_mode": "B", "dim": "H", "size": "I",
           "seed": "Q", "width": "I", "height": "I", "groups": "H", "grid_h": "I", "grid_w": "I",
           "entropy_kind": "B", "token_len": "I", "alpha_len": "I", "coding_version": "B",
-          "filter": "B", "coded_width": "I", "coded_height": "I"}  # fmt: skip
+          "filter": "B", "coded_width": "I", "coded_height": "I",
+          **{k: "h" for k in COLOR_FIELDS}}  # fmt: skip
 
 
 def fields(data: bytes) -> dict[str, Any]:
     """Every field of a well-formed file (raw values, no checks), plus the two payloads; a
-    version 4 file also has the fields of its extension (EXT_FIELDS)."""
+    version 4 file also has the fields of its extension (EXT_FIELDS), a version 5 file those
+    and its colour correction (COLOR_FIELDS)."""
     pre = dict(zip(PRE_FIELDS, _PRE.unpack_from(data, 0), strict=True))
     pos = _PRE.size
     out: dict[str, Any] = {k: v for k, v in pre.items() if k != "id_len"}
@@ -50,9 +54,12 @@ def fields(data: bytes) -> dict[str, Any]:
     pos += pre["id_len"]
     out.update(zip(MID_FIELDS, _MID.unpack_from(data, pos), strict=True))
     pos += _MID.size
-    if out["version"] == 4:
+    if out["version"] in (4, 5):
         out.update(zip(EXT_FIELDS, _EXT.unpack_from(data, pos), strict=True))
         pos += _EXT.size
+    if out["version"] == 5:
+        out.update(zip(COLOR_FIELDS, _COLOR.unpack_from(data, pos), strict=True))
+        pos += _COLOR.size
     out["tokens"] = data[pos : pos + out["token_len"]]
     out["alpha"] = data[pos + out["token_len"] : pos + out["token_len"] + out["alpha_len"]]
     return out
@@ -77,6 +84,8 @@ def build(f: dict[str, Any], *, crc: bool = True) -> bytes:
         defaults = {"coding_version": 2, "filter": 0, "coded_width": values["width"],
                     "coded_height": values["height"]}  # fmt: skip
         out += _EXT.pack(*(values.get(k, defaults[k]) for k in EXT_FIELDS))
+    if any(k in values for k in COLOR_FIELDS):  # version 5's colour correction (or forged)
+        out += _COLOR.pack(*(values.get(k, 0) for k in COLOR_FIELDS))
     out += f["tokens"] + f["alpha"]
     out += struct.pack("<I", zlib.crc32(out) & 0xFFFFFFFF if crc else 0)
     return bytes(out)

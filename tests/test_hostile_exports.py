@@ -139,6 +139,16 @@ def _scaled(fn: Callable[[np.ndarray], np.ndarray]):  # noqa: ANN202
     return change
 
 
+def _colored(colors: np.ndarray):  # noqa: ANN202
+    """A shard of an export at a scale with image_sizes and these colour corrections."""
+
+    def change(t: dict, m: dict) -> None:
+        _scaled(lambda a: a // 2)(t, m)
+        t["colors"] = colors
+
+    return change
+
+
 def _bump(a: np.ndarray, i: int, by: int) -> np.ndarray:
     a = a.copy()
     a.flat[i] += by
@@ -172,6 +182,9 @@ SHARD_CASES = [
     (_scaled(lambda a: a[:1].copy()), r"image_sizes: must have one \(width, height\) per grid"),
     (_scaled(lambda a: a.astype(np.int64)), "image_sizes: must be a 2-D int32 tensor"),
     (_scaled(lambda a: a * 0), "image_sizes: width and height must be in 1.."),
+    (lambda t, m: t.update(colors=np.zeros((2, 12), np.int16)), "colors: only an export with"),
+    (_colored(np.zeros((1, 12), np.int16)), "colors: must have 12 values per grid"),
+    (_colored(np.zeros((2, 12), np.int32)), "colors: must be a 2-D int16 tensor"),
 ]
 
 

@@ -61,7 +61,9 @@ def test_quality_is_monotone_in_rate_and_fidelity(photo: Path) -> None:
         assert enc.header.size == setting.size
         h, w = pic.rgb.shape[:2]
         assert enc.header.coded_size == (round(w * setting.scale), round(h * setting.scale))
-        assert enc.header.file_version == (2 if q == 75 else 4)  # else coded at another scale
+        # 2 unscaled; 4 coded smaller; 5 coded larger, with its colour correction
+        assert enc.header.file_version == (2 if q == 75 else 4 if q < 75 else 5)
+        assert bool(enc.header.color) == (q > 75)
         # decoded as `gqtok decode` does: the model the header names (up to Q = 10 the
         # default's coarse-codebook model, same tokens), resampled to the image's size
         image, header = decode_bytes(enc.data, model_for_header)
@@ -187,7 +189,7 @@ def test_cli_quality_and_bpp(tmp_path: Path) -> None:
                             "--codebook-size", "4096", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     rec = json.loads(r.stdout.strip().splitlines()[-1])
-    assert rec["codebook_size"] == 4096 and rec["format_version"] == 4
+    assert rec["codebook_size"] == 4096 and rec["format_version"] == 5  # larger: + colour
     assert (rec["coded_width"], rec["coded_height"]) == (round(317 * 1.5), round(211 * 1.5))
     r = runner.invoke(app, ["decode", str(tmp_path / "d.gq"), "-o", str(tmp_path / "d.png")])
     assert r.exit_code == 0 and Image.open(tmp_path / "d.png").size == (317, 211)

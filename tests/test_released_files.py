@@ -35,6 +35,8 @@ FILES = {
     # version 4 files (coded at another scale); the number is their token coding's version
     "v4-q90.gq": ("gqtok-f8c16-cpu-v3", 2, "context", 65536),
     "v4-q5.gq": ("gqtok-f8c16-cpu-v3-coarse", 2, "context", 2353),
+    # version 5: version 4 coded larger, with a colour correction
+    "v5-q90.gq": ("gqtok-f8c16-cpu-v3", 2, "context", 65536),
 }
 
 
@@ -48,7 +50,8 @@ def test_a_file_of_an_earlier_release_decodes_to_its_pixels(name: str, tmp_path:
     data = (RELEASED / name).read_bytes()
     header = container.unpack(data, name)[0]
     assert (header.model_id, header.version, header.entropy_kind, header.size) == FILES[name]
-    assert header.scaled == name.startswith("v4")
+    assert header.scaled == name.startswith(("v4", "v5"))
+    assert bool(header.color) == name.startswith("v5")
     out = tmp_path / "out.png"
     res = runner.invoke(app, ["decode", str(RELEASED / name), "-o", str(out)])
     assert res.exit_code == 0, res.output

@@ -20,6 +20,7 @@ from gqtok.codec import decode_bytes, encode_pictures, unpack_tokens
 from gqtok.codec.engine import decode_to_array
 from gqtok.errors import DecompressionBombError, FormatError
 from gqtok.format import container
+from gqtok.io.color import apply_color
 from gqtok.io.images import read_image
 from gqtok.io.resample import ONE, resample, taps
 from tests import gqedit
@@ -77,17 +78,22 @@ def test_a_scaled_file_decodes_to_its_image_size_through_the_filter(scale: float
     h, w = pic.rgb.shape[:2]
     enc = _scaled(scale)
     header, _, _ = container.unpack(enc.data)
-    assert header.file_version == 4 and header.version == 2 and header.scaled
+    # coded larger, a file carries the colour correction the encoder fitted (version 5)
+    assert header.file_version == (5 if scale > 1 else 4) and header.version == 2
+    assert header.scaled and bool(header.color) == (scale > 1)
     assert (header.width, header.height) == (w, h)
     assert header.coded_size == (round(w * scale), round(h * scale))
     assert enc.bpp == len(enc.data) * 8 / (w * h)  # the rate is per pixel of the image
     image, _ = decode_bytes(enc.data, MODEL)
     assert image.size == (w, h)
-    # exactly the network's image at the coded size, then the format's filter
+    # exactly the network's image at the coded size, then the format's filter, then the
+    # colour correction's integer map
     _, tokens, _ = unpack_tokens(MODEL, enc.data)
+    assert tokens.color == header.color
     cw, ch = header.coded_size
     plain = gqtok.codec.Tokens(tokens.indices, cw, ch)
-    assert np.array_equal(np.asarray(image), resample(decode_to_array(MODEL, plain), w, h))
+    want = apply_color(resample(decode_to_array(MODEL, plain), w, h), header.color)
+    assert np.array_equal(np.asarray(image), want)
     # the Python API: tokens that remember the size, the same pixels as the file
     api = gqtok.encode(MODEL, pic.rgb, value_range=(0, 255), quality=90)
     assert api.size == (w, h) and (api.width, api.height) != (w, h)
@@ -119,7 +125,18 @@ def _refused(data: bytes, match: str, error: type = FormatError, **kw: object) -
 
 
 def test_the_extension_is_checked_like_every_other_field() -> None:
-    data = _scaled(1.5).data
+    data = _scaled(1.5).data  # coded larger: version 5, the extension and the colour
+    f = gqedit.fields(data)
+    assert f["version"] == 5 and any(f[k] for k in gqedit.COLOR_FIELDS)
+    assert container.unpack(gqedit.edit(data, color0=-32768))[0].color[0] == -32768
+    # the colour correction only with a scaled coding: not forged onto version 4's fields
+    unscaled = gqedit.build({**f, "coded_width": f["width"], "coded_height": f["height"]})
+    _refused(unscaled, "coded size equals its size")
+    _refused(gqedit.edit(data, coded_width=0, coded_height=0), "colour correction without")
+    _refused(gqedit.edit(data, version=4), "corrupt|end marker|trailing|not ceil")
+    plain = {k: v for k, v in f.items() if k not in gqedit.COLOR_FIELDS}
+    data = gqedit.build(plain | {"version": 4})  # the same file without it: version 4
+    assert container.unpack(data)[0].color == ()
     f = gqedit.fields(data)
     assert (f["coding_version"], f["filter"]) == (2, 0)
     w, h = f["width"], f["height"]
@@ -146,7 +163,7 @@ def test_info_shows_both_sizes(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     rec = json.loads(r.stdout)
     w, h = Image.open(PHOTO).size
-    assert rec["version"] == 4 and rec["coding_version"] == 2
+    assert rec["version"] == 5 and rec["coding_version"] == 2 and len(rec["color"]) == 12
     assert (rec["width"], rec["height"]) == (w, h)
     assert (rec["coded_width"], rec["coded_height"]) == (round(w * 1.5), round(h * 1.5))
     with pytest.raises(ValueError, match="scale"):

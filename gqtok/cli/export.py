@@ -177,7 +177,9 @@ def _render(model: Model, e: Entry, grid: np.ndarray, fmt: str, budget: int | No
     from gqtok.codec import Tokens, decode_tokens, pack_tokens
 
     back = e.image_size if e.image_size != (e.width, e.height) else None
-    tok = Tokens(torch.from_numpy(grid.astype(np.int64)), e.width, e.height, resample_to=back)
+    color = e.color if grid is e.tokens else ()  # fitted to the image, not its mirror image
+    tok = Tokens(torch.from_numpy(grid.astype(np.int64)), e.width, e.height, resample_to=back,
+                 color=color)  # fmt: skip
     if fmt == "gq":
         return pack_tokens(model, tok).data
     return decode_tokens(model, tok, budget)

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from gqtok.codec import rate as rc
-from gqtok.codec.engine import decode_to_array, encode_arrays, tokens_by_model
+from gqtok.codec.engine import decode_to_array, encode_arrays, tokens_by_model, with_color
 from gqtok.codec.tokens import Tokens
 from gqtok.errors import FormatError, GqtokError, ModelError
 from gqtok.format import container
@@ -101,6 +101,7 @@ def _header_for(
         height=height,
         coded_width=coded[0],
         coded_height=coded[1],
+        color=tok.color,
         groups=ng,
         grid_h=gh,
         grid_w=gw,
@@ -149,12 +150,14 @@ def encode_pictures(
     quality: float | None = None,
     bpp: float | None = None,
     scale: float | None = None,
+    color: bool = True,
 ) -> list[Encoded]:
     """Encode decoded input images to .gq bytes (batched through the network); ``entropy``
     as in ``pack_tokens``. ``quality`` (0..100) encodes at that quality's codebook size and
     scale, ``bpp`` searches the setting per image whose file comes closest to that many bits
     per pixel (gqtok.codec.rate; ``Encoded.rate`` says how close), ``scale`` codes the images
-    resampled by that factor (0.25..4; format version 4)."""
+    resampled by that factor (0.25..4; format version 4); coded larger, each image also gets
+    the colour correction fitted to it (format version 5) unless ``color`` is False."""
     context_coder(model, entropy)  # a bad choice fails before the network runs
     if sum(x is not None for x in (quality, bpp, scale)) > 1:
         raise ValueError("give one of a quality, a target bpp or a scale")
@@ -162,10 +165,11 @@ def encode_pictures(
         setting = rc.quality_setting(model, quality)
         model, scale = rc.at_size(model, setting.size), setting.scale
     if bpp is not None:
-        return [_encode_at_bpp(model, p, bpp, pad_mode, entropy, max_memory) for p in pictures]
+        return [_encode_at_bpp(model, p, bpp, pad_mode, entropy, max_memory, color)
+                for p in pictures]  # fmt: skip
     timings: dict[str, float] = {}
     rgbs = [p.rgb for p in pictures]
-    toks = encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory, scale)
+    toks = encode_arrays(model, rgbs, pad_mode, batch_size, timings, max_memory, scale, color)
     share = 1.0 / max(1, len(pictures))
     out = []
     for pic, tok in zip(pictures, toks, strict=True):
@@ -184,9 +188,11 @@ def _encode_at_bpp(
     pad_mode: str,
     entropy: str,
     max_memory: int | str | None,
+    color: bool = True,
 ) -> Encoded:
     """The picture at the setting whose whole file is closest to ``bpp``: the scale at the
-    model's own K, then, below the lowest scale's rate, K at that scale (gqtok.codec.rate)."""
+    model's own K, then, below the lowest scale's rate, K at that scale (gqtok.codec.rate);
+    coded larger, with its colour correction unless ``color`` is False."""
     rc.check_bpp(bpp)
     t0 = time.perf_counter()
     pixels = picture.rgb.shape[0] * picture.rgb.shape[1]
@@ -212,6 +218,10 @@ def _encode_at_bpp(
                                  own.quant.size, rc.K_MIN, own.quant.size)  # fmt: skip
         key = (size, scale)
     enc = files[key]
+    tok = with_color(rc.at_size(model, key[0]), enc.tokens, picture.rgb, max_memory) if color \
+        else enc.tokens
+    if tok.color:  # coded larger than the image: with its colour correction (version 5)
+        enc = pack_tokens(rc.at_size(model, key[0]), tok, picture, entropy)
     tried = sorted((k, s, len(e.data) * 8 / pixels) for (k, s), e in files.items())
     enc.rate = rc.RateSearch(bpp, key[0], len(enc.data) * 8 / pixels, tried, key[1])
     enc.timings = {"rate_search": time.perf_counter() - t0}
@@ -354,7 +364,7 @@ def _decode_parts(
     alpha = _alpha_plane(alpha_bytes, header, name, max_pixels) if header.has_alpha else None
     cw, ch = header.coded_size
     to = (header.width, header.height) if header.scaled else None
-    return header, Tokens(indices, cw, ch, header.pad_mode, to), alpha
+    return header, Tokens(indices, cw, ch, header.pad_mode, to, header.color), alpha
 
 
 def _alpha_plane(

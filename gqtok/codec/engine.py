@@ -16,7 +16,9 @@ from PIL import Image
 from gqtok.codec import budget as mem
 from gqtok.codec import windowed
 from gqtok.codec.tokens import Tokens
+from gqtok.format.card import FIDELITY
 from gqtok.format.container import MAX_SCALE
+from gqtok.io.color import apply_color, fit_color
 from gqtok.io.grain import add_grain, grain_seed
 from gqtok.io.images import DEFAULT_MAX_PIXELS, crop, from_tensor, pad_to_multiple, to_tensor
 from gqtok.io.resample import resample, scaled_size
@@ -88,18 +90,26 @@ def encode_arrays(
     timings: dict[str, float] | None = None,
     max_memory: int | str | None = None,
     scale: float | None = None,
+    color: bool = True,
 ) -> list[Tokens]:
     """Token grids of (H, W, 3) uint8 images; equal-size images share network batches.
 
     Batches are kept under the memory budget (default $GQTOK_MEMORY_BUDGET or 4 GB); an image
     whose whole-image pass would exceed it is encoded window by window (gqtok.codec.windowed).
     ``scale`` codes each image resampled by that factor (``scaled_rgb``); its tokens then
-    decode to the image's own size (``Tokens.resample_to``).
+    decode to the image's own size (``Tokens.resample_to``), coded larger with the colour
+    correction fitted to each image unless ``color`` is False (``with_color``).
     """
     if scale is not None and scale != 1:
         toks = encode_arrays(model, [scaled_rgb(im, scale) for im in images], pad_mode,
                              batch_size, timings, max_memory)  # fmt: skip
-        return [_resampled_to(t, im) for t, im in zip(toks, images, strict=True)]
+        t0 = time.perf_counter()
+        out = [_resampled_to(t, im) for t, im in zip(toks, images, strict=True)]
+        if color:
+            out = [with_color(model, t, im, max_memory) for t, im in zip(out, images, strict=True)]
+        if timings is not None and any(t.color for t in out):
+            timings["color_fit"] = timings.get("color_fit", 0.0) + time.perf_counter() - t0
+        return out
     out: list[Tokens | None] = [None] * len(images)
     groups: dict[tuple[int, int], list[int]] = {}
     budget = mem.resolve_budget(max_memory)
@@ -163,12 +173,37 @@ def decode_tokens(model: Model, tokens: Tokens, max_memory: int | str | None = N
     return Image.fromarray(decode_to_array(model, tokens, max_memory))
 
 
+def with_color(
+    model: Model, tok: Tokens, rgb: np.ndarray, max_memory: int | str | None = None
+) -> Tokens:
+    """``tok`` of ``rgb`` coded larger than it, with the colour correction that brings its
+    decoded pixels closest to ``rgb`` (gqtok.io.color; format version 5); other tokens as they
+    are. The fit decodes the tokens once, with the model's own decoder, as a file is decoded
+    by default."""
+    if tok.resample_to is None or tok.width * tok.height <= rgb.shape[0] * rgb.shape[1]:
+        return tok
+    plain = model.decoder_name == FIDELITY and model.realism is None and not model.grain
+    own = model if plain else model.with_decoder(FIDELITY, None, 0.0)
+    tok.color = ()
+    tok.color = fit_color(rgb, _pixels(own, tok, max_memory))
+    return tok
+
+
 def decode_to_array(
     model: Model, tokens: Tokens, max_memory: int | str | None = None
 ) -> np.ndarray:
     """(H, W, 3) uint8 pixels; window by window when a whole-image pass exceeds the budget.
-    Tokens of an image coded at another scale are resampled to its size (gqtok.io.resample),
-    and the model's grain (``Model.with_decoder(grain=...)``) is added to the finished pixels."""
+    Tokens of an image coded at another scale are resampled to its size (gqtok.io.resample)
+    and colour-corrected (gqtok.io.color) when they carry a correction, and the model's grain
+    (``Model.with_decoder(grain=...)``) is added to the finished pixels."""
+    rgb = apply_color(_pixels(model, tokens, max_memory), tokens.color)
+    if model.grain:
+        add_grain(rgb, model.grain, grain_seed(tokens.indices))
+    return rgb
+
+
+def _pixels(model: Model, tokens: Tokens, max_memory: int | str | None) -> np.ndarray:
+    """The decoder network's pixels at the image's size: cropped, resampled when scaled."""
     _, gh, gw = tokens.indices.shape
     f = model.downsample
     budget = mem.resolve_budget(max_memory)
@@ -179,6 +214,4 @@ def decode_to_array(
         rgb = from_tensor(crop(x.cpu(), tokens.height, tokens.width))
     if tokens.size != (tokens.width, tokens.height):
         rgb = resample(rgb, *tokens.size)
-    if model.grain:
-        add_grain(rgb, model.grain, grain_seed(tokens.indices))
     return rgb

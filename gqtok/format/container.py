@@ -14,7 +14,10 @@ gqtok.format.context). All integers little-endian; docs/format.md is the full sp
 Version 4 marks an image coded at another scale: the same fields, then ``coding u8`` (the
 version 1, 2 or 3 whose token coding the file uses) | ``filter u8`` (0: gqtok.io.resample) |
 ``coded_width u32 | coded_height u32`` (the size the token grid decodes to, resampled to
-width x height) before the payloads. ``Header.version`` holds the coding version.
+width x height) before the payloads. ``Header.version`` holds the coding version. Version 5
+is version 4 with a colour correction after it: ``12 x i16`` (gqtok.io.color: 3 x 3 gains
+minus the identity in 1/4096, then 3 offsets in 1/16 of a level), applied to the resampled
+pixels.
 
 Parsing validates every field against the limits of docs/format.md before anything is
 allocated, so corrupt or hostile files end in a FormatError, never in a crash or a huge
@@ -44,8 +47,9 @@ FORMAT_VERSION = 1  # files coded with a static table (uniform or frequency)
 CONTEXT_VERSION = 2  # files coded with a context model (gqtok.format.context)
 COARSE_VERSION = 3  # context-coded files of a codebook too small for B x B cells (K < B^2)
 SCALED_VERSION = 4  # any of the three, coded at another scale (an extension names which)
+COLOR_VERSION = 5  # a version 4 file with a colour correction after its extension
 CODING_VERSIONS = (1, 2, 3)
-SUPPORTED_VERSIONS = (1, 2, 3, 4)
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
 FILTERS = ("cubic",)  # version 4 resampling filters: 0 = gqtok.io.resample
 
 FLAG_ALPHA = 0x01
@@ -64,6 +68,8 @@ VERSION_KINDS = {  # entropy models per version
 _PRE = struct.Struct("<4sBBBBB")  # magic, version, flags, layout, pad_mode, model_id_len
 _MID = struct.Struct("<8sHIQf8sIIHIIB8sII")
 _EXT = struct.Struct("<BBII")  # version 4: coding version, filter, coded width, coded height
+COLOR_VALUES = 12  # version 5's colour correction: 9 gains, 3 offsets (gqtok.io.color)
+_COLOR = struct.Struct(f"<{COLOR_VALUES}h")  # version 5: after the extension of version 4
 _CRC = struct.Struct("<I")
 
 # Limits of docs/format.md. Sides: a million pixels, far beyond any real image. Codebook: K
@@ -76,7 +82,7 @@ MAX_CODEBOOK_SIZE = bounds.MAX_SIZE
 MAX_CODEBOOK_DIM = 21201  # gqtok.quant.codebook.MAX_DIM, not imported: that would load torch
 MAX_CODEBOOK_VALUES = 1 << 24
 MAX_SCALE = 4  # a version 4 file's coded sides are within this factor of the image's
-MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _EXT.size + _CRC.size
+MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _EXT.size + _COLOR.size + _CRC.size
 _CHUNK = 1 << 20  # read_header streams the payload through the CRC in pieces of this size
 _TRAILING_COUNTED = 1 << 24  # trailing bytes of a stream counted for the message, at most
 
@@ -106,6 +112,7 @@ class Header:
     version: int = FORMAT_VERSION  # how the tokens are coded: 1, 2 or 3 (also in a v4 file)
     coded_width: int = 0  # version 4: the size the tokens decode to; 0: width x height
     coded_height: int = 0
+    color: tuple[int, ...] = ()  # version 5: the colour correction (12 values), else ()
 
     @property
     def num_tokens(self) -> int:
@@ -127,7 +134,10 @@ class Header:
 
     @property
     def file_version(self) -> int:
-        """The version byte of the file: 4 when scaled, else the coding version."""
+        """The version byte of the file: 5 with a colour correction, 4 when scaled, else the
+        coding version."""
+        if self.color:
+            return COLOR_VERSION
         return SCALED_VERSION if self.scaled else self.version
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,6 +150,10 @@ class Header:
             d["coding_version"], d["version"] = self.version, self.file_version
         else:
             del d["coded_width"], d["coded_height"]
+        if self.color:
+            d["color"] = list(self.color)
+        else:
+            del d["color"]
         return d
 
 
@@ -233,6 +247,11 @@ def check_header(h: Header) -> None:
         raise ValueError(f"token groups {h.groups} outside 1..65535")
     if h.scaled:
         check_scale(h.width, h.height, h.coded_width, h.coded_height)
+    if h.color:
+        if not h.scaled:
+            raise ValueError("a colour correction comes with a scaled coding (version 5)")
+        if len(h.color) != COLOR_VALUES or not all(-32768 <= v <= 32767 for v in h.color):
+            raise ValueError("a colour correction is 12 int16 values")
     cw, ch = h.coded_size
     if not grid_fits(cw, ch, h.grid_h, h.grid_w):
         raise ValueError(
@@ -343,8 +362,12 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
         len(tokens),
         len(alpha),
     )
+    if header.color and not header.scaled:
+        raise ValueError("a colour correction comes with a scaled coding (version 5)")
     if header.scaled:
         out += _EXT.pack(header.version, 0, header.coded_width, header.coded_height)
+    if header.color:
+        out += _COLOR.pack(*header.color)
     out += tokens
     out += alpha
     out += _CRC.pack(zlib.crc32(out) & 0xFFFFFFFF)
@@ -371,7 +394,7 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
             name,
         )
     pos = _PRE.size
-    ext = _EXT.size if version == SCALED_VERSION else 0
+    ext = {SCALED_VERSION: _EXT.size, COLOR_VERSION: _EXT.size + _COLOR.size}.get(version, 0)
     if len(head) < pos + id_len + _MID.size + ext + _CRC.size:
         raise bad("truncated .gq file (header incomplete)")
     if flags & ~_KNOWN_FLAGS or layout >= len(LAYOUTS) or pad_mode >= len(PAD_MODES):
@@ -402,11 +425,17 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
     ) = _MID.unpack_from(head, pos)
     pos += _MID.size
     coded_width = coded_height = 0
+    color: tuple[int, ...] = ()
     if ext:
+        file_version = version
         version, filt, coded_width, coded_height = _EXT.unpack_from(head, pos)
-        pos += ext
         if version not in CODING_VERSIONS or filt >= len(FILTERS):
             raise bad("corrupt .gq header (unknown coding version or resampling filter)")
+        if file_version == COLOR_VERSION:
+            color = _COLOR.unpack_from(head, pos + _EXT.size)
+            if not (coded_width or coded_height):
+                raise bad("corrupt .gq header (a colour correction without a scaled coding)")
+        pos += ext
     header = Header(
         model_id=model_id,
         weights_hash=weights_hash,
@@ -429,6 +458,7 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
         version=version,
         coded_width=coded_width,
         coded_height=coded_height,
+        color=color,
     )
     return header, pos, token_len, alpha_len
 

@@ -26,6 +26,7 @@ import numpy as np
 from gqtok.errors import InputError
 from gqtok.format import schema as sc
 from gqtok.format.container import (
+    COLOR_VALUES,
     MAX_CODEBOOK_DIM,
     MAX_CODEBOOK_SIZE,
     MAX_SIDE,
@@ -40,7 +41,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 META_KEY = "gqtok.tokens"
 NPY_ARRAYS = (
-    "tokens", "tokens_flip", "offsets", "shapes", "sizes", "image_sizes", "index", "paths"
+    "tokens", "tokens_flip", "offsets", "shapes", "sizes", "image_sizes", "colors", "index",
+    "paths",
 )
 MAX_MANIFEST_BYTES = 1 << 28  # a manifest lists shards; far below this even for huge exports
 MAX_PATH_CHARS = 4096
@@ -190,6 +192,8 @@ class Entry:
     # (width, height) of the image before the protocol's scale (export --quality): the grid
     # decodes to width x height, then resamples to this, as a .gq file of that quality does
     image_size: tuple[int, int] | None = None
+    # the colour correction of its .gq file (gqtok.io.color; coded larger only), or ()
+    color: tuple[int, ...] = ()
 
 
 def shard_arrays(entries: Sequence[Entry], dtype: np.dtype, flip: bool) -> dict[str, np.ndarray]:
@@ -209,6 +213,10 @@ def shard_arrays(entries: Sequence[Entry], dtype: np.dtype, flip: bool) -> dict[
         out["image_sizes"] = np.array(
             [e.image_size or (e.width, e.height) for e in entries], dtype=np.int32
         ).reshape(-1, 2)
+    if any(e.color for e in entries):  # a row of zeros: no correction (the identity map)
+        out["colors"] = np.array(
+            [e.color or (0,) * COLOR_VALUES for e in entries], dtype=np.int16
+        ).reshape(-1, COLOR_VALUES)
     if flip:
         flips = [e.tokens_flip.reshape(-1) for e in entries if e.tokens_flip is not None]
         out["tokens_flip"] = np.concatenate(flips or [np.zeros(0)]).astype(dtype)
@@ -245,7 +253,10 @@ class Shard:
             flip = t["tokens_flip"][a:b].reshape(shape) if "tokens_flip" in t else None
             w, h = (int(s) for s in t["sizes"][i])
             image = tuple(int(s) for s in t["image_sizes"][i]) if "image_sizes" in t else None
-            out.append(Entry(gi, paths[i], t["tokens"][a:b].reshape(shape), w, h, flip, image))
+            color = tuple(int(v) for v in t["colors"][i]) if "colors" in t else ()
+            color = color if any(color) else ()
+            out.append(Entry(gi, paths[i], t["tokens"][a:b].reshape(shape), w, h, flip, image,
+                             color))  # fmt: skip
         return out
 
 
@@ -290,6 +301,12 @@ def check_arrays(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
             raise ValueError(f"sizes: a grid is not ceil(size / {f}) of its image size")
     if "image_sizes" in tensors:
         _check_image_sizes(_array(tensors, "image_sizes", "int32", 2), sizes, meta)
+    if "colors" in tensors:
+        colors = _array(tensors, "colors", "int16", 2)
+        if "image_sizes" not in tensors:
+            raise ValueError("colors: only an export with image_sizes has them")
+        if colors.shape != (n, COLOR_VALUES):
+            raise ValueError(f"colors: must have {COLOR_VALUES} values per grid")
     if tokens.size and int(tokens.max()) >= k:
         raise ValueError(f"tokens: values must be below the codebook size K={k}")
     if "tokens_flip" in tensors:
