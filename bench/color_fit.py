@@ -20,18 +20,15 @@ import torch
 GAIN_STEP, OFFSET_STEP, BLOCK_STEP, BLOCK = 4096, 16, 4, 32
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
-
-
 def affine_corrected(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
-    """(n, 3) decoded pixels through the least-squares affine map to the original, with the
-    map quantised as a file would carry it, rounded and clipped to 8 bits."""
-    a = np.c_[decoded, np.ones(len(decoded))]
-    m, *_ = np.linalg.lstsq(a, original, rcond=None)
+    """(H, W, 3) decoded pixels through the least-squares affine map to the original, with
+    the map quantised as a file would carry it, rounded and clipped to 8 bits."""
+    x, d = original.reshape(-1, 3), decoded.reshape(-1, 3)
+    a = np.c_[d, np.ones(len(d))]
+    m, *_ = np.linalg.lstsq(a, x, rcond=None)
     m[:3] = np.round(m[:3] * GAIN_STEP) / GAIN_STEP
     m[3] = np.round(m[3] * OFFSET_STEP) / OFFSET_STEP
-    return np.clip(np.rint(a @ m), 0, 255)
+    return np.clip(np.rint(a @ m), 0, 255).reshape(decoded.shape)
 
 
 def block_corrected(original: np.ndarray, decoded: np.ndarray) -> np.ndarray:
@@ -50,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     import gqtok
     from gqtok.codec import decode_bytes, decode_to_array, encode_pictures, unpack_tokens
     from gqtok.eval.evaluate import collect_images
+    from gqtok.eval.metrics.fidelity import psnr
     from gqtok.io.images import read_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,10 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
             tokens.color = ()  # the same tokens decoded as version 4
             d = decode_to_array(model, tokens).astype(np.float64)
             base = psnr(x, d)
-            flat = affine_corrected(x.reshape(-1, 3), d.reshape(-1, 3))
             rows.append({
                 "image": str(path), "quality": q, "bpp": len(enc.data) * 8 / d[..., 0].size,
-                "psnr": base, "affine_gain": psnr(x.reshape(-1, 3), flat) - base,
+                "psnr": base, "affine_gain": psnr(x, affine_corrected(x, d)) - base,
                 "file_gain": psnr(x, np.asarray(image.convert("RGB"))) - base,
                 "block_gain": psnr(x, block_corrected(x, d)) - base,
             })  # fmt: skip

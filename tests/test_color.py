@@ -8,6 +8,7 @@ import pytest
 
 from gqtok import load_model
 from gqtok.codec import decode_bytes, encode_pictures
+from gqtok.eval.metrics.fidelity import psnr as _psnr
 from gqtok.format import container
 from gqtok.io import color as col
 from gqtok.io.images import read_image
@@ -15,10 +16,6 @@ from tests import gqedit
 from tests.conftest import DATA
 
 MODEL = load_model()
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
 def test_the_map_is_the_integer_formula_of_the_format() -> None:

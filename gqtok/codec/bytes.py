@@ -218,10 +218,10 @@ def _encode_at_bpp(
                                  own.quant.size, rc.K_MIN, own.quant.size)  # fmt: skip
         key = (size, scale)
     enc = files[key]
-    tok = with_color(rc.at_size(model, key[0]), enc.tokens, picture.rgb, max_memory) if color \
-        else enc.tokens
-    if tok.color:  # coded larger than the image: with its colour correction (version 5)
-        enc = pack_tokens(rc.at_size(model, key[0]), tok, picture, entropy)
+    if color:  # coded larger than the image: with its colour correction (version 5)
+        chosen = rc.at_size(model, key[0])
+        if with_color(chosen, enc.tokens, picture.rgb, max_memory).color:
+            enc = pack_tokens(chosen, enc.tokens, picture, entropy)
     tried = sorted((k, s, len(e.data) * 8 / pixels) for (k, s), e in files.items())
     enc.rate = rc.RateSearch(bpp, key[0], len(enc.data) * 8 / pixels, tried, key[1])
     enc.timings = {"rate_search": time.perf_counter() - t0}

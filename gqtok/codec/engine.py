@@ -184,7 +184,6 @@ def with_color(
         return tok
     plain = model.decoder_name == FIDELITY and model.realism is None and not model.grain
     own = model if plain else model.with_decoder(FIDELITY, None, 0.0)
-    tok.color = ()
     tok.color = fit_color(rgb, _pixels(own, tok, max_memory))
     return tok
 
