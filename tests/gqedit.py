@@ -33,20 +33,23 @@ MID_FIELDS = (
 )
 _EXT = struct.Struct("<BBII")  # versions 4 and 5
 EXT_FIELDS = ("coding_version", "filter", "coded_width", "coded_height")
-_COLOR = struct.Struct("<12h")  # version 5, after the extension
+_COLOR = struct.Struct("<12h")  # versions 5 and 6, after the extension
 COLOR_FIELDS = tuple(f"color{i}" for i in range(12))
+# version 6, after the colour correction: the filter's radius, then 18 r (r + 1) i16 taps
+FILTER_FIELDS = ("radius", "taps")
 # Numeric fields and their struct codes, for strategies that draw any value a field can hold.
 WIDTHS = {"version": "B", "flags": "B", "layout": "B", "pad_mode": "B", "dim": "H", "size": "I",
           "seed": "Q", "width": "I", "height": "I", "groups": "H", "grid_h": "I", "grid_w": "I",
           "entropy_kind": "B", "token_len": "I", "alpha_len": "I", "coding_version": "B",
-          "filter": "B", "coded_width": "I", "coded_height": "I",
+          "filter": "B", "coded_width": "I", "coded_height": "I", "radius": "B",
           **{k: "h" for k in COLOR_FIELDS}}  # fmt: skip
 
 
 def fields(data: bytes) -> dict[str, Any]:
     """Every field of a well-formed file (raw values, no checks), plus the two payloads; a
     version 4 file also has the fields of its extension (EXT_FIELDS), a version 5 file those
-    and its colour correction (COLOR_FIELDS)."""
+    and its colour correction (COLOR_FIELDS), a version 6 file also its filter (``radius`` and
+    ``taps``, a tuple)."""
     pre = dict(zip(PRE_FIELDS, _PRE.unpack_from(data, 0), strict=True))
     pos = _PRE.size
     out: dict[str, Any] = {k: v for k, v in pre.items() if k != "id_len"}
@@ -54,12 +57,17 @@ def fields(data: bytes) -> dict[str, Any]:
     pos += pre["id_len"]
     out.update(zip(MID_FIELDS, _MID.unpack_from(data, pos), strict=True))
     pos += _MID.size
-    if out["version"] in (4, 5):
+    if out["version"] in (4, 5, 6):
         out.update(zip(EXT_FIELDS, _EXT.unpack_from(data, pos), strict=True))
         pos += _EXT.size
-    if out["version"] == 5:
+    if out["version"] in (5, 6):
         out.update(zip(COLOR_FIELDS, _COLOR.unpack_from(data, pos), strict=True))
         pos += _COLOR.size
+    if out["version"] == 6:
+        r = out["radius"] = data[pos]
+        n = 18 * r * (r + 1)
+        out["taps"] = struct.unpack_from(f"<{n}h", data, pos + 1)
+        pos += 1 + 2 * n
     out["tokens"] = data[pos : pos + out["token_len"]]
     out["alpha"] = data[pos + out["token_len"] : pos + out["token_len"] + out["alpha_len"]]
     return out
@@ -86,6 +94,9 @@ def build(f: dict[str, Any], *, crc: bool = True) -> bytes:
         out += _EXT.pack(*(values.get(k, defaults[k]) for k in EXT_FIELDS))
     if any(k in values for k in COLOR_FIELDS):  # version 5's colour correction (or forged)
         out += _COLOR.pack(*(values.get(k, 0) for k in COLOR_FIELDS))
+    if any(k in values for k in FILTER_FIELDS):  # version 6's filter (or forged)
+        taps = values.get("taps", ())
+        out += struct.pack(f"<B{len(taps)}h", values.get("radius", 2), *taps)
     out += f["tokens"] + f["alpha"]
     out += struct.pack("<I", zlib.crc32(out) & 0xFFFFFFFF if crc else 0)
     return bytes(out)

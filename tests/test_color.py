@@ -1,5 +1,6 @@
-"""The colour correction of format version 5 (gqtok.io.color): its integer map, the encoder's
-fit, and what it buys on real photos coded larger than their size."""
+"""The colour correction of format versions 5 and 6 (gqtok.io.color): its integer map with and
+without the restoration filter, the encoder's fit, and what each part buys on real photos coded
+larger than their size."""
 
 from __future__ import annotations
 
@@ -41,6 +42,71 @@ def test_the_map_is_the_integer_formula_of_the_format() -> None:
         col.apply_color(px, (1, 2, 3))
     with pytest.raises(ValueError, match="12 int16"):
         col.apply_color(px, (40000,) + (0,) * 11)
+    with pytest.raises(ValueError, match="radius 1, 2, 3"):
+        col.apply_color(px, (0,) * 13)
+
+
+def _filtered(rgb: np.ndarray, c: tuple[int, ...]) -> np.ndarray:
+    """docs/format.md's version 6 formula, term by term in int64 (no convolution)."""
+    r = {48: 1, 120: 2, 228: 3}[len(c)]
+    offs = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) > (0, 0)]
+    h, w, _ = rgb.shape
+    p = np.pad(rgb.astype(np.int64), ((r, r), (r, r), (0, 0)), mode="edge")
+
+    def at(dy: int, dx: int, j: int) -> np.ndarray:
+        return p[r + dy : r + dy + h, r + dx : r + dx + w, j]
+
+    g = np.array(c[:9]).reshape(3, 3) + 4096 * np.eye(3, dtype=np.int64)
+    taps = np.array(c[12:]).reshape(3, 3, len(offs))
+    out = np.empty_like(rgb)
+    for i in range(3):
+        acc = 256 * c[9 + i] + 2048 + sum(g[i, j] * at(0, 0, j) for j in range(3))
+        for j in range(3):
+            for t, (dy, dx) in enumerate(offs):
+                acc = acc + taps[i, j, t] * (at(dy, dx, j) + at(-dy, -dx, j) - 2 * at(0, 0, j))
+        out[..., i] = np.clip(acc // 4096, 0, 255)
+    return out
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_the_filter_is_the_integer_formula_of_version_6(radius: int, monkeypatch) -> None:  # noqa: ANN001
+    """Any int16 values, extreme ones included, on random pixels: the float64 convolution gives
+    the formula's integers exactly, also band by band (rows of context across band edges)."""
+    rng = np.random.default_rng(radius)
+    rgb = rng.integers(0, 256, (23, 17, 3), dtype=np.uint8)
+    n = 12 + 18 * radius * (radius + 1)
+    assert col.taps(radius) == container.filter_taps(radius) == n - 12
+    cases = [tuple(int(v) for v in rng.integers(-32768, 32768, n)) for _ in range(4)]
+    cases += [(32767,) * n, (-32768,) * n, (0,) * 12 + (1,) * (n - 12)]
+    for c in cases:
+        assert col.radius_of(c) == radius
+        want = _filtered(rgb, c)
+        assert np.array_equal(col.apply_color(rgb, c), want)
+        monkeypatch.setattr(col, "BLOCK", 17 * 2)  # bands of two rows
+        assert np.array_equal(col.apply_color(rgb, c), want)
+        monkeypatch.undo()
+    # zero taps: exactly the affine map of version 5
+    affine = cases[0][:12]
+    assert np.array_equal(col.apply_color(rgb, affine + (0,) * (n - 12)),
+                          col.apply_color(rgb, affine))  # fmt: skip
+
+
+def test_the_filter_fit_sharpens_a_blur_the_affine_map_cannot() -> None:
+    """A blurred photo: the affine fit alone gains little, the filter of radius 2 much more,
+    and the fit keeps the filter only where it pays."""
+    x = read_image(str(DATA / "photo_a.jpg")).rgb
+    f = x.astype(np.float64)
+    blur = (2 * f + np.roll(f, 1, 0) + np.roll(f, -1, 0) + np.roll(f, 1, 1) + np.roll(f, -1, 1)) / 6
+    blur = np.rint(blur).astype(np.uint8)
+    affine = col.fit_color(x, blur)
+    both = col.fit_color(x, blur, radius=2)
+    assert len(affine) in (0, 12) and len(both) == 120
+    base = _psnr(x, blur)
+    plain = max(base, _psnr(x, col.apply_color(blur, affine)))
+    assert _psnr(x, col.apply_color(blur, both)) > plain + 2
+    assert col.fit_color(x, x, radius=2) == ()  # nothing to correct: no correction
+    with pytest.raises(ValueError, match="radius"):
+        col.fit_color(x, blur, radius=4)
 
 
 def test_the_fit_undoes_a_colour_cast_and_is_never_worse() -> None:
@@ -58,24 +124,27 @@ def test_the_fit_undoes_a_colour_cast_and_is_never_worse() -> None:
 
 @pytest.mark.parametrize("photo", ["photo_a.jpg", "photo_c.jpg"])
 def test_a_file_coded_larger_gains_from_its_correction(photo: str) -> None:
-    """Quality 90 codes the photo enlarged (version 5): its pixels are closer to the photo than
-    the same file's without the correction (the version 4 file of the same tokens), for 24
-    bytes."""
+    """Quality 90 codes the photo enlarged (version 6): its pixels are closer to the photo than
+    the same file's without the filter (version 5: the affine map, 217 bytes fewer), and that
+    one's closer than the file without any correction (version 4, 24 bytes fewer again)."""
     pic = read_image(str(DATA / photo))
     enc = encode_pictures(MODEL, [pic], quality=90)[0]
-    assert enc.header.file_version == 5 and len(enc.header.color) == 12
+    assert enc.header.file_version == 6 and len(enc.header.color) == 120
     f = gqedit.fields(enc.data)
-    plain = gqedit.build({k: v for k, v in f.items() if k not in gqedit.COLOR_FIELDS}
+    affine = gqedit.build({k: v for k, v in f.items() if k not in gqedit.FILTER_FIELDS}
+                          | {"version": 5})  # fmt: skip
+    plain = gqedit.build({k: v for k, v in f.items()
+                          if k not in gqedit.COLOR_FIELDS + gqedit.FILTER_FIELDS}
                          | {"version": 4})  # fmt: skip
-    assert len(enc.data) - len(plain) == 24
-    with_c = np.asarray(decode_bytes(enc.data, MODEL)[0])
-    without = np.asarray(decode_bytes(plain, MODEL)[0])
-    assert _psnr(pic.rgb, with_c) > _psnr(pic.rgb, without)
+    assert (len(enc.data) - len(affine), len(affine) - len(plain)) == (217, 24)
+    full, part, none = (_psnr(pic.rgb, np.asarray(decode_bytes(d, MODEL)[0]))
+                        for d in (enc.data, affine, plain))  # fmt: skip
+    assert full > part > none
 
 
 def test_the_cli_fits_it_above_quality_75_unless_told_not_to(tmp_path) -> None:  # noqa: ANN001
-    """`gqtok encode --quality 90` writes version 5, `--no-color` the version 4 file of the
-    same tokens (faster), `--bpp` landing above the image's size version 5 too; each decodes."""
+    """`gqtok encode --quality 90` writes version 6, `--no-color` the version 4 file of the
+    same tokens (faster), `--bpp` landing above the image's size version 6 too; each decodes."""
     from typer.testing import CliRunner
 
     from gqtok.cli.app import app
@@ -91,6 +160,6 @@ def test_the_cli_fits_it_above_quality_75_unless_told_not_to(tmp_path) -> None: 
         header = container.unpack(out.read_bytes())[0]
         versions[name] = header.file_version
         assert decode_bytes(out.read_bytes(), MODEL)[0].size == (317, 211)
-    assert versions == {"c": 5, "n": 4, "b": 5, "l": 4}
+    assert versions == {"c": 6, "n": 4, "b": 6, "l": 4}
     c, n = (container.unpack((tmp_path / f"{k}.gq").read_bytes()) for k in "cn")
-    assert c[1] == n[1] and len(c[0].color) == 12 and n[0].color == ()  # same tokens
+    assert c[1] == n[1] and len(c[0].color) == 120 and n[0].color == ()  # same tokens

@@ -49,9 +49,9 @@ def test_round_trip_and_documented_offsets() -> None:
 
 def test_unsupported_version_is_a_clear_error() -> None:
     data = bytearray(container.pack(_header(), b"\x00" * 4))
-    data[4] = 6
+    data[4] = 7
     data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
-    with pytest.raises(UnsupportedVersionError, match="unsupported .gq format version 6"):
+    with pytest.raises(UnsupportedVersionError, match="unsupported .gq format version 7"):
         container.unpack(bytes(data), "x.gq")
 
 

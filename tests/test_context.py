@@ -194,9 +194,10 @@ def test_versions_and_entropy_kinds_must_match() -> None:
     v1 = encode_file(MODEL, str(DATA / "photo_b.png"), entropy="static").data
     _refused(gqedit.edit(v1, entropy_kind=2), FormatError, "context in a version 1 file")
     _refused(gqedit.edit(v1, version=2), FormatError, "frequency in a version 2 file")
-    _refused(gqedit.edit(B2, version=6), FormatError, "unsupported .gq format version 6")
-    # version 5 read into a version 2 file: its "extension" is payload bytes, never trusted
+    _refused(gqedit.edit(B2, version=7), FormatError, "unsupported .gq format version 7")
+    # version 5 or 6 read into a version 2 file: its "extension" is payload bytes, never trusted
     _refused(gqedit.edit(B2, version=5), FormatError, "corrupt")
+    _refused(gqedit.edit(B2, version=6), FormatError, "corrupt|truncated|filter radius")
     # version 3 is the context model's a bins alone (K < 32^2): each version its own sizes
     _refused(gqedit.edit(B2, version=3), FormatError, "version 3 file cannot hold .* K=65536")
     _refused(gqedit.edit(A2_COARSE, version=2), FormatError, "version 2 file cannot hold .* K=161")

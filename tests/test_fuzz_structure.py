@@ -70,6 +70,8 @@ BASES = [
     _rgba(),
     # version 5: coded at 1.58 times the size, with a colour correction
     encode_pictures(MODEL, [read_image(str(DATA / "photo_b.png"))], quality=90)[0].data,
+    # version 6: coded at 2.5 times the size, colour correction and restoration filter
+    encode_pictures(MODEL, [read_image(str(DATA / "photo_b.png"))], quality=100)[0].data,
     # version 4: coded at 0.8 times the size
     encode_pictures(MODEL, [read_image(str(DATA / "photo_b.png"))], quality=60)[0].data,
 ]

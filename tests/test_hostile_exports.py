@@ -183,7 +183,8 @@ SHARD_CASES = [
     (_scaled(lambda a: a.astype(np.int64)), "image_sizes: must be a 2-D int32 tensor"),
     (_scaled(lambda a: a * 0), "image_sizes: width and height must be in 1.."),
     (lambda t, m: t.update(colors=np.zeros((2, 12), np.int16)), "colors: only an export with"),
-    (_colored(np.zeros((1, 12), np.int16)), "colors: must have 12 values per grid"),
+    (_colored(np.zeros((1, 12), np.int16)), "colors: must have 12 or 48 or 120 or 228 values"),
+    (_colored(np.zeros((2, 13), np.int16)), "colors: must have 12 or 48 or 120 or 228 values"),
     (_colored(np.zeros((2, 12), np.int32)), "colors: must be a 2-D int16 tensor"),
 ]
 

@@ -62,7 +62,7 @@ def test_quality_is_monotone_in_rate_and_fidelity(photo: Path) -> None:
         h, w = pic.rgb.shape[:2]
         assert enc.header.coded_size == (round(w * setting.scale), round(h * setting.scale))
         # 2 unscaled; 4 coded smaller; 5 coded larger, with its colour correction
-        assert enc.header.file_version == (2 if q == 75 else 4 if q < 75 else 5)
+        assert enc.header.file_version in ((2,) if q == 75 else (4,) if q < 75 else (5, 6))
         assert bool(enc.header.color) == (q > 75)
         # decoded as `gqtok decode` does: the model the header names (up to Q = 10 the
         # default's coarse-codebook model, same tokens), resampled to the image's size
@@ -225,7 +225,7 @@ def test_eval_at_a_quality_or_a_bpp_measures_the_files_encode_writes(tmp_path: P
             evaluate(MODEL, [src], ("psnr",), **bad)
 
 
-@pytest.mark.parametrize("quality", [5, 90])
+@pytest.mark.parametrize("quality", [5, 90, 100])
 def test_a_token_export_at_a_quality_holds_and_gives_back_that_qualitys_file(
     tmp_path: Path, quality: int
 ) -> None:
@@ -253,8 +253,10 @@ def test_a_token_export_at_a_quality_holds_and_gives_back_that_qualitys_file(
     assert r.exit_code == 0, r.output
     header, tokens, _ = unpack_tokens(model_for_header(container.unpack(gq.read_bytes())[0]),
                                       gq.read_bytes())  # fmt: skip
+    assert header.file_version == {5: 4, 90: 5, 100: 6}[quality]  # 100: with the filter
     (entry,) = iter_entries(tok)
     assert np.array_equal(entry.tokens, tokens.indices.numpy())
+    assert entry.color == header.color
     assert (entry.width, entry.height) == header.coded_size != (header.width, header.height)
     assert entry.image_size == (header.width, header.height)
     assert np.load(tok / "shard-00000.image_sizes.npy").tolist() == [[header.width, header.height]]

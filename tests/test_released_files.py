@@ -37,6 +37,8 @@ FILES = {
     "v4-q5.gq": ("gqtok-f8c16-cpu-v3-coarse", 2, "context", 2353),
     # version 5: version 4 coded larger, with a colour correction
     "v5-q90.gq": ("gqtok-f8c16-cpu-v3", 2, "context", 65536),
+    # version 6: version 5 with a restoration filter
+    "v6-q100.gq": ("gqtok-f8c16-cpu-v3", 2, "context", 65536),
 }
 
 
@@ -50,8 +52,9 @@ def test_a_file_of_an_earlier_release_decodes_to_its_pixels(name: str, tmp_path:
     data = (RELEASED / name).read_bytes()
     header = container.unpack(data, name)[0]
     assert (header.model_id, header.version, header.entropy_kind, header.size) == FILES[name]
-    assert header.scaled == name.startswith(("v4", "v5"))
-    assert bool(header.color) == name.startswith("v5")
+    assert header.scaled == name.startswith(("v4", "v5", "v6"))
+    assert bool(header.color) == name.startswith(("v5", "v6"))
+    assert header.file_version == {"v4": 4, "v5": 5, "v6": 6}.get(name[:2], header.version)
     out = tmp_path / "out.png"
     res = runner.invoke(app, ["decode", str(RELEASED / name), "-o", str(out)])
     assert res.exit_code == 0, res.output

@@ -228,7 +228,8 @@ def encode(
         typer.Option(
             "--color/--no-color",
             help="Coded larger than the image (--quality above 75): fit the colour correction"
-            " (format version 5; ~2x the encoding time there, +0.2-0.6 dB).",
+            " and restoration filter (format version 6, or 5 where the filter does not pay;"
+            " ~2-3x the encoding time there, +0.5-1.2 dB).",
         ),
     ] = True,
     max_pixels: MaxPixelsOpt = MAX_PIXELS,

@@ -211,17 +211,31 @@ def _encode_at_bpp(
             files[key] = pack_tokens(m, tokens_at(scale)(m), picture, entropy)
         return len(files[key].data) * 8 / pixels
 
-    scale, scales = rc.search_scale(lambda s: trial(own, s), bpp, rc.S_LOW, rc.S_HIGH)
-    key = (own.quant.size, scale)
-    if scale == rc.S_LOW and scales[scale] > bpp * (1 + rc.TOLERANCE):
-        size, _ = rc.search_size(lambda k: trial(rc.at_size(model, k), scale), bpp,
-                                 own.quant.size, rc.K_MIN, own.quant.size)  # fmt: skip
-        key = (size, scale)
-    enc = files[key]
-    if color:  # coded larger than the image: with its colour correction (version 5)
+    def search(extra: int) -> tuple[int, float]:
+        """(K, scale) of the file closest to bpp with ``extra`` bytes added to each trial."""
+        scale, scales = rc.search_scale(lambda s: trial(own, s) + extra * 8 / pixels, bpp,
+                                        rc.S_LOW, rc.S_HIGH)  # fmt: skip
+        if scale == rc.S_LOW and scales[scale] > bpp * (1 + rc.TOLERANCE):
+            size, _ = rc.search_size(lambda k: trial(rc.at_size(model, k), scale), bpp,
+                                     own.quant.size, rc.K_MIN, own.quant.size)  # fmt: skip
+            return size, scale
+        return own.quant.size, scale
+
+    extra = 0  # bytes of the colour correction, once one has been fitted
+    for _ in range(2):
+        key = search(extra)
+        enc = files[key]
+        if not color:
+            break
+        # coded larger than the image: with its colour correction (version 5 or 6)
         chosen = rc.at_size(model, key[0])
-        if with_color(chosen, enc.tokens, picture.rgb, max_memory).color:
-            enc = pack_tokens(chosen, enc.tokens, picture, entropy)
+        if not with_color(chosen, enc.tokens, picture.rgb, max_memory).color:
+            break
+        enc = pack_tokens(chosen, enc.tokens, picture, entropy)
+        added = len(enc.data) - len(files[key].data)
+        if extra or abs(len(enc.data) * 8 / pixels - bpp) <= rc.TOLERANCE * bpp:
+            break
+        extra = added  # its bytes moved the file off the target: search again with them
     tried = sorted((k, s, len(e.data) * 8 / pixels) for (k, s), e in files.items())
     enc.rate = rc.RateSearch(bpp, key[0], len(enc.data) * 8 / pixels, tried, key[1])
     enc.timings = {"rate_search": time.perf_counter() - t0}

@@ -6,6 +6,7 @@ pass would exceed the budget goes through gqtok.codec.windowed instead. No file 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,7 +19,7 @@ from gqtok.codec import windowed
 from gqtok.codec.tokens import Tokens
 from gqtok.format.card import FIDELITY
 from gqtok.format.container import MAX_SCALE
-from gqtok.io.color import apply_color, fit_color
+from gqtok.io.color import FILTER_RADIUS, apply_color, filter_gain_needed, fit_color
 from gqtok.io.grain import add_grain, grain_seed
 from gqtok.io.images import DEFAULT_MAX_PIXELS, crop, from_tensor, pad_to_multiple, to_tensor
 from gqtok.io.resample import resample, scaled_size
@@ -177,14 +178,18 @@ def with_color(
     model: Model, tok: Tokens, rgb: np.ndarray, max_memory: int | str | None = None
 ) -> Tokens:
     """``tok`` of ``rgb`` coded larger than it, with the colour correction that brings its
-    decoded pixels closest to ``rgb`` (gqtok.io.color; format version 5); other tokens as they
-    are. The fit decodes the tokens once, with the model's own decoder, as a file is decoded
-    by default."""
+    decoded pixels closest to ``rgb`` (gqtok.io.color: format version 6 with its restoration
+    filter, 5 when the filter does not pay); other tokens as they are. The fit decodes the
+    tokens once, with the model's own decoder, as a file is decoded by default."""
     if tok.resample_to is None or tok.width * tok.height <= rgb.shape[0] * rgb.shape[1]:
         return tok
     plain = model.decoder_name == FIDELITY and model.realism is None and not model.grain
     own = model if plain else model.with_decoder(FIDELITY, None, 0.0)
-    tok.color = fit_color(rgb, _pixels(own, tok, max_memory))
+    # the filter must be worth its bytes: the payload's size, from the tokens' bits (the
+    # context model's ~15 % off), is what they are weighed against
+    payload = 0.85 * tok.indices.numel() * math.log2(model.quant.size) / 8
+    need = filter_gain_needed(payload, FILTER_RADIUS)
+    tok.color = fit_color(rgb, _pixels(own, tok, max_memory), FILTER_RADIUS, need)
     return tok
 
 

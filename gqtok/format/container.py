@@ -17,7 +17,8 @@ version 1, 2 or 3 whose token coding the file uses) | ``filter u8`` (0: gqtok.io
 width x height) before the payloads. ``Header.version`` holds the coding version. Version 5
 is version 4 with a colour correction after it: ``12 x i16`` (gqtok.io.color: 3 x 3 gains
 minus the identity in 1/4096, then 3 offsets in 1/16 of a level), applied to the resampled
-pixels.
+pixels. Version 6 is version 5 with a restoration filter after the correction: ``radius u8``
+then ``18 r (r + 1) x i16`` taps (gqtok.io.color), part of the same map.
 
 Parsing validates every field against the limits of docs/format.md before anything is
 allocated, so corrupt or hostile files end in a FormatError, never in a crash or a huge
@@ -48,8 +49,9 @@ CONTEXT_VERSION = 2  # files coded with a context model (gqtok.format.context)
 COARSE_VERSION = 3  # context-coded files of a codebook too small for B x B cells (K < B^2)
 SCALED_VERSION = 4  # any of the three, coded at another scale (an extension names which)
 COLOR_VERSION = 5  # a version 4 file with a colour correction after its extension
+FILTER_VERSION = 6  # a version 5 file with a restoration filter after its colour correction
 CODING_VERSIONS = (1, 2, 3)
-SUPPORTED_VERSIONS = (1, 2, 3, 4, 5)
+SUPPORTED_VERSIONS = (1, 2, 3, 4, 5, 6)
 FILTERS = ("cubic",)  # version 4 resampling filters: 0 = gqtok.io.resample
 
 FLAG_ALPHA = 0x01
@@ -70,6 +72,17 @@ _MID = struct.Struct("<8sHIQf8sIIHIIB8sII")
 _EXT = struct.Struct("<BBII")  # version 4: coding version, filter, coded width, coded height
 COLOR_VALUES = 12  # version 5's colour correction: 9 gains, 3 offsets (gqtok.io.color)
 _COLOR = struct.Struct(f"<{COLOR_VALUES}h")  # version 5: after the extension of version 4
+FILTER_RADII = (1, 2, 3)  # version 6: gqtok.io.color.RADII, not imported (it loads torch)
+_RADIUS = struct.Struct("<B")  # version 6: after the colour correction, then the taps
+
+
+def filter_taps(radius: int) -> int:
+    """i16 tap values of a version 6 filter of this radius (3 x 3 channel pairs x the
+    (2r + 1)^2 // 2 offsets of one half of its window): gqtok.io.color.taps."""
+    return 18 * radius * (radius + 1)
+
+
+COLOR_LENGTHS = (COLOR_VALUES, *(COLOR_VALUES + filter_taps(r) for r in FILTER_RADII))
 _CRC = struct.Struct("<I")
 
 # Limits of docs/format.md. Sides: a million pixels, far beyond any real image. Codebook: K
@@ -82,7 +95,8 @@ MAX_CODEBOOK_SIZE = bounds.MAX_SIZE
 MAX_CODEBOOK_DIM = 21201  # gqtok.quant.codebook.MAX_DIM, not imported: that would load torch
 MAX_CODEBOOK_VALUES = 1 << 24
 MAX_SCALE = 4  # a version 4 file's coded sides are within this factor of the image's
-MAX_HEADER_BYTES = _PRE.size + MAX_ID_BYTES + _MID.size + _EXT.size + _COLOR.size + _CRC.size
+MAX_HEADER_BYTES = (_PRE.size + MAX_ID_BYTES + _MID.size + _EXT.size + _COLOR.size + _RADIUS.size
+                    + 2 * filter_taps(FILTER_RADII[-1]) + _CRC.size)  # fmt: skip
 _CHUNK = 1 << 20  # read_header streams the payload through the CRC in pieces of this size
 _TRAILING_COUNTED = 1 << 24  # trailing bytes of a stream counted for the message, at most
 
@@ -112,7 +126,7 @@ class Header:
     version: int = FORMAT_VERSION  # how the tokens are coded: 1, 2 or 3 (also in a v4 file)
     coded_width: int = 0  # version 4: the size the tokens decode to; 0: width x height
     coded_height: int = 0
-    color: tuple[int, ...] = ()  # version 5: the colour correction (12 values), else ()
+    color: tuple[int, ...] = ()  # versions 5, 6: the colour correction (12 values + taps)
 
     @property
     def num_tokens(self) -> int:
@@ -134,10 +148,10 @@ class Header:
 
     @property
     def file_version(self) -> int:
-        """The version byte of the file: 5 with a colour correction, 4 when scaled, else the
-        coding version."""
+        """The version byte of the file: 6 with a restoration filter, 5 with a colour
+        correction, 4 when scaled, else the coding version."""
         if self.color:
-            return COLOR_VERSION
+            return FILTER_VERSION if len(self.color) > COLOR_VALUES else COLOR_VERSION
         return SCALED_VERSION if self.scaled else self.version
 
     def to_dict(self) -> dict[str, Any]:
@@ -250,8 +264,11 @@ def check_header(h: Header) -> None:
     if h.color:
         if not h.scaled:
             raise ValueError("a colour correction comes with a scaled coding (version 5)")
-        if len(h.color) != COLOR_VALUES or not all(-32768 <= v <= 32767 for v in h.color):
-            raise ValueError("a colour correction is 12 int16 values")
+        if len(h.color) not in COLOR_LENGTHS or not all(-32768 <= v <= 32767 for v in h.color):
+            raise ValueError(
+                "a colour correction is 12 int16 values, or 12 + the taps of a filter of"
+                " radius 1, 2 or 3"
+            )
     cw, ch = h.coded_size
     if not grid_fits(cw, ch, h.grid_h, h.grid_w):
         raise ValueError(
@@ -367,7 +384,11 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
     if header.scaled:
         out += _EXT.pack(header.version, 0, header.coded_width, header.coded_height)
     if header.color:
-        out += _COLOR.pack(*header.color)
+        out += _COLOR.pack(*header.color[:COLOR_VALUES])
+    if len(header.color) > COLOR_VALUES:
+        radius = COLOR_LENGTHS.index(len(header.color))  # ValueError for another length
+        out += _RADIUS.pack(radius)
+        out += struct.pack(f"<{filter_taps(radius)}h", *header.color[COLOR_VALUES:])
     out += tokens
     out += alpha
     out += _CRC.pack(zlib.crc32(out) & 0xFFFFFFFF)
@@ -394,9 +415,18 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
             name,
         )
     pos = _PRE.size
-    ext = {SCALED_VERSION: _EXT.size, COLOR_VERSION: _EXT.size + _COLOR.size}.get(version, 0)
+    ext = {SCALED_VERSION: _EXT.size, COLOR_VERSION: _EXT.size + _COLOR.size,
+           FILTER_VERSION: _EXT.size + _COLOR.size + _RADIUS.size}.get(version, 0)  # fmt: skip
     if len(head) < pos + id_len + _MID.size + ext + _CRC.size:
         raise bad("truncated .gq file (header incomplete)")
+    radius = 0
+    if version == FILTER_VERSION:
+        (radius,) = _RADIUS.unpack_from(head, pos + id_len + _MID.size + ext - _RADIUS.size)
+        if radius not in FILTER_RADII:
+            raise bad(f"corrupt .gq header (restoration filter radius {radius}, not 1, 2 or 3)")
+        ext += 2 * filter_taps(radius)
+        if len(head) < pos + id_len + _MID.size + ext + _CRC.size:
+            raise bad("truncated .gq file (header incomplete)")
     if flags & ~_KNOWN_FLAGS or layout >= len(LAYOUTS) or pad_mode >= len(PAD_MODES):
         raise bad("corrupt .gq header (unknown flag, layout or padding code)")
     if id_len == 0:
@@ -431,8 +461,11 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
         version, filt, coded_width, coded_height = _EXT.unpack_from(head, pos)
         if version not in CODING_VERSIONS or filt >= len(FILTERS):
             raise bad("corrupt .gq header (unknown coding version or resampling filter)")
-        if file_version == COLOR_VERSION:
+        if file_version in (COLOR_VERSION, FILTER_VERSION):
             color = _COLOR.unpack_from(head, pos + _EXT.size)
+            if radius:
+                at = pos + _EXT.size + _COLOR.size + _RADIUS.size
+                color += struct.unpack_from(f"<{filter_taps(radius)}h", head, at)
             if not (coded_width or coded_height):
                 raise bad("corrupt .gq header (a colour correction without a scaled coding)")
         pos += ext

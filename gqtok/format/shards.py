@@ -26,6 +26,7 @@ import numpy as np
 from gqtok.errors import InputError
 from gqtok.format import schema as sc
 from gqtok.format.container import (
+    COLOR_LENGTHS,
     COLOR_VALUES,
     MAX_CODEBOOK_DIM,
     MAX_CODEBOOK_SIZE,
@@ -214,9 +215,10 @@ def shard_arrays(entries: Sequence[Entry], dtype: np.dtype, flip: bool) -> dict[
             [e.image_size or (e.width, e.height) for e in entries], dtype=np.int32
         ).reshape(-1, 2)
     if any(e.color for e in entries):  # a row of zeros: no correction (the identity map)
+        width = max(len(e.color) for e in entries)  # zero taps: no filter (version 5)
         out["colors"] = np.array(
-            [e.color or (0,) * COLOR_VALUES for e in entries], dtype=np.int16
-        ).reshape(-1, COLOR_VALUES)
+            [e.color + (0,) * (width - len(e.color)) for e in entries], dtype=np.int16
+        ).reshape(-1, width)
     if flip:
         flips = [e.tokens_flip.reshape(-1) for e in entries if e.tokens_flip is not None]
         out["tokens_flip"] = np.concatenate(flips or [np.zeros(0)]).astype(dtype)
@@ -254,7 +256,8 @@ class Shard:
             w, h = (int(s) for s in t["sizes"][i])
             image = tuple(int(s) for s in t["image_sizes"][i]) if "image_sizes" in t else None
             color = tuple(int(v) for v in t["colors"][i]) if "colors" in t else ()
-            color = color if any(color) else ()
+            if not any(color[COLOR_VALUES:]):  # no filter taps: the affine map alone
+                color = color[:COLOR_VALUES] if any(color) else ()
             out.append(Entry(gi, paths[i], t["tokens"][a:b].reshape(shape), w, h, flip, image,
                              color))  # fmt: skip
         return out
@@ -305,8 +308,10 @@ def check_arrays(tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         colors = _array(tensors, "colors", "int16", 2)
         if "image_sizes" not in tensors:
             raise ValueError("colors: only an export with image_sizes has them")
-        if colors.shape != (n, COLOR_VALUES):
-            raise ValueError(f"colors: must have {COLOR_VALUES} values per grid")
+        if colors.shape[0] != n or colors.shape[1] not in COLOR_LENGTHS:
+            raise ValueError(
+                f"colors: must have {' or '.join(map(str, COLOR_LENGTHS))} values per grid"
+            )
     if tokens.size and int(tokens.max()) >= k:
         raise ValueError(f"tokens: values must be below the codebook size K={k}")
     if "tokens_flip" in tensors:

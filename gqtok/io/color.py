@@ -1,56 +1,134 @@
-"""The colour correction of a version 5 ``.gq`` file: an affine map of the decoded RGB that the
+"""The colour correction of a version 5 or 6 ``.gq`` file: a map of the decoded RGB that the
 encoder fits to the original and the decoder applies after the network (and the resampling).
 
 Why: at high rates most of what the decoder gets wrong is one colour and contrast bias per
-image (its channels' means ~0.5 level off, their spread up to a few per cent low); 24 bytes of
-gains and offsets take it away (+0.18 dB at quality 75, +0.37 at 90, +0.57 at 100 on the
-held-out photos: bench/color_fit.py). The map is integer arithmetic, so every platform decodes
-the same pixels: with gains G (3 x 3, in 1/4096, stored as G - 4096 I) and offsets o (in 1/16
-of a level), each output channel is
+image (its channels' means ~0.5 level off, their spread up to a few per cent low), and what is
+left is mostly detail it renders too soft. Version 5 carries the affine part (24 bytes: +0.18
+dB at quality 75, +0.37 at 90, +0.57 at 100 on the held-out photos); version 6 adds a
+centre-symmetric 5 x 5 filter across the three channels, the restoration filter of classical
+codecs (AV1's Wiener filter, VVC's adaptive loop filter), fitted the same way (216 more bytes:
++0.31 dB more at quality 90; bench/color_fit.py). The map is integer arithmetic, so every
+platform decodes the same pixels: with gains G (3 x 3, in 1/4096, stored as G - 4096 I),
+offsets o (in 1/16 of a level) and taps H (in 1/4096) on the offsets d of the filter's window,
 
-    y_i = clip(floor((sum_j G_ij x_j + 256 o_i + 2048) / 4096), 0, 255)
+    y_i = clip(floor((sum_j G_ij x_j(p)
+                      + sum_j sum_d H_ijd (x_j(p + d) + x_j(p - d) - 2 x_j(p))
+                      + 256 o_i + 2048) / 4096), 0, 255)
 
-(docs/format.md, version 5).
+with the image's edge pixels repeated outside it (docs/format.md, versions 5 and 6).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 GAIN_ONE = 4096  # a gain of 1
 OFFSET_STEP = 16  # offsets in 1/16 of a level
 VALUES = 12  # 9 gains (row i: output channel i), then 3 offsets: container.COLOR_VALUES
+RADII = (1, 2, 3)  # a version 6 filter's window: (2r + 1) x (2r + 1) pixels
+FILTER_RADIUS = 2  # what the encoder fits: r = 3 adds ~0.04 dB for twice the taps and time
 INT16 = (-32768, 32767)
-BLOCK = 1 << 18  # pixels per step: bounds the int64 scratch to a few MB
-FIT_PIXELS = 1 << 20  # the fit looks at most at this many pixels (a regular subsample)
+BLOCK = 1 << 18  # pixels per step: bounds the scratch memory to a few MB
+FIT_PIXELS = 1 << 20  # the affine fit looks at most at this many pixels (a regular subsample)
+FILTER_FIT_PIXELS = 1 << 17  # the filter's fit: 111 unknowns a channel need far fewer
+MIN_FILTER_GAIN = 0.005  # keep the taps only if they cut the squared error by 0.5 % (~0.02 dB)
+DB_PER_LOG_RATE = 2.8  # slope of the held-out quality ladder above 75: dB per e-fold of bytes
+
+
+def offsets(radius: int) -> list[tuple[int, int]]:
+    """The window's offsets d, one of each pair +-d: (dy, dx) > (0, 0) in row-major order."""
+    r = range(-radius, radius + 1)
+    return [(dy, dx) for dy in r for dx in r if (dy, dx) > (0, 0)]
+
+
+def taps(radius: int) -> int:
+    """How many tap values a filter of this radius stores: 3 x 3 channel pairs x offsets."""
+    return 9 * len(offsets(radius))
+
+
+LENGTHS = {VALUES: 0, **{VALUES + taps(r): r for r in RADII}}  # values -> radius
+
+
+def radius_of(color: tuple[int, ...]) -> int:
+    """The filter radius of a correction (0: the affine map alone)."""
+    return LENGTHS[len(check_color(color))]
 
 
 def check_color(color: tuple[int, ...]) -> tuple[int, ...]:
-    """``color`` if it is 12 integers in the int16 range, else ValueError."""
-    if len(color) != VALUES or not all(
+    """``color`` if it is 12 (or 12 + a filter's taps) integers in the int16 range, else
+    ValueError."""
+    if len(color) not in LENGTHS or not all(
         isinstance(v, int | np.integer) and INT16[0] <= v <= INT16[1] for v in color
     ):
-        raise ValueError(f"a colour correction is {VALUES} int16 values")
+        raise ValueError(
+            f"a colour correction is {VALUES} int16 values, or {VALUES} + the taps of a"
+            f" filter of radius {', '.join(map(str, RADII))}"
+        )
     return tuple(int(v) for v in color)
 
 
 def _matrix(color: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     gains = np.array(color[:9], dtype=np.int64).reshape(3, 3) + GAIN_ONE * np.eye(3, dtype=np.int64)
-    return gains, np.array(color[9:], dtype=np.int64) * (GAIN_ONE // OFFSET_STEP)
+    return gains, np.array(color[9:VALUES], dtype=np.int64) * (GAIN_ONE // OFFSET_STEP)
+
+
+def kernel(color: tuple[int, ...]) -> np.ndarray:
+    """The map as integer convolution weights (3 out, 3 in, 2r + 1, 2r + 1): the gains at
+    the centre, each tap at +-d and -2 x tap at the centre."""
+    r = radius_of(color)
+    gains, _ = _matrix(color)
+    k = np.zeros((3, 3, 2 * r + 1, 2 * r + 1), dtype=np.int64)
+    k[:, :, r, r] = gains
+    offs = offsets(r)
+    h = np.array(color[VALUES:], dtype=np.int64).reshape(3, 3, len(offs))
+    for t, (dy, dx) in enumerate(offs):
+        k[:, :, r + dy, r + dx] += h[:, :, t]
+        k[:, :, r - dy, r - dx] += h[:, :, t]
+        k[:, :, r, r] -= 2 * h[:, :, t]
+    return k
 
 
 def apply_color(rgb: np.ndarray, color: tuple[int, ...]) -> np.ndarray:
     """(H, W, 3) uint8 through the map (a new array); ``()`` leaves it as it is."""
     if not color:
         return rgb
-    gains, offsets = _matrix(check_color(color))
+    if radius_of(color):
+        return _apply_filter(rgb, color)
+    gains, offsets_ = _matrix(check_color(color))
     flat = rgb.reshape(-1, 3)
     out = np.empty_like(flat)
     for i in range(0, len(flat), BLOCK):
-        acc = flat[i : i + BLOCK].astype(np.int64) @ gains.T + offsets + GAIN_ONE // 2
+        acc = flat[i : i + BLOCK].astype(np.int64) @ gains.T + offsets_ + GAIN_ONE // 2
         np.clip(acc >> 12, 0, 255, out=acc)  # >> is floor division by 4096
         out[i : i + BLOCK] = acc
     return out.reshape(rgb.shape)
+
+
+def _apply_filter(rgb: np.ndarray, color: tuple[int, ...]) -> np.ndarray:
+    """The filtered map, band by band of rows. The convolution runs in float64 on integers:
+    every product and partial sum is an integer below 2^33 (|weights| sum to < 2^25 for any
+    int16 values, pixels < 2^8), far inside float64's exact 2^53, so the result is the
+    integer formula's whatever order the library adds in."""
+    r = radius_of(color)
+    weights = torch.from_numpy(kernel(color).astype(np.float64))
+    _, offsets_ = _matrix(color)
+    h, w, _ = rgb.shape
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+    out = np.empty_like(rgb)
+    band = max(1, BLOCK // max(w, 1))
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        lo, hi = max(0, y0 - r), min(h, y1 + r)  # rows of context, then edge repetition
+        part = x[:, :, lo:hi].double()
+        part = torch.nn.functional.pad(
+            part, (r, r, r - (y0 - lo), r - (hi - y1)), mode="replicate"
+        )
+        acc = torch.nn.functional.conv2d(part, weights)[0].permute(1, 2, 0).numpy()
+        acc = acc.astype(np.int64) + offsets_ + GAIN_ONE // 2
+        np.clip(acc >> 12, 0, 255, out=acc)
+        out[y0:y1] = acc
+    return out
 
 
 def _sse(a: np.ndarray, b: np.ndarray) -> int:
@@ -58,9 +136,55 @@ def _sse(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.einsum("ij,ij->", d.reshape(-1, 3), d.reshape(-1, 3)))
 
 
-def fit_color(original: np.ndarray, decoded: np.ndarray) -> tuple[int, ...]:
-    """The map (12 values) that brings ``decoded`` closest to ``original`` in squared error
-    (least squares, then quantised), or ``()`` when the quantised map is no better."""
+def _quantised(m: np.ndarray, rows: int) -> tuple[int, ...]:
+    """Least-squares solution (3 + 1 + taps rows, 3 channels) as the stored integers."""
+    gains = np.rint(m[:3].T * GAIN_ONE) - GAIN_ONE * np.eye(3)
+    values = [gains.reshape(-1), np.rint(m[3] * OFFSET_STEP)]
+    if rows > 4:  # taps: row 4 + j * n + t holds H_ijt for every output channel i
+        values.append(np.rint(m[4:].reshape(3, -1, 3).transpose(2, 0, 1) * GAIN_ONE).reshape(-1))
+    out = np.clip(np.concatenate(values), *INT16).astype(np.int64)
+    return tuple(int(v) for v in out)
+
+
+def _filter_features(
+    decoded: np.ndarray, radius: int, pixels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features, flat pixel positions) at a regular subsample: the pixel, 1, and per input
+    channel and offset the symmetric difference the taps weight."""
+    h, w, _ = decoded.shape
+    d = decoded.astype(np.float64)
+    padded = np.pad(d, ((radius, radius), (radius, radius), (0, 0)), mode="edge")
+    flat = np.arange(0, h * w, max(1, h * w // pixels))
+    ys, xs = flat // w + radius, flat % w + radius
+    centre = padded[ys, xs]  # (n, 3)
+    cols = [centre, np.ones((len(flat), 1))]
+    for j in range(3):
+        for dy, dx in offsets(radius):
+            s = padded[ys + dy, xs + dx, j] + padded[ys - dy, xs - dx, j] - 2 * centre[:, j]
+            cols.append(s[:, None])
+    return np.concatenate(cols, 1), flat
+
+
+def filter_gain_needed(payload_bytes: float, radius: int = FILTER_RADIUS) -> float:
+    """The cut in squared error a filter must bring to be worth its bytes in a file of about
+    ``payload_bytes``: what the same bytes would buy along the quality ladder (DB_PER_LOG_RATE),
+    at least MIN_FILTER_GAIN. A 27 kB file (768 x 512 at quality 90) needs 0.5 %, a 1.6 kB
+    thumbnail 8 %: small images mostly keep version 5."""
+    extra = 1 + 2 * taps(radius)
+    db = DB_PER_LOG_RATE * np.log1p(extra / max(payload_bytes, 1.0))
+    return max(MIN_FILTER_GAIN, 1 - 10 ** (-db / 10))
+
+
+def fit_color(
+    original: np.ndarray,
+    decoded: np.ndarray,
+    radius: int = 0,
+    min_gain: float = MIN_FILTER_GAIN,
+) -> tuple[int, ...]:
+    """The map that brings ``decoded`` closest to ``original`` in squared error (least
+    squares, then quantised): the affine one (12 values), or with ``radius`` also a filter of
+    that radius when it cuts the error by the fraction ``min_gain`` more
+    (``filter_gain_needed``); ``()`` when no map is better than none."""
     if original.shape != decoded.shape or original.ndim != 3 or original.shape[2] != 3:
         raise ValueError(f"shapes differ: {original.shape} vs {decoded.shape}")
     x, d = original.reshape(-1, 3), decoded.reshape(-1, 3)
@@ -68,10 +192,21 @@ def fit_color(original: np.ndarray, decoded: np.ndarray) -> tuple[int, ...]:
     xs, ds = x[::step].astype(np.float64), d[::step].astype(np.float64)
     a = np.c_[ds, np.ones(len(ds))]
     m, *_ = np.linalg.lstsq(a, xs, rcond=None)  # (4, 3): x_i = sum_j m[j, i] d_j + m[3, i]
-    gains = np.rint(m[:3].T * GAIN_ONE) - GAIN_ONE * np.eye(3)
-    offsets = np.rint(m[3] * OFFSET_STEP)
-    values = np.clip(np.concatenate([gains.reshape(-1), offsets]), *INT16).astype(np.int64)
-    color = tuple(int(v) for v in values)
-    if _sse(original, apply_color(decoded, color)) >= _sse(original, decoded):
-        return ()
-    return color
+    best, best_sse = (), _sse(original, decoded)
+    affine = _quantised(m, 4)
+    sse = _sse(original, apply_color(decoded, affine))
+    if sse < best_sse:
+        best, best_sse = affine, sse
+    if radius:
+        if radius not in RADII:
+            raise ValueError(f"filter radius must be one of {RADII}, got {radius}")
+        feats, flat = _filter_features(decoded, radius, FILTER_FIT_PIXELS)
+        target = x[flat].astype(np.float64)
+        # normal equations: 40 x 40, ~10x faster than a QR of the samples and as good here
+        m, *_ = np.linalg.lstsq(feats.T @ feats, feats.T @ target, rcond=None)
+        filtered = _quantised(m, len(m))
+        if any(filtered[VALUES:]):
+            sse = _sse(original, apply_color(decoded, filtered))
+            if sse < best_sse * (1 - min_gain):
+                best = filtered
+    return best
