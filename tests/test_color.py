@@ -163,3 +163,43 @@ def test_the_cli_fits_it_above_quality_75_unless_told_not_to(tmp_path) -> None: 
     assert versions == {"c": 6, "n": 4, "b": 6, "l": 4}
     c, n = (container.unpack((tmp_path / f"{k}.gq").read_bytes()) for k in "cn")
     assert c[1] == n[1] and len(c[0].color) == 120 and n[0].color == ()  # same tokens
+
+
+def test_color_fits_at_the_images_own_size_too(tmp_path) -> None:  # noqa: ANN001
+    """`gqtok encode --color` at the default setting: version 6 at the image's own size (coded
+    size 0 x 0 in the extension), the same tokens as the plain version 2 file, closer to the
+    photo; `gqtok info` shows no coded size; `gqtok eval --color` measures those files."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from gqtok.cli.app import app
+
+    runner = CliRunner()
+    pic = read_image(str(DATA / "photo_c.jpg"))
+    paths = {k: tmp_path / f"{k}.gq" for k in ("plain", "color")}
+    for name, opts in (("plain", []), ("color", ["--color"])):
+        r = runner.invoke(app, ["encode", str(DATA / "photo_c.jpg"), "-o", str(paths[name]),
+                                *opts])  # fmt: skip
+        assert r.exit_code == 0, r.output
+    plain, color = (container.unpack(paths[k].read_bytes()) for k in ("plain", "color"))
+    assert plain[0].file_version == 2 and color[0].file_version == 6
+    assert not color[0].scaled and len(color[0].color) in (12, 120) and plain[1] == color[1]
+    f = gqedit.fields(paths["color"].read_bytes())
+    assert (f["coded_width"], f["coded_height"], f["radius"]) == (0, 0, len(f["taps"]) and 2)
+    got = {k: _psnr(pic.rgb, np.asarray(decode_bytes(paths[k].read_bytes(), MODEL)[0]))
+           for k in paths}  # fmt: skip
+    assert got["color"] > got["plain"]
+    r = runner.invoke(app, ["info", str(paths["color"]), "--json"])
+    rec = json.loads(r.stdout)
+    assert rec["version"] == 6 and "coded_width" not in rec and rec["color"] == list(color[0].color)
+    # radius 0 (the affine map alone) is valid at the image's own size
+    affine = gqedit.build({k: v for k, v in f.items() if k != "taps"} | {"radius": 0})
+    assert container.unpack(affine)[0].color == color[0].color[:12]
+    out = tmp_path / "e.json"
+    r = runner.invoke(app, ["eval", str(DATA / "photo_c.jpg"), "--color", "--metrics", "psnr",
+                            "--json", str(out), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.read_text())
+    assert rep["protocol"]["color_correction"] is True
+    assert abs(rep["per_image"][0]["psnr"] - got["color"]) < 1e-6

@@ -157,19 +157,22 @@ def test_the_extension_is_checked_like_every_other_field() -> None:
 
 
 def test_the_filter_is_checked_like_every_other_field() -> None:
-    """Version 6: the radius must be 1..3 and the taps must be there; any tap values are
-    valid; a radius that disagrees with the taps moves the payload, which its own checks
-    refuse; the same taps with a smaller radius's count decode as that filter."""
+    """Version 6: the radius must be 0..3 (0 only at the image's own size: a scaled file
+    without a filter is version 5) and the taps must be there; any tap values are valid; a
+    radius that disagrees with the taps moves the payload, which its own checks refuse; the
+    same taps with a smaller radius's count decode as that filter."""
     data = _scaled(2.5).data  # coded larger: version 6 at this size (1.6 kB at 2.5x)
     f = gqedit.fields(data)
     assert f["version"] == 6 and f["radius"] == 2 and len(f["taps"]) == 108
     assert container.unpack(gqedit.edit(data, taps=(-32768,) * 108))[0].color[12] == -32768
-    for r in (0, 4, 255):
-        _refused(gqedit.edit(data, radius=r), f"restoration filter radius {r}, not 1, 2 or 3")
+    for r in (4, 255):
+        _refused(gqedit.edit(data, radius=r), f"restoration filter radius {r}, not 0..3")
     for r in (1, 3):
         _refused(gqedit.edit(data, radius=r), "corrupt|end marker|trailing|truncated")
+    _refused(gqedit.edit(data, radius=0, taps=()), "a scaled one is version 5")
     _refused(gqedit.edit(data, version=5), "corrupt|end marker|trailing")
-    _refused(gqedit.edit(data, coded_width=0, coded_height=0), "colour correction without")
+    # coded size 0 x 0: the image's own, so this grid (of the coded size) does not fit it
+    _refused(gqedit.edit(data, coded_width=0, coded_height=0), "not ceil")
     _refused(data[: len(data) - len(f["tokens"]) - 4 - 100], "truncated")
     small = gqedit.edit(data, radius=1, taps=f["taps"][:36])
     header = container.unpack(small)[0]

@@ -288,6 +288,15 @@ def eval_cmd(
     grain: GrainOpt = None,
     quality: RateQualityOpt = None,
     bpp: TargetBppOpt = None,
+    color: Annotated[
+        bool | None,
+        typer.Option(
+            "--color/--no-color",
+            show_default=False,
+            help="Measure files with the colour correction fitted to every image (gqtok"
+            " encode --color), or to none (--no-color). Default: as gqtok encode.",
+        ),
+    ] = None,
     metrics: Annotated[
         list[str] | None,
         typer.Option(
@@ -339,7 +348,7 @@ def eval_cmd(
             paths, quiet,
             lambda paths, on_image: evaluate(
                 net, paths, wanted, resize, center_crop, dev, max_pixels, on_image, world,
-                quality=quality, bpp=bpp,
+                quality=quality, bpp=bpp, color=color,
             ),
             world,
         )  # fmt: skip

@@ -150,14 +150,15 @@ def encode_pictures(
     quality: float | None = None,
     bpp: float | None = None,
     scale: float | None = None,
-    color: bool = True,
+    color: bool | None = None,
 ) -> list[Encoded]:
     """Encode decoded input images to .gq bytes (batched through the network); ``entropy``
     as in ``pack_tokens``. ``quality`` (0..100) encodes at that quality's codebook size and
     scale, ``bpp`` searches the setting per image whose file comes closest to that many bits
     per pixel (gqtok.codec.rate; ``Encoded.rate`` says how close), ``scale`` codes the images
     resampled by that factor (0.25..4; format version 4); coded larger, each image also gets
-    the colour correction fitted to it (format version 5) unless ``color`` is False."""
+    the colour correction fitted to it (format version 5 or 6); ``color`` True fits one to
+    every image (version 6 at the image's own size too: an extra decode each), False to none."""
     context_coder(model, entropy)  # a bad choice fails before the network runs
     if sum(x is not None for x in (quality, bpp, scale)) > 1:
         raise ValueError("give one of a quality, a target bpp or a scale")
@@ -188,11 +189,11 @@ def _encode_at_bpp(
     pad_mode: str,
     entropy: str,
     max_memory: int | str | None,
-    color: bool = True,
+    color: bool | None = None,
 ) -> Encoded:
     """The picture at the setting whose whole file is closest to ``bpp``: the scale at the
     model's own K, then, below the lowest scale's rate, K at that scale (gqtok.codec.rate);
-    coded larger, with its colour correction unless ``color`` is False."""
+    with its colour correction as in ``encode_pictures``."""
     rc.check_bpp(bpp)
     t0 = time.perf_counter()
     pixels = picture.rgb.shape[0] * picture.rgb.shape[1]
@@ -225,11 +226,11 @@ def _encode_at_bpp(
     for _ in range(2):
         key = search(extra)
         enc = files[key]
-        if not color:
+        if color is False:
             break
-        # coded larger than the image: with its colour correction (version 5 or 6)
+        # coded larger than the image (or any, color=True): with its colour correction
         chosen = rc.at_size(model, key[0])
-        if not with_color(chosen, enc.tokens, picture.rgb, max_memory).color:
+        if not with_color(chosen, enc.tokens, picture.rgb, max_memory, bool(color)).color:
             break
         enc = pack_tokens(chosen, enc.tokens, picture, entropy)
         added = len(enc.data) - len(files[key].data)

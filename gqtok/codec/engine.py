@@ -91,23 +91,27 @@ def encode_arrays(
     timings: dict[str, float] | None = None,
     max_memory: int | str | None = None,
     scale: float | None = None,
-    color: bool = True,
+    color: bool | None = None,
 ) -> list[Tokens]:
     """Token grids of (H, W, 3) uint8 images; equal-size images share network batches.
 
     Batches are kept under the memory budget (default $GQTOK_MEMORY_BUDGET or 4 GB); an image
     whose whole-image pass would exceed it is encoded window by window (gqtok.codec.windowed).
     ``scale`` codes each image resampled by that factor (``scaled_rgb``); its tokens then
-    decode to the image's own size (``Tokens.resample_to``), coded larger with the colour
-    correction fitted to each image unless ``color`` is False (``with_color``).
+    decode to the image's own size (``Tokens.resample_to``). ``color``: None fits the colour
+    correction (``with_color``) where an image is coded larger than it, True to every image
+    (an extra decode each), False to none.
     """
-    if scale is not None and scale != 1:
-        toks = encode_arrays(model, [scaled_rgb(im, scale) for im in images], pad_mode,
-                             batch_size, timings, max_memory)  # fmt: skip
+    scaled = scale is not None and scale != 1
+    if scaled or color:
+        coded = [scaled_rgb(im, scale) for im in images] if scaled else images
+        toks = encode_arrays(model, coded, pad_mode, batch_size, timings, max_memory, None,
+                             False)  # fmt: skip
         t0 = time.perf_counter()
         out = [_resampled_to(t, im) for t, im in zip(toks, images, strict=True)]
-        if color:
-            out = [with_color(model, t, im, max_memory) for t, im in zip(out, images, strict=True)]
+        if color is not False:
+            out = [with_color(model, t, im, max_memory, always=bool(color))
+                   for t, im in zip(out, images, strict=True)]  # fmt: skip
         if timings is not None and any(t.color for t in out):
             timings["color_fit"] = timings.get("color_fit", 0.0) + time.perf_counter() - t0
         return out
@@ -175,13 +179,19 @@ def decode_tokens(model: Model, tokens: Tokens, max_memory: int | str | None = N
 
 
 def with_color(
-    model: Model, tok: Tokens, rgb: np.ndarray, max_memory: int | str | None = None
+    model: Model,
+    tok: Tokens,
+    rgb: np.ndarray,
+    max_memory: int | str | None = None,
+    always: bool = False,
 ) -> Tokens:
-    """``tok`` of ``rgb`` coded larger than it, with the colour correction that brings its
-    decoded pixels closest to ``rgb`` (gqtok.io.color: format version 6 with its restoration
-    filter, 5 when the filter does not pay); other tokens as they are. The fit decodes the
-    tokens once, with the model's own decoder, as a file is decoded by default."""
-    if tok.resample_to is None or tok.width * tok.height <= rgb.shape[0] * rgb.shape[1]:
+    """``tok`` of ``rgb`` coded larger than it (or any, ``always``), with the colour
+    correction that brings its decoded pixels closest to ``rgb`` (gqtok.io.color: format
+    version 6 with its restoration filter, 5 when coded larger without one); other tokens as
+    they are. The fit decodes the tokens once, with the model's own decoder, as a file is
+    decoded by default."""
+    larger = tok.resample_to is not None and tok.width * tok.height > rgb.shape[0] * rgb.shape[1]
+    if not (larger or always):
         return tok
     plain = model.decoder_name == FIDELITY and model.realism is None and not model.grain
     own = model if plain else model.with_decoder(FIDELITY, None, 0.0)

@@ -170,10 +170,11 @@ def roundtrip(
     coded: dict[tuple[Any, ...], Any] | None = None,
     quality: float | None = None,
     bpp: float | None = None,
+    color: bool | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray]:
     """(decoded RGB, .gq file size in bytes, token indices) through the real byte path, at
     ``quality`` or the setting whose file comes closest to ``bpp`` (gqtok.codec.rate) when
-    given.
+    given; ``color`` as in ``gqtok.codec.encode_pictures``.
 
     ``coded`` keeps the encodings of one picture: the tokens do not depend on the decoder, so
     the decoders of one model (Model.with_decoder) decode bytes encoded once.
@@ -185,11 +186,11 @@ def roundtrip(
     if quality is not None:  # the model that codes this quality decodes it (its coarse member)
         setting = quality_setting(model, quality)
         model, scale = at_size(model, setting.size), setting.scale
-    key = (model.name, model.weights_sha256, model.quant, scale, bpp)
+    key = (model.name, model.weights_sha256, model.quant, scale, bpp, color)
     enc = coded.get(key) if coded is not None else None
     if enc is None:
         rate = {"scale": scale} if bpp is None else {"bpp": bpp}
-        enc = encode_pictures(model, [pic], **rate)[0]
+        enc = encode_pictures(model, [pic], **rate, color=color)[0]
         if coded is not None:
             coded[key] = enc
     if enc.rate is not None:  # the codebook size the search chose decodes (maybe coarse)
@@ -311,6 +312,7 @@ def measure_image(
     *,
     quality: float | None = None,
     bpp: float | None = None,
+    color: bool | None = None,
 ) -> tuple[Measured, np.ndarray | None]:
     """One image through .gq bytes (at ``quality`` / ``bpp`` as in ``roundtrip``) and the
     metrics: its record and its token indices (None when it failed). Any exception of the
@@ -321,7 +323,7 @@ def measure_image(
         if resize or center_crop:
             rgb = preprocess(pic.rgb, resize, center_crop)
             pic = Picture(rgb, None, "RGB", pic.source_format, 8)
-        rec, nbytes, indices = roundtrip(model, pic, quality=quality, bpp=bpp)
+        rec, nbytes, indices = roundtrip(model, pic, quality=quality, bpp=bpp, color=color)
     except Exception as e:  # noqa: BLE001 - one bad image never ends the run
         if isinstance(e, GqtokError):
             msg = str(e) if e.path else f"{name}: {e}"
@@ -359,6 +361,7 @@ def measure(
     *,
     quality: float | None = None,
     bpp: float | None = None,
+    color: bool | None = None,
 ) -> Share:
     """This process's share: the (index, path) pairs it was given, measured in that order.
 
@@ -370,7 +373,7 @@ def measure(
     for index, path in items:
         record, indices = measure_image(
             model, index, path, meters, wanted, resize, center_crop, max_pixels,
-            quality=quality, bpp=bpp,
+            quality=quality, bpp=bpp, color=color,
         )  # fmt: skip
         if indices is not None:
             counter.add(indices)
@@ -390,6 +393,7 @@ def combine(
     *,
     quality: float | None = None,
     bpp: float | None = None,
+    color: bool | None = None,
 ) -> EvalReport:
     """One report from the shares of all processes, images in source order: the same report
     whichever process measured which image."""
@@ -398,6 +402,8 @@ def combine(
         protocol["quality"] = quality
     if bpp is not None:
         protocol["target_bpp"] = bpp
+    if color is not None:  # the colour correction fitted to every image (True) or none
+        protocol["color_correction"] = color
     report = EvalReport(model.label, list(wanted), protocol)
     report.decoder, report.realism, report.grain = model.decoder_name, model.realism, model.grain
     size = model.quant.size
@@ -467,6 +473,7 @@ def evaluate(
     *,
     quality: float | None = ...,
     bpp: float | None = ...,
+    color: bool | None = ...,
 ) -> EvalReport: ...
 @overload
 def evaluate(
@@ -482,6 +489,7 @@ def evaluate(
     *,
     quality: float | None = ...,
     bpp: float | None = ...,
+    color: bool | None = ...,
 ) -> EvalReport | None: ...
 def evaluate(
     model: Model,
@@ -496,10 +504,12 @@ def evaluate(
     *,
     quality: float | None = None,
     bpp: float | None = None,
+    color: bool | None = None,
 ) -> EvalReport | None:
     """Round-trip every image through .gq bytes and measure it; failures are recorded, not fatal.
     ``quality`` (0..100) or a target ``bpp`` codes each image as ``gqtok encode --quality`` /
-    ``--bpp`` would (one at most); by default at the model's own setting.
+    ``--bpp`` would (one at most); by default at the model's own setting. ``color`` as
+    ``gqtok encode --color`` (True) / ``--no-color`` (False).
 
     ``on_image(path, error)`` is called after each of this process's images (error None on
     success). With a ``world`` of several ranks (torchrun), every rank measures its
@@ -518,7 +528,7 @@ def evaluate(
         check_quality(quality)
     if bpp is not None:
         check_bpp(bpp)
-    rate = {"quality": quality, "bpp": bpp}
+    rate = {"quality": quality, "bpp": bpp, "color": color}
     share = measure(model, mine, wanted, resize, center_crop, device, max_pixels, on_image, **rate)
     shares = world.gather(share)
     if shares is None:

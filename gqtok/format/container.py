@@ -18,7 +18,8 @@ width x height) before the payloads. ``Header.version`` holds the coding version
 is version 4 with a colour correction after it: ``12 x i16`` (gqtok.io.color: 3 x 3 gains
 minus the identity in 1/4096, then 3 offsets in 1/16 of a level), applied to the resampled
 pixels. Version 6 is version 5 with a restoration filter after the correction: ``radius u8``
-then ``18 r (r + 1) x i16`` taps (gqtok.io.color), part of the same map.
+(0: none) then ``18 r (r + 1) x i16`` taps (gqtok.io.color), part of the same map; unlike
+version 5 its coded size may be 0 x 0, the image's own (a correction without a scaling).
 
 Parsing validates every field against the limits of docs/format.md before anything is
 allocated, so corrupt or hostile files end in a FormatError, never in a crash or a huge
@@ -73,6 +74,7 @@ _EXT = struct.Struct("<BBII")  # version 4: coding version, filter, coded width,
 COLOR_VALUES = 12  # version 5's colour correction: 9 gains, 3 offsets (gqtok.io.color)
 _COLOR = struct.Struct(f"<{COLOR_VALUES}h")  # version 5: after the extension of version 4
 FILTER_RADII = (1, 2, 3)  # version 6: gqtok.io.color.RADII, not imported (it loads torch)
+V6_RADII = (0, *FILTER_RADII)  # a version 6 file's radius byte: 0 is the affine map alone
 _RADIUS = struct.Struct("<B")  # version 6: after the colour correction, then the taps
 
 
@@ -148,21 +150,25 @@ class Header:
 
     @property
     def file_version(self) -> int:
-        """The version byte of the file: 6 with a restoration filter, 5 with a colour
-        correction, 4 when scaled, else the coding version."""
+        """The version byte of the file: 6 with a restoration filter or a correction at the
+        image's own size, 5 with a colour correction, 4 when scaled, else the coding
+        version."""
         if self.color:
-            return FILTER_VERSION if len(self.color) > COLOR_VALUES else COLOR_VERSION
+            if len(self.color) > COLOR_VALUES or not self.scaled:
+                return FILTER_VERSION
+            return COLOR_VERSION
         return SCALED_VERSION if self.scaled else self.version
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON values; "version" is the file's (4 for a scaled image, whose
-        token coding is then "coding_version"), coded sizes only for a scaled image."""
+        """The fields as JSON values; "version" is the file's (4, 5 or 6 for a scaled or
+        corrected image, whose token coding is then "coding_version"), coded sizes only for a
+        scaled image."""
         d = asdict(self)
         for key in ("weights_hash", "codebook_fingerprint", "entropy_fingerprint"):
             d[key] = d[key].hex()
-        if self.scaled:
+        if self.scaled or self.color:
             d["coding_version"], d["version"] = self.version, self.file_version
-        else:
+        if not self.scaled:
             del d["coded_width"], d["coded_height"]
         if self.color:
             d["color"] = list(self.color)
@@ -262,8 +268,6 @@ def check_header(h: Header) -> None:
     if h.scaled:
         check_scale(h.width, h.height, h.coded_width, h.coded_height)
     if h.color:
-        if not h.scaled:
-            raise ValueError("a colour correction comes with a scaled coding (version 5)")
         if len(h.color) not in COLOR_LENGTHS or not all(-32768 <= v <= 32767 for v in h.color):
             raise ValueError(
                 "a colour correction is 12 int16 values, or 12 + the taps of a filter of"
@@ -379,13 +383,12 @@ def pack(header: Header, tokens: bytes, alpha: bytes = b"") -> bytes:
         len(tokens),
         len(alpha),
     )
-    if header.color and not header.scaled:
-        raise ValueError("a colour correction comes with a scaled coding (version 5)")
-    if header.scaled:
+    v6 = header.file_version == FILTER_VERSION
+    if header.scaled or v6:  # version 6 at the image's own size: coded size 0 x 0
         out += _EXT.pack(header.version, 0, header.coded_width, header.coded_height)
     if header.color:
         out += _COLOR.pack(*header.color[:COLOR_VALUES])
-    if len(header.color) > COLOR_VALUES:
+    if v6:
         radius = COLOR_LENGTHS.index(len(header.color))  # ValueError for another length
         out += _RADIUS.pack(radius)
         out += struct.pack(f"<{filter_taps(radius)}h", *header.color[COLOR_VALUES:])
@@ -422,8 +425,8 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
     radius = 0
     if version == FILTER_VERSION:
         (radius,) = _RADIUS.unpack_from(head, pos + id_len + _MID.size + ext - _RADIUS.size)
-        if radius not in FILTER_RADII:
-            raise bad(f"corrupt .gq header (restoration filter radius {radius}, not 1, 2 or 3)")
+        if radius not in V6_RADII:
+            raise bad(f"corrupt .gq header (restoration filter radius {radius}, not 0..3)")
         ext += 2 * filter_taps(radius)
         if len(head) < pos + id_len + _MID.size + ext + _CRC.size:
             raise bad("truncated .gq file (header incomplete)")
@@ -466,8 +469,12 @@ def _parse_head(head: bytes, name: str | None) -> tuple[Header, int, int, int]:
             if radius:
                 at = pos + _EXT.size + _COLOR.size + _RADIUS.size
                 color += struct.unpack_from(f"<{filter_taps(radius)}h", head, at)
-            if not (coded_width or coded_height):
+            if file_version == COLOR_VERSION and not (coded_width or coded_height):
                 raise bad("corrupt .gq header (a colour correction without a scaled coding)")
+            scaled = coded_width or coded_height
+            if file_version == FILTER_VERSION and not radius and scaled:  # one way per file
+                raise bad("corrupt .gq header (version 6 without a filter is for an unscaled"
+                          " image; a scaled one is version 5)")  # fmt: skip
         pos += ext
     header = Header(
         model_id=model_id,
