@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
             d8 = decode_to_array(model, tokens)
             d = d8.astype(np.float64)
             base = psnr(x, d)
-            filtered = apply_color(d8, fit_color(pic.rgb, d8, radius=2, min_gain=0.0))
+            filtered = apply_color(d8, fit_color(pic.rgb, d8, radius=2))
             rows.append({
                 "image": str(path), "quality": q, "bpp": len(enc.data) * 8 / d[..., 0].size,
                 "psnr": base, "affine_gain": psnr(x, affine_corrected(x, d)) - base,

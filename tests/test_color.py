@@ -14,7 +14,7 @@ from gqtok.format import container
 from gqtok.io import color as col
 from gqtok.io.images import read_image
 from tests import gqedit
-from tests.conftest import DATA
+from tests.conftest import DATA, REPO
 
 MODEL = load_model()
 
@@ -168,7 +168,8 @@ def test_the_cli_fits_it_above_quality_75_unless_told_not_to(tmp_path) -> None: 
 def test_color_fits_at_the_images_own_size_too(tmp_path) -> None:  # noqa: ANN001
     """`gqtok encode --color` at the default setting: version 6 at the image's own size (coded
     size 0 x 0 in the extension), the same tokens as the plain version 2 file, closer to the
-    photo; `gqtok info` shows no coded size; `gqtok eval --color` measures those files."""
+    photo; `gqtok info` shows no coded size; `gqtok eval --color` measures those files. On a
+    thumbnail, whose file is 1.9 kB, no correction pays for its bytes: the plain file."""
     import json
 
     from typer.testing import CliRunner
@@ -176,11 +177,14 @@ def test_color_fits_at_the_images_own_size_too(tmp_path) -> None:  # noqa: ANN00
     from gqtok.cli.app import app
 
     runner = CliRunner()
-    pic = read_image(str(DATA / "photo_c.jpg"))
+    small = tmp_path / "small.gq"
+    r = runner.invoke(app, ["encode", str(DATA / "photo_c.jpg"), "-o", str(small), "--color"])
+    assert r.exit_code == 0 and container.unpack(small.read_bytes())[0].file_version == 2
+    src = REPO / "examples" / "sample.jpg"
+    pic = read_image(str(src))
     paths = {k: tmp_path / f"{k}.gq" for k in ("plain", "color")}
     for name, opts in (("plain", []), ("color", ["--color"])):
-        r = runner.invoke(app, ["encode", str(DATA / "photo_c.jpg"), "-o", str(paths[name]),
-                                *opts])  # fmt: skip
+        r = runner.invoke(app, ["encode", str(src), "-o", str(paths[name]), *opts])
         assert r.exit_code == 0, r.output
     plain, color = (container.unpack(paths[k].read_bytes()) for k in ("plain", "color"))
     assert plain[0].file_version == 2 and color[0].file_version == 6
@@ -197,8 +201,8 @@ def test_color_fits_at_the_images_own_size_too(tmp_path) -> None:  # noqa: ANN00
     affine = gqedit.build({k: v for k, v in f.items() if k != "taps"} | {"radius": 0})
     assert container.unpack(affine)[0].color == color[0].color[:12]
     out = tmp_path / "e.json"
-    r = runner.invoke(app, ["eval", str(DATA / "photo_c.jpg"), "--color", "--metrics", "psnr",
-                            "--json", str(out), "-q"])  # fmt: skip
+    r = runner.invoke(app, ["eval", str(src), "--color", "--metrics", "psnr", "--json",
+                            str(out), "-q"])  # fmt: skip
     assert r.exit_code == 0, r.output
     rep = json.loads(out.read_text())
     assert rep["protocol"]["color_correction"] is True

@@ -19,7 +19,7 @@ from gqtok.codec import windowed
 from gqtok.codec.tokens import Tokens
 from gqtok.format.card import FIDELITY
 from gqtok.format.container import MAX_SCALE
-from gqtok.io.color import FILTER_RADIUS, apply_color, filter_gain_needed, fit_color
+from gqtok.io.color import AFFINE_BYTES, FILTER_RADIUS, apply_color, fit_color
 from gqtok.io.grain import add_grain, grain_seed
 from gqtok.io.images import DEFAULT_MAX_PIXELS, crop, from_tensor, pad_to_multiple, to_tensor
 from gqtok.io.resample import resample, scaled_size
@@ -195,11 +195,12 @@ def with_color(
         return tok
     plain = model.decoder_name == FIDELITY and model.realism is None and not model.grain
     own = model if plain else model.with_decoder(FIDELITY, None, 0.0)
-    # the filter must be worth its bytes: the payload's size, from the tokens' bits (the
-    # context model's ~15 % off), is what they are weighed against
+    # the correction must be worth its bytes: the payload's size, from the tokens' bits (the
+    # context model's ~15 % off), is what they are weighed against; a version 6 file at the
+    # image's own size also carries the extension and the radius byte
     payload = 0.85 * tok.indices.numel() * math.log2(model.quant.size) / 8
-    need = filter_gain_needed(payload, FILTER_RADIUS)
-    tok.color = fit_color(rgb, _pixels(own, tok, max_memory), FILTER_RADIUS, need)
+    affine = AFFINE_BYTES + (0 if larger else 11)
+    tok.color = fit_color(rgb, _pixels(own, tok, max_memory), FILTER_RADIUS, payload, affine)
     return tok
 
 

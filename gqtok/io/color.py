@@ -165,41 +165,54 @@ def _filter_features(
     return np.concatenate(cols, 1), flat
 
 
-def filter_gain_needed(payload_bytes: float, radius: int = FILTER_RADIUS) -> float:
-    """The cut in squared error a filter must bring to be worth its bytes in a file of about
-    ``payload_bytes``: what the same bytes would buy along the quality ladder (DB_PER_LOG_RATE),
-    at least MIN_FILTER_GAIN. A 27 kB file (768 x 512 at quality 90) needs 0.5 %, a 1.6 kB
-    thumbnail 8 %: small images mostly keep version 5."""
-    extra = 1 + 2 * taps(radius)
-    db = DB_PER_LOG_RATE * np.log1p(extra / max(payload_bytes, 1.0))
-    return max(MIN_FILTER_GAIN, 1 - 10 ** (-db / 10))
+AFFINE_BYTES = 24  # the affine map's 12 values; a version 6 file at its own size adds 11
+FILTER_BYTES = 1 + 2 * taps(FILTER_RADIUS)  # the radius byte and the taps: 217
+
+
+def rate_cost(extra_bytes: int, payload_bytes: float | None) -> float:
+    """What ``extra_bytes`` on a file of about ``payload_bytes`` cost in dB: the PSNR the
+    same bytes would buy along the quality ladder (DB_PER_LOG_RATE); 0 when no size is given."""
+    if payload_bytes is None or extra_bytes <= 0:
+        return 0.0
+    return float(DB_PER_LOG_RATE * np.log1p(extra_bytes / max(payload_bytes, 1.0)))
 
 
 def fit_color(
     original: np.ndarray,
     decoded: np.ndarray,
     radius: int = 0,
-    min_gain: float = MIN_FILTER_GAIN,
+    payload_bytes: float | None = None,
+    affine_bytes: int = AFFINE_BYTES,
 ) -> tuple[int, ...]:
-    """The map that brings ``decoded`` closest to ``original`` in squared error (least
-    squares, then quantised): the affine one (12 values), or with ``radius`` also a filter of
-    that radius when it cuts the error by the fraction ``min_gain`` more
-    (``filter_gain_needed``); ``()`` when no map is better than none."""
+    """The map that brings ``decoded`` closest to ``original`` (least squares, then
+    quantised): none ``()``, the affine one (12 values) or, with ``radius``, the affine one
+    with a filter of that radius, whichever has the lowest squared error in dB plus the cost
+    of its bytes on a file of ``payload_bytes`` (``rate_cost``; None: bytes are free). A
+    filter must also cut the error by MIN_FILTER_GAIN: below that it is not worth its decode
+    time. A 768 x 512 photo at quality 90 (~27 kB) keeps a filter that cuts the error by
+    0.5 % more than the affine map, a 1.6 kB thumbnail only one that cuts it by 8 %."""
     if original.shape != decoded.shape or original.ndim != 3 or original.shape[2] != 3:
         raise ValueError(f"shapes differ: {original.shape} vs {decoded.shape}")
+    if radius and radius not in RADII:
+        raise ValueError(f"filter radius must be one of {RADII}, got {radius}")
     x, d = original.reshape(-1, 3), decoded.reshape(-1, 3)
     step = max(1, len(x) // FIT_PIXELS)
     xs, ds = x[::step].astype(np.float64), d[::step].astype(np.float64)
     a = np.c_[ds, np.ones(len(ds))]
     m, *_ = np.linalg.lstsq(a, xs, rcond=None)  # (4, 3): x_i = sum_j m[j, i] d_j + m[3, i]
-    best, best_sse = (), _sse(original, decoded)
+    none = _sse(original, decoded)
+    if none == 0:
+        return ()
+
+    def cost(sse: int, nbytes: int) -> float:
+        return 10 * float(np.log10(max(sse, 1))) + rate_cost(nbytes, payload_bytes)
+
     affine = _quantised(m, 4)
-    sse = _sse(original, apply_color(decoded, affine))
-    if sse < best_sse:
-        best, best_sse = affine, sse
+    affine_sse = _sse(original, apply_color(decoded, affine))
+    best, best_cost = (), cost(none, 0)
+    if cost(affine_sse, affine_bytes) < best_cost:
+        best, best_cost = affine, cost(affine_sse, affine_bytes)
     if radius:
-        if radius not in RADII:
-            raise ValueError(f"filter radius must be one of {RADII}, got {radius}")
         feats, flat = _filter_features(decoded, radius, FILTER_FIT_PIXELS)
         target = x[flat].astype(np.float64)
         # normal equations: 40 x 40, ~10x faster than a QR of the samples and as good here
@@ -207,6 +220,8 @@ def fit_color(
         filtered = _quantised(m, len(m))
         if any(filtered[VALUES:]):
             sse = _sse(original, apply_color(decoded, filtered))
-            if sse < best_sse * (1 - min_gain):
+            nbytes = affine_bytes + 1 + 2 * taps(radius)
+            enough = sse < min(none, affine_sse) * (1 - MIN_FILTER_GAIN)
+            if enough and cost(sse, nbytes) < best_cost:
                 best = filtered
     return best
