@@ -3,7 +3,7 @@
 decode with film grain; `--entropy static` the version-1 coding; `--quality Q` rate
 control's setting for Q: codebook size and scale), with the time of each
 stage: network, GQ search, the colour correction's fit (coded larger than the image, above
-quality 75) and entropy coding when encoding; entropy decoding (container parse
+quality 75, or at any quality with `--color always`) and entropy coding when encoding; entropy decoding (container parse
 included) and the decoder network when decoding. "first" is a fresh process's first call,
 from the model file on: model load and the tables of its codebook size (codebook, search
 order, entropy tables) included, i.e. what one `gqtok encode` / `decode` of one image pays
@@ -37,12 +37,14 @@ from gqtok.codec.engine import decode_to_array
 from gqtok.io.images import read_image
 from gqtok.zoo.load import model_for_header
 step, gq_file, entropy, quality = sys.argv[1], sys.argv[9], sys.argv[7], sys.argv[8]
+color = {"auto": None, "always": True, "never": False}[sys.argv[10]]
 pic = read_image(sys.argv[2])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
 if step == "encode":
     m = load_model(sys.argv[4])
     rate = {} if quality == "none" else {"quality": float(quality)}
+    rate["color"] = color
     data = encode_pictures(m, [pic], entropy=entropy, **rate)[0].data
     first = time.perf_counter() - t0
     with open(gq_file, "wb") as f:
@@ -91,6 +93,8 @@ def main() -> None:
     ap.add_argument("--entropy", default="context", choices=("context", "static"))
     ap.add_argument("--quality", type=float, default=None,
                     help="rate control's quality 0..100 (default: the model's own setting)")
+    ap.add_argument("--color", default="auto", choices=("auto", "always", "never"),
+                    help="colour correction: as gqtok encode, --color, --no-color")
     args = ap.parse_args()
     quality = "none" if args.quality is None else str(args.quality)
     decoders = parse_decoders([args.decoder])  # the grammar of gqtok compare's rows
@@ -101,7 +105,8 @@ def main() -> None:
     for step in ("encode", "decode"):
         out = subprocess.run(
             [sys.executable, "-c", CHILD, step, args.image, str(args.threads), args.model,
-             str(args.repeat), json.dumps(decoders[0]), args.entropy, quality, gq_file],
+             str(args.repeat), json.dumps(decoders[0]), args.entropy, quality, gq_file,
+             args.color],
             capture_output=True,
             text=True,
             check=True,
@@ -123,6 +128,7 @@ def main() -> None:
         print(line)
     tmp.cleanup()
     q = "" if args.quality is None else f", quality {args.quality:g}"
+    q += "" if args.color == "auto" else f", colour {args.color}"
     print(f"image {args.image}, {args.threads} threads, model {args.model}{q}, "
           f"decoder {args.decoder}, entropy {args.entropy}, best of {args.repeat}")
 
