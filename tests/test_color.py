@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gqtok import load_model
-from gqtok.codec import decode_bytes, encode_pictures
+from gqtok.codec import decode_bytes, encode_pictures, unpack_tokens
 from gqtok.eval.metrics.fidelity import psnr as _psnr
 from gqtok.format import container
 from gqtok.io import color as col
@@ -207,3 +207,25 @@ def test_color_fits_at_the_images_own_size_too(tmp_path) -> None:  # noqa: ANN00
     rep = json.loads(out.read_text())
     assert rep["protocol"]["color_correction"] is True
     assert abs(rep["per_image"][0]["psnr"] - got["color"]) < 1e-6
+
+
+def test_another_decoder_takes_the_affine_map_without_the_filter() -> None:
+    """The filter is fitted to the fidelity decoder: the perceptual decoder (and a realism
+    blend) of the same file applies the affine part alone; the fidelity decoder with grain
+    applies all of it, then the grain."""
+    from gqtok.codec.engine import decode_to_array
+
+    enc = encode_pictures(MODEL, [read_image(str(DATA / "photo_a.jpg"))], quality=90)[0]
+    _, tok, _ = unpack_tokens(MODEL, enc.data)
+    assert len(tok.color) == 120
+    for decoder, realism in (("perceptual", None), ("fidelity", 0.5)):
+        other = MODEL.with_decoder(decoder, realism, 0.0)
+        got = np.asarray(decode_bytes(enc.data, other)[0])
+        tok.color = ()
+        raw = decode_to_array(other, tok)
+        assert np.array_equal(got, col.apply_color(raw, enc.header.color[:12]))
+        assert not np.array_equal(got, col.apply_color(raw, enc.header.color))
+    grain = MODEL.with_decoder("fidelity", None, 2.0)
+    plain = np.asarray(decode_bytes(enc.data, MODEL)[0]).astype(int)
+    noisy = np.asarray(decode_bytes(enc.data, grain)[0]).astype(int)
+    assert 1.5 < np.abs(noisy - plain).mean() < 2.5  # the whole map, then noise of 2 levels

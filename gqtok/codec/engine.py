@@ -20,6 +20,7 @@ from gqtok.codec.tokens import Tokens
 from gqtok.format.card import FIDELITY
 from gqtok.format.container import MAX_SCALE
 from gqtok.io.color import AFFINE_BYTES, FILTER_RADIUS, apply_color, fit_color
+from gqtok.io.color import VALUES as COLOR_VALUES
 from gqtok.io.grain import add_grain, grain_seed
 from gqtok.io.images import DEFAULT_MAX_PIXELS, crop, from_tensor, pad_to_multiple, to_tensor
 from gqtok.io.resample import resample, scaled_size
@@ -193,8 +194,7 @@ def with_color(
     larger = tok.resample_to is not None and tok.width * tok.height > rgb.shape[0] * rgb.shape[1]
     if not (larger or always):
         return tok
-    plain = model.decoder_name == FIDELITY and model.realism is None and not model.grain
-    own = model if plain else model.with_decoder(FIDELITY, None, 0.0)
+    own = model if _fidelity(model) and not model.grain else model.with_decoder(FIDELITY, None, 0.0)
     # the correction must be worth its bytes: the payload's size, from the tokens' bits (the
     # context model's ~15 % off), is what they are weighed against; a version 6 file at the
     # image's own size also carries the extension and the radius byte
@@ -204,14 +204,24 @@ def with_color(
     return tok
 
 
+def _fidelity(model: Model) -> bool:
+    """True when ``model`` decodes with its own (fidelity) decoder, the one a colour
+    correction is fitted to."""
+    return model.decoder_name == FIDELITY and model.realism is None
+
+
 def decode_to_array(
     model: Model, tokens: Tokens, max_memory: int | str | None = None
 ) -> np.ndarray:
     """(H, W, 3) uint8 pixels; window by window when a whole-image pass exceeds the budget.
     Tokens of an image coded at another scale are resampled to its size (gqtok.io.resample)
     and colour-corrected (gqtok.io.color) when they carry a correction, and the model's grain
-    (``Model.with_decoder(grain=...)``) is added to the finished pixels."""
-    rgb = apply_color(_pixels(model, tokens, max_memory), tokens.color)
+    (``Model.with_decoder(grain=...)``) is added to the finished pixels. Another decoder of
+    the same tokens (perceptual, a realism blend) takes the correction's affine map and not
+    its filter: the filter sharpens what the fidelity decoder renders soft, and on the
+    perceptual decoder's texture it raised ST-LPIPS (docs/format.md, version 6)."""
+    color = tokens.color if _fidelity(model) else tokens.color[:COLOR_VALUES]
+    rgb = apply_color(_pixels(model, tokens, max_memory), color)
     if model.grain:
         add_grain(rgb, model.grain, grain_seed(tokens.indices))
     return rgb
