@@ -6,7 +6,7 @@ image (its channels' means ~0.5 level off, their spread up to a few per cent low
 left is mostly detail it renders too soft. Version 5 carries the affine part (24 bytes: +0.18
 dB at quality 75, +0.37 at 90, +0.57 at 100 on the held-out photos); version 6 adds a
 centre-symmetric 5 x 5 filter across the three channels, the restoration filter of classical
-codecs (AV1's Wiener filter, VVC's adaptive loop filter), fitted the same way (216 more bytes:
+codecs (AV1's Wiener filter, VVC's adaptive loop filter), fitted the same way (217 more bytes:
 +0.31 dB more at quality 90; bench/color_fit.py). The map is integer arithmetic, so every
 platform decodes the same pixels: with gains G (3 x 3, in 1/4096, stored as G - 4096 I),
 offsets o (in 1/16 of a level) and taps H (in 1/4096) on the offsets d of the filter's window,
@@ -31,8 +31,8 @@ FILTER_RADIUS = 2  # what the encoder fits: r = 3 adds ~0.04 dB for twice the ta
 INT16 = (-32768, 32767)
 BLOCK = 1 << 18  # pixels per step: bounds the scratch memory to a few MB
 FIT_PIXELS = 1 << 20  # the affine fit looks at most at this many pixels (a regular subsample)
-FILTER_FIT_PIXELS = 1 << 17  # the filter's fit: 111 unknowns a channel need far fewer
-MIN_FILTER_GAIN = 0.005  # keep the taps only if they cut the squared error by 0.5 % (~0.02 dB)
+FILTER_FIT_PIXELS = 1 << 17  # the filter's fit: 40 unknowns a channel need far fewer
+MIN_FILTER_GAIN = 0.005  # a filter must cut the squared error by 0.5 % (~0.02 dB) to be kept
 DB_PER_LOG_RATE = 2.8  # slope of the held-out quality ladder above 75: dB per e-fold of bytes
 
 
@@ -166,7 +166,6 @@ def _filter_features(
 
 
 AFFINE_BYTES = 24  # the affine map's 12 values; a version 6 file at its own size adds 11
-FILTER_BYTES = 1 + 2 * taps(FILTER_RADIUS)  # the radius byte and the taps: 217
 
 
 def rate_cost(extra_bytes: int, payload_bytes: float | None) -> float:
