@@ -1,14 +1,13 @@
 """Encode / decode wall time and peak memory for a 768x512 photo with the default model
 (`--decoder perceptual` times the other decoder of the same tokens, `fidelity+grain2` the
-decode with film grain; `--entropy static` the version-1 coding; `--quality Q` rate
-control's setting for Q: codebook size and scale), with the time of each
-stage: network, GQ search, the colour correction's fit (coded larger than the image, above
-quality 75, or at any quality with `--color always`) and entropy coding when encoding; entropy decoding (container parse
-included) and the decoder network when decoding. "first" is a fresh process's first call,
-from the model file on: model load and the tables of its codebook size (codebook, search
-order, entropy tables) included, i.e. what one `gqtok encode` / `decode` of one image pays
-after start-up; decode's first call never saw an encode (the file comes from the encoding
-process).
+decode with film grain; `--entropy static` the version-1 coding; `--quality Q` rate control's
+setting for Q: codebook size and scale), with the time of each stage: network, GQ search, the
+colour correction's fit (coded larger than the image, above quality 75, or at any quality with
+`--color always`) and entropy coding when encoding; entropy decoding (container parse included)
+and the decoder network when decoding. "first" is a fresh process's first call, from the model
+file on: model load and the tables of its codebook size (codebook, search order, entropy
+tables) included, i.e. what one `gqtok encode` / `decode` of one image pays after start-up;
+decode's first call never saw an encode (the file comes from the encoding process).
 
 Each measurement runs in a fresh subprocess so that peak RSS (ru_maxrss) belongs to one step;
 times are the best of --repeat runs after a warm-up (shared machines are noisy: the best run is
