@@ -95,7 +95,7 @@ def apply_color(rgb: np.ndarray, color: tuple[int, ...]) -> np.ndarray:
         return rgb
     if radius_of(color):
         return _apply_filter(rgb, color)
-    gains, offsets_ = _matrix(check_color(color))
+    gains, offsets_ = _matrix(color)  # radius_of checked it
     flat = rgb.reshape(-1, 3)
     out = np.empty_like(flat)
     for i in range(0, len(flat), BLOCK):
@@ -136,11 +136,11 @@ def _sse(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.einsum("ij,ij->", d.reshape(-1, 3), d.reshape(-1, 3)))
 
 
-def _quantised(m: np.ndarray, rows: int) -> tuple[int, ...]:
+def _quantised(m: np.ndarray) -> tuple[int, ...]:
     """Least-squares solution (3 + 1 + taps rows, 3 channels) as the stored integers."""
     gains = np.rint(m[:3].T * GAIN_ONE) - GAIN_ONE * np.eye(3)
     values = [gains.reshape(-1), np.rint(m[3] * OFFSET_STEP)]
-    if rows > 4:  # taps: row 4 + j * n + t holds H_ijt for every output channel i
+    if len(m) > 4:  # taps: row 4 + j * n + t holds H_ijt for every output channel i
         values.append(np.rint(m[4:].reshape(3, -1, 3).transpose(2, 0, 1) * GAIN_ONE).reshape(-1))
     out = np.clip(np.concatenate(values), *INT16).astype(np.int64)
     return tuple(int(v) for v in out)
@@ -206,7 +206,7 @@ def fit_color(
     def cost(sse: int, nbytes: int) -> float:
         return 10 * float(np.log10(max(sse, 1))) + rate_cost(nbytes, payload_bytes)
 
-    affine = _quantised(m, 4)
+    affine = _quantised(m)
     affine_sse = _sse(original, apply_color(decoded, affine))
     best, best_cost = (), cost(none, 0)
     if cost(affine_sse, affine_bytes) < best_cost:
@@ -216,7 +216,7 @@ def fit_color(
         target = x[flat].astype(np.float64)
         # normal equations: 40 x 40, ~10x faster than a QR of the samples and as good here
         m, *_ = np.linalg.lstsq(feats.T @ feats, feats.T @ target, rcond=None)
-        filtered = _quantised(m, len(m))
+        filtered = _quantised(m)
         if any(filtered[VALUES:]):
             sse = _sse(original, apply_color(decoded, filtered))
             nbytes = affine_bytes + 1 + 2 * taps(radius)
