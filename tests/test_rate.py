@@ -28,6 +28,7 @@ MODEL = load_model()
 runner = CliRunner()
 PHOTOS = [DATA / "photo_a.jpg", DATA / "photo_c.jpg"]
 QUALITIES = (0, 20, 40, 60, 75, 90, 100)
+SAMPLE = REPO / "examples" / "sample.jpg"  # 768x512
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -322,3 +323,19 @@ def test_compare_draws_gqtok_curve_over_qualities() -> None:
     assert (f"@{MODEL.name} q30", "jpeg") in rows
     pair = [b for b in rep.bd if b["curve"] == f"gqtok:{MODEL.name}" and b["reference"] == "jpeg"]
     assert len(pair) == 1
+
+
+def test_compare_measures_files_with_the_colour_correction() -> None:
+    from gqtok.eval.compare import compare
+
+    def ours(color: bool | None) -> tuple[dict, list[str]]:
+        rep = compare([str(SAMPLE)], [0.3], [MODEL], codecs=["jpeg"], qualities=[50],
+                      color=color)  # fmt: skip
+        row = next(r for r in rep.summary if r["codec"] == f"gqtok:{MODEL.name}")
+        return row, rep.notes
+
+    plain, notes = ours(False)
+    fitted, fitted_notes = ours(True)
+    # the correction costs bytes and buys PSNR on the same tokens; the report says it is there
+    assert fitted["bpp"] > plain["bpp"] and fitted["psnr"] > plain["psnr"] + 0.05
+    assert any("--color" in n for n in fitted_notes) and any("--no-color" in n for n in notes)

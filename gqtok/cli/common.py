@@ -254,6 +254,15 @@ TargetBppOpt = Annotated[
         " closest, per image.",
     ),
 ]
+MeasureColorOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--color/--no-color",
+        show_default=False,
+        help="Measure files with the colour correction fitted to every image (gqtok"
+        " encode --color), or to none (--no-color). Default: as gqtok encode.",
+    ),
+]
 ResizeOpt = Annotated[
     int | None,
     typer.Option(

@@ -28,6 +28,7 @@ from gqtok.cli.common import (
     DeviceOpt,
     GrainOpt,
     MaxPixelsOpt,
+    MeasureColorOpt,
     ModelOpt,
     OverwriteOpt,
     Precision,
@@ -288,15 +289,7 @@ def eval_cmd(
     grain: GrainOpt = None,
     quality: RateQualityOpt = None,
     bpp: TargetBppOpt = None,
-    color: Annotated[
-        bool | None,
-        typer.Option(
-            "--color/--no-color",
-            show_default=False,
-            help="Measure files with the colour correction fitted to every image (gqtok"
-            " encode --color), or to none (--no-color). Default: as gqtok encode.",
-        ),
-    ] = None,
+    color: MeasureColorOpt = None,
     metrics: Annotated[
         list[str] | None,
         typer.Option(
@@ -443,6 +436,7 @@ def compare_cmd(
             " slow on CPU.",
         ),
     ] = False,
+    color: MeasureColorOpt = None,
     html: Annotated[
         Path | None,
         typer.Option(
@@ -488,6 +482,7 @@ def compare_cmd(
         lambda paths, on_image: compare(
             paths, rates, models, chosen, resize, center_crop, dev, max_pixels, on_image,
             patch_fid, on_reconstruction=page.add if page else None, qualities=qualities,
+            color=color,
         ),
     )  # fmt: skip
     written = []

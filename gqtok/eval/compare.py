@@ -336,6 +336,7 @@ class CompareReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     bd: list[dict[str, Any]] = field(default_factory=list)  # Bjøntegaard deltas, see bd_rows
+    color: bool | None = None  # gqtok's colour correction: None as gqtok encode, True every file
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -465,12 +466,14 @@ def _image_points(
     inception: InceptionFeatures | None = None,
     on_reconstruction: OnReconstruction | None = None,
     qualities: Sequence[float] = (),
+    color: bool | None = None,
 ) -> tuple[list[dict[str, Any]], PatchPending]:
     """All RD points of one image, and its patch features per (target, codec) when
     ``inception`` is given; any failure drops the image as a whole. ``on_reconstruction`` gets
     each gqtok reconstruction and, per classical codec and "@model" rate, the decoded file at
     the bracketing quality nearest that rate. With ``qualities``, each model is coded at each
-    (gqtok.codec.rate), one "@model qQ" target each: gqtok's curve."""
+    (gqtok.codec.rate), one "@model qQ" target each: gqtok's curve. ``color`` as in
+    ``gqtok.codec.encode_pictures``."""
     from gqtok.eval.metrics.patches import patch_features
 
     rgb = preprocess(read_image(name, max_pixels=max_pixels, name=name).rgb, resize, center_crop)
@@ -489,7 +492,8 @@ def _image_points(
         (m, q) for m in models for q in qualities
     ]  # fmt: skip
     for named, q in runs:
-        rec, nbytes, _ = roundtrip(named, Picture(rgb, None, "RGB", "PNG", 8), coded, q)
+        rec, nbytes, _ = roundtrip(named, Picture(rgb, None, "RGB", "PNG", 8), coded, q,
+                                  color=color)  # fmt: skip
         bpp = nbytes * 8 / (rgb.shape[0] * rgb.shape[1])
         target = f"@{named.name}" if q is None else f"@{named.name} q{q:g}"
         if (target, bpp) not in own:
@@ -536,16 +540,23 @@ def compare(
     patch_fid: bool = False,
     on_reconstruction: OnReconstruction | None = None,
     qualities: Sequence[float] = (),
+    color: bool | None = None,
 ) -> CompareReport:
     """RD points of gqtok models and classical codecs on the given images (and patch FID/KID
     per codec and target with ``patch_fid``: slow, 2 Inception passes per patch and rate).
     ``on_reconstruction`` receives the images at gqtok's rate as they are made (see
-    ``_image_points``), so a caller can keep what it shows without holding every image."""
+    ``_image_points``), so a caller can keep what it shows without holding every image.
+    ``color``: gqtok's files with the colour correction where gqtok encode fits it (None),
+    on every file (True, gqtok encode --color) or on none (False)."""
     names, skipped = available_codecs()
     if codecs is not None:
         names = [c for c in names if c in codecs]
-    report = CompareReport([float(t) for t in targets], names, [m.label for m in models])
+    report = CompareReport([float(t) for t in targets], names, [m.label for m in models],
+                           color=color)  # fmt: skip
     report.notes += [f"{c}: skipped, {why}" for c, why in skipped.items()]
+    if color is not None:
+        report.notes.append("gqtok: colour correction and restoration filter fitted to "
+                            + ("every file (--color)" if color else "no file (--no-color)"))
     try:
         from gqtok.eval.metrics.lpips import load_distance
 
@@ -569,7 +580,7 @@ def compare(
         try:
             points, pending = _image_points(name, targets, models, names, measure, resize,
                                             center_crop, max_pixels, inception,
-                                            on_reconstruction, qualities)  # fmt: skip
+                                            on_reconstruction, qualities, color)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - one bad image never ends the run
             msg = str(e) if isinstance(e, GqtokError) and e.path else f"{name}: {e}"
             report.failures.append((name, msg))
