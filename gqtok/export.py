@@ -375,8 +375,8 @@ class _Exporter:
         """Entries of loaded images (index, path, pixels, the image before the protocol's
         scale), and their mirror images' tokens under the flip protocol. Tokens of an image
         coded larger carry the colour correction its .gq file would (the flipped ones none)."""
-        from gqtok.codec import Tokens, encode_arrays
-        from gqtok.codec.engine import with_color
+        from gqtok.codec import encode_arrays
+        from gqtok.codec.engine import resampled_to, with_color
 
         arrays = [rgb for _, _, rgb, _ in good]
         if self.protocol.flip:
@@ -395,9 +395,8 @@ class _Exporter:
             image, color = None, ()
             if before is not None:
                 image = (before.shape[1], before.shape[0])
-                back = None if image == (tok.width, tok.height) else image
-                scaled = Tokens(tok.indices, tok.width, tok.height, tok.pad_mode, back)
-                color = with_color(self.model, scaled, before, self.max_memory).color
+                color = with_color(self.model, resampled_to(tok, before), before,
+                                   self.max_memory).color  # fmt: skip
             out.append(Entry(i, rel, tok.indices.numpy(), tok.width, tok.height, flip, image,
                              color))  # fmt: skip
         return out

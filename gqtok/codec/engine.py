@@ -53,7 +53,7 @@ def scaled_rgb(rgb: np.ndarray, scale: float | None) -> np.ndarray:
     return rgb if (cw, ch) == (w, h) else resample(rgb, cw, ch)
 
 
-def _resampled_to(tok: Tokens, rgb: np.ndarray) -> Tokens:
+def resampled_to(tok: Tokens, rgb: np.ndarray) -> Tokens:
     """``tok`` of an image coded at another size, marked to decode to ``rgb``'s size."""
     h, w = rgb.shape[:2]
     if (tok.width, tok.height) != (w, h):
@@ -109,7 +109,7 @@ def encode_arrays(
         toks = encode_arrays(model, coded, pad_mode, batch_size, timings, max_memory, None,
                              False)  # fmt: skip
         t0 = time.perf_counter()
-        out = [_resampled_to(t, im) for t, im in zip(toks, images, strict=True)]
+        out = [resampled_to(t, im) for t, im in zip(toks, images, strict=True)]
         if color is not False:
             out = [with_color(model, t, im, max_memory, always=bool(color))
                    for t, im in zip(out, images, strict=True)]  # fmt: skip
@@ -160,7 +160,7 @@ def tokens_by_model(
     an image over the memory budget is encoded window by window on each call instead."""
     if scale is not None and scale != 1:
         run = tokens_by_model(model, scaled_rgb(rgb, scale), pad_mode, max_memory)
-        return lambda m: _resampled_to(run(m), rgb)
+        return lambda m: resampled_to(run(m), rgb)
     h, w = rgb.shape[:2]
     budget = mem.resolve_budget(max_memory)
     if mem.needs_tiling(model, h, w, "encode", budget):
