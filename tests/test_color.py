@@ -82,7 +82,7 @@ def test_the_filter_is_the_integer_formula_of_version_6(radius: int, monkeypatch
         assert col.radius_of(c) == radius
         want = _filtered(rgb, c)
         assert np.array_equal(col.apply_color(rgb, c), want)
-        monkeypatch.setattr(col, "BLOCK", 17 * 2)  # bands of two rows
+        monkeypatch.setattr(col, "BLOCK", 17 * 8)  # bands of two rows
         assert np.array_equal(col.apply_color(rgb, c), want)
         monkeypatch.undo()
     # zero taps: exactly the affine map of version 5
