@@ -95,8 +95,8 @@ def _apply_filter(rgb: np.ndarray, color: tuple[int, ...]) -> np.ndarray:
     times the map's integers, one matrix product per band. It runs in float64 on integers:
     every product and partial sum is an integer below 2^33 (|weights| sum to < 2^25 for any
     int16 values, features < 2^10), far inside float64's exact 2^53, so the result is the
-    integer formula's whatever order the library adds in (and ~8x faster than a float64
-    convolution, which torch does not vectorise)."""
+    integer formula's whatever order the library adds in (3-8x faster than torch's float64
+    convolution, which is not vectorised)."""
     r = radius_of(color)
     n = len(offsets(r))
     gains, offsets_ = _matrix(color)
