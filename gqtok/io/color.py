@@ -30,7 +30,7 @@ VALUES = 12  # 9 gains (row i: output channel i), then 3 offsets: container.COLO
 RADII = (1, 2, 3)  # a version 6 filter's window: (2r + 1) x (2r + 1) pixels
 FILTER_RADIUS = 2  # what the encoder fits: r = 3 adds ~0.04 dB for twice the taps and time
 INT16 = (-32768, 32767)
-BLOCK = 1 << 18  # pixels per step: bounds the scratch memory to a few MB
+BLOCK = 1 << 18  # pixels per step of the affine map (a filter's bands: a quarter of it)
 FIT_PIXELS = 1 << 20  # the affine fit looks at most at this many pixels (a regular subsample)
 FILTER_FIT_PIXELS = 1 << 17  # the filter's fit: 40 unknowns a channel need far fewer
 MIN_FILTER_GAIN = 0.005  # a filter must cut the squared error by 0.5 % (~0.02 dB) to be kept
@@ -153,8 +153,8 @@ def _features(part: np.ndarray, radius: int) -> np.ndarray:
 
 def _bands(rgb: np.ndarray, radius: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """(first row, end row, ``_features``) of ``rgb`` band by band, with the image's edge
-    pixels repeated outside it; a band's features take ~40 x 8 bytes a pixel, so bands
-    hold a quarter of BLOCK pixels."""
+    pixels repeated outside it; a band's features take (4 + 3 x offsets) x 8 bytes a pixel
+    (320 at radius 2, 608 at radius 3), so bands hold a quarter of BLOCK pixels: ~20-40 MB."""
     h, w, _ = rgb.shape
     band = max(1, BLOCK // (4 * w))
     for y0 in range(0, h, band):
